@@ -1,0 +1,16 @@
+"""datasel: turn a raw text corpus into a smaller, better LLM training set."""
+
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+SAMPLE = Path(__file__).parent / "data" / "sample.parquet"
+"""A bundled sample of real text (see datasel/data/LICENSES.md) for the quickstart and examples."""
+
+from datasel.engine import RunOptions, run  # noqa: E402
+from datasel.errors import DataselError  # noqa: E402
+from datasel.pipeline import Pipeline  # noqa: E402
+from datasel.stages import STAGES  # noqa: E402
+from datasel.stages.dedup import Dedup  # noqa: E402
+
+__all__ = ["SAMPLE", "STAGES", "DataselError", "Dedup", "Pipeline", "RunOptions", "run", "__version__"]

@@ -1,0 +1,208 @@
+"""The `datasel` command line, generated from the stage registry (one command per stage)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import sys
+import typing
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from datasel.engine import RunOptions
+from datasel.errors import DataselError
+from datasel.stage import STAGES, Stage
+
+app = typer.Typer(
+    help="Turn a raw text corpus into a smaller, better LLM training set.\n\n"
+    "Example: datasel run configs/quickstart.yaml",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+GROUPS = {
+    "score": "Add score columns (perplexity, fastText, PreSelect).",
+    "shift": "Select toward a target distribution (DSIR, GOT-D).",
+    "preselect": "Fit PreSelect scorers.",
+}
+_groups: dict[str, typer.Typer] = {}
+
+RUN_PARAMS = [
+    ("text_column", str, "text", "name of the text column"),
+    ("id_column", str, "id", "column with document ids (derived from file and row when absent)"),
+    ("workers", int, RunOptions().workers, "worker processes (default: all cores)"),
+    ("overwrite", bool, False, "replace the output of another run in OUTPUT"),
+    ("quiet", bool, False, "no progress bar or summary (for cron)"),
+]
+
+
+def fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def _option_type(tp):
+    args = typing.get_args(tp)
+    if type(None) in args:  # Optional[X]
+        (inner,) = [a for a in args if a is not type(None)]
+        return Optional[inner]  # noqa: UP045 - typer needs typing.Optional
+    return tp
+
+
+def _stage_command(cls: type[Stage]):
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    params = [
+        inspect.Parameter(
+            "input",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=Annotated[
+                str,
+                typer.Argument(help="input file, folder or glob (JSONL, Parquet, HF save_to_disk)"),
+            ],
+        ),
+        inspect.Parameter(
+            "output",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=Annotated[
+                Path,
+                typer.Argument(help="output folder (Parquet shards, _removed/, _manifest.json)"),
+            ],
+        ),
+    ]
+    for f in fields:
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        flag = "--" + f.name.replace("_", "-")
+        opt = typer.Option(flag, help=f.metadata.get("help", ""))
+        params.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=Annotated[_option_type(hints[f.name]), opt],
+            )
+        )
+    for name, tp, default, help_text in RUN_PARAMS:
+        opt = typer.Option(
+            "--" + name.replace("_", "-"), help=help_text, rich_help_panel="Run options"
+        )
+        params.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[tp, opt]
+            )
+        )
+
+    def command(**kwargs):
+        from datasel.engine import run
+        from datasel.pipeline import resolve_input
+
+        run_kw = {name: kwargs.pop(name) for name, *_ in RUN_PARAMS}
+        src, dst = resolve_input(kwargs.pop("input")), kwargs.pop("output")
+        try:
+            stage = cls(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise fail(str(e)) from None
+        try:
+            run(stage, src, dst, RunOptions(**run_kw))
+        except DataselError as e:
+            raise fail(str(e)) from None
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__name__ = cls.name
+    return command
+
+
+def _help(cls: type[Stage]) -> str:
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    return f"{doc}\n\nExample:\n\n  {cls.example}" if cls.example else doc
+
+
+def register_stages() -> None:
+    for name, cls in sorted(STAGES.items()):
+        group, _, sub = name.partition("-")
+        if sub and group in GROUPS:
+            if group not in _groups:
+                _groups[group] = typer.Typer(help=GROUPS[group], no_args_is_help=True)
+                app.add_typer(_groups[group], name=group)
+            _groups[group].command(sub, help=_help(cls))(_stage_command(cls))
+        else:
+            app.command(name, help=_help(cls))(_stage_command(cls))
+
+
+@app.command("run")
+def run_config(
+    config: Annotated[Path, typer.Argument(help="YAML pipeline (see configs/)")],
+    input: Annotated[
+        str | None, typer.Option("--input", "-i", help="override the config's input")
+    ] = None,  # noqa: UP045
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="override the config's output")
+    ] = None,  # noqa: UP045
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a key: key=value or STEP.key=value"),
+    ] = None,  # noqa: UP045
+    workers: Annotated[
+        int | None, typer.Option(help="worker processes (default: config, else all cores)")
+    ] = None,  # noqa: UP045
+    overwrite: Annotated[bool, typer.Option(help="replace outputs of other runs")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bars or summaries")] = False,
+):
+    """Run a pipeline of stages from a YAML config; each step writes its own folder.
+
+    Example:
+
+      datasel run configs/quickstart.yaml --output out/qs --set 1.threshold=0.7
+    """
+    from datasel.pipeline import load_config
+
+    try:
+        pipeline, config = load_config(config, set_ or [])
+        src = input or config.get("input")
+        dst = output or config.get("output")
+        if not src or not dst:
+            raise DataselError(
+                f"{config}: needs 'input' and 'output' (in the config or as --input/--output)"
+            )
+        extra = {"overwrite": overwrite, "quiet": quiet}
+        if workers:
+            extra["workers"] = workers
+        manifests = pipeline.run(src, dst, **extra)
+    except DataselError as e:
+        raise fail(str(e)) from None
+    if not quiet:
+        last = pipeline.step_dirs(Path(dst))[-1]
+        typer.echo(
+            f"selected: {last} ({manifests[-1]['kept']:,} of {manifests[0]['rows_in']:,} rows)"
+        )
+
+
+@app.command("inspect")
+def inspect_cmd(
+    path: Annotated[str, typer.Argument(help="a dataset folder or file (ours or any input)")],
+    rows: Annotated[int, typer.Option(help="example rows to show")] = 3,
+):
+    """Show rows, columns, a few example rows and the manifest summary of a dataset.
+
+    Example:
+
+      datasel inspect out/quickstart/01-dedup
+    """
+    from datasel.inspect import show
+
+    try:
+        show(path, rows)
+    except DataselError as e:
+        raise fail(str(e)) from None
+
+
+def main() -> None:
+    register_stages()
+    try:
+        app()
+    except DataselError as e:  # raised outside a command (e.g. while parsing)
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)

@@ -1,0 +1,418 @@
+"""Run one stage over a dataset, shard in, shard out, resumably.
+
+Layout of a step's output folder:
+    part-00000.parquet ...        kept rows, one shard per input unit
+    _removed/part-00000.parquet   removed rows with a `reason` column
+    _manifest.json                written last: the step is finished when it exists
+    _work/                        scratch while running (plan, staged shards, done markers)
+
+Every write is atomic, and every finished unit leaves a marker, so a killed run resumes
+where it stopped and produces exactly the output of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datasel import __version__
+from datasel.errors import DataselError
+from datasel.io import (
+    Columns,
+    ShardWriter,
+    Unit,
+    digest,
+    find_files,
+    fingerprint,
+    plan_units,
+    read_unit,
+    shard_name,
+    unit_dict,
+    write_json,
+    write_table,
+)
+from datasel.progress import Progress
+from datasel.stage import Context, Decision, MapResult, Stage, Staged
+
+MANIFEST = "_manifest.json"
+REMOVED = "_removed"
+WORK = "_work"
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    """How to run a stage; none of these change which rows are kept (except the columns)."""
+
+    text_column: str = "text"
+    id_column: str = "id"
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    overwrite: bool = False
+    quiet: bool = False
+    shard_bytes: int = 128 << 20
+    shard_rows: int = 250_000
+    batch_rows: int = 8192
+
+
+def run(
+    stage: Stage,
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    options: RunOptions | None = None,
+    **kw,
+) -> dict:
+    """Run `stage` on the dataset at `src`, writing shards, removed rows and a manifest to `dst`.
+
+    Returns the manifest. Rerunning with the same stage, parameters and inputs is a no-op.
+
+    Examples
+    --------
+    >>> import datasel
+    >>> from datasel.stages.dedup import Dedup
+    >>> m = datasel.run(Dedup(), datasel.SAMPLE, tmp / "deduped", quiet=True)
+    >>> m["rows_in"] == m["kept"] + m["removed_total"]
+    True
+    """
+    options = options or RunOptions(**kw)
+    dst = Path(dst)
+    t0 = time.time()
+    units = plan_units(src, shard_bytes=options.shard_bytes, shard_rows=options.shard_rows)
+    columns = Columns(options.text_column, options.id_column)
+    plan = {
+        "stage": stage.name,
+        "params": stage.params(),
+        "columns": {"text": columns.text, "id": columns.id},
+        "inputs": fingerprint(find_files(src)[0]),
+        "shard_bytes": options.shard_bytes,
+        "shard_rows": options.shard_rows,
+    }
+    key = digest(plan)
+    if _known_rows(units) == 0:
+        raise DataselError(f"empty input: no rows in {src}")
+    say = (lambda *a: None) if options.quiet else _say
+    done = _prepare_output(dst, key, stage.name, options.overwrite)
+    if done is not None:
+        say(
+            f"[dim]{dst}: already done ({stage.name}, same parameters and inputs); nothing to do[/]"
+        )
+        return done
+    work = dst / WORK
+    work.mkdir(parents=True, exist_ok=True)
+    write_json({**plan, "key": key, "units": [unit_dict(u) for u in units]}, work / "plan.json")
+
+    ctx = Context(
+        columns=columns,
+        work=work,
+        key=key,
+        workers=options.workers,
+        units=units,
+        quiet=options.quiet,
+    )
+    stage.fit(ctx)
+    workers = 1 if stage.single_process else max(1, min(options.workers, len(units)))
+    progress = Progress(f"{stage.name}", total=_known_rows(units), quiet=options.quiet)
+    with progress:
+        if stage.has_select():
+            counts = _parallel(
+                _stage_unit,
+                [(stage, u, i, ctx, options.batch_rows) for i, u in enumerate(units)],
+                workers,
+                progress,
+                lambda i: work / f"staged-{i:05d}.json",
+            )
+            staged = Staged(work, [c["rows_in"] for c in counts])
+            if not (work / "select.json").exists():
+                progress.status("select")
+                decision = stage.select(staged, ctx)
+                _save_decision(decision, staged)
+                write_json({"stats": ctx.stats}, work / "select.json")
+                _kill_point("select")
+            ctx.stats = json.loads((work / "select.json").read_text())["stats"]
+            progress.status("write")
+            counts = _parallel(
+                _apply_unit,
+                [(dst, i) for i in range(len(units))],
+                workers,
+                None,
+                lambda i: work / f"done-{i:05d}.json",
+            )
+        else:
+            counts = _parallel(
+                _map_unit,
+                [(stage, u, i, ctx, dst, options.batch_rows) for i, u in enumerate(units)],
+                workers,
+                progress,
+                lambda i: work / f"done-{i:05d}.json",
+            )
+    manifest = _finish(dst, plan, key, units, counts, ctx.stats, time.time() - t0)
+    if not options.quiet:
+        from datasel.progress import print_summary
+
+        print_summary(manifest)
+    return manifest
+
+
+def _kill_point(name: str) -> None:
+    """Tests set DATASEL_KILL_AT to SIGKILL a real run at a chosen point, then resume it."""
+    if os.environ.get("DATASEL_KILL_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _say(msg: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(msg)
+
+
+def _known_rows(units: list[Unit]) -> int | None:
+    return None if any(u.rows < 0 for u in units) else sum(u.rows for u in units)
+
+
+def _prepare_output(dst: Path, key: str, stage: str, overwrite: bool) -> dict | None:
+    """Return the manifest if this exact run already finished; refuse to mix runs."""
+    manifest, plan = dst / MANIFEST, dst / WORK / "plan.json"
+    if manifest.exists():
+        old = json.loads(manifest.read_text())
+        if old.get("key") == key:
+            return old
+        if not overwrite:
+            raise DataselError(
+                f"{dst}: holds the output of another run ({old.get('stage')}, other parameters or "
+                "inputs); use --overwrite or another folder"
+            )
+    elif plan.exists():
+        if json.loads(plan.read_text()).get("key") == key:
+            return None  # resume
+        if not overwrite:
+            raise DataselError(
+                f"{dst}: holds an unfinished run with other parameters; use --overwrite"
+            )
+    elif dst.exists() and any(dst.iterdir()) and not overwrite:
+        raise DataselError(
+            f"{dst}: the folder is not empty and is not a datasel output; use another"
+        )
+    if overwrite and dst.exists():
+        _clear(dst)
+    return None
+
+
+def _clear(dst: Path) -> None:
+    """Remove what a datasel step wrote, and nothing else."""
+    for p in dst.glob("part-*.parquet*"):
+        p.unlink()
+    for name in (REMOVED, WORK):
+        shutil.rmtree(dst / name, ignore_errors=True)
+    (dst / MANIFEST).unlink(missing_ok=True)
+
+
+def _parallel(
+    fn: Callable, tasks: list[tuple], workers: int, progress, marker: Callable[[int], Path]
+) -> list[dict]:
+    """Run `fn` over units, skipping those whose marker exists; return each unit's counts."""
+    results: dict[int, dict] = {}
+    todo = []
+    for i, _task in enumerate(tasks):
+        if marker(i).exists():
+            results[i] = json.loads(marker(i).read_text())
+            if progress:
+                progress.advance(results[i]["rows_in"])
+        else:
+            todo.append(i)
+    if workers <= 1 or len(todo) <= 1:
+        for i in todo:
+            results[i] = fn(*tasks[i])
+            if progress:
+                progress.advance(results[i]["rows_in"])
+            _kill_point(f"{fn.__name__}:{i}")
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
+            futures = {pool.submit(fn, *tasks[i]): i for i in todo}
+            for fut in _as_completed(futures):
+                i = futures[fut]
+                results[i] = fut.result()
+                if progress:
+                    progress.advance(results[i]["rows_in"])
+    return [results[i] for i in range(len(tasks))]
+
+
+def _as_completed(futures: Iterable):
+    from concurrent.futures import as_completed
+
+    return as_completed(futures)
+
+
+def _mp_context():
+    # fork is fast and inherits fitted state; after torch has started threads, fork is unsafe
+    import sys
+
+    return mp.get_context("spawn" if "torch" in sys.modules else "fork")
+
+
+def _map_unit(stage: Stage, unit: Unit, i: int, ctx: Context, dst: Path, batch_rows: int) -> dict:
+    """A stage without `select`: map every batch and write the final shard directly."""
+    kept = ShardWriter(dst / shard_name(i))
+    removed = ShardWriter(dst / REMOVED / shard_name(i))
+    rows_in, reasons = 0, Counter()
+    schema = None
+    for batch in read_unit(unit, ctx.columns, batch_rows):
+        rows_in += batch.num_rows
+        result = _as_result(stage.map(batch, ctx))
+        schema = result.kept.schema
+        if result.kept.num_rows:
+            kept.write(result.kept)
+        if result.removed is not None and result.removed.num_rows:
+            removed.write(result.removed)
+            reasons.update(result.removed.column("reason").to_pylist())
+    n_kept = kept.close(schema)
+    if removed.writer is not None:
+        removed.close()
+    counts = {"rows_in": rows_in, "kept": n_kept, "removed": dict(reasons)}
+    write_json(counts, ctx.work / f"done-{i:05d}.json")
+    return counts
+
+
+def _stage_unit(stage: Stage, unit: Unit, i: int, ctx: Context, batch_rows: int) -> dict:
+    """A stage with `select`: map every batch into a staged shard plus side arrays."""
+    work = ctx.work
+    staged = ShardWriter(work / f"staged-{i:05d}.parquet", compression="lz4")
+    removed = ShardWriter(work / f"removed-{i:05d}.parquet", compression="lz4")
+    arrays: dict[str, list[np.ndarray]] = {}
+    rows_in, reasons, schema = 0, Counter(), None
+    for batch in read_unit(unit, ctx.columns, batch_rows):
+        rows_in += batch.num_rows
+        result = _as_result(stage.map(batch, ctx))
+        schema = result.kept.schema
+        if result.kept.num_rows:
+            staged.write(result.kept)
+        if result.removed is not None and result.removed.num_rows:
+            removed.write(result.removed)
+            reasons.update(result.removed.column("reason").to_pylist())
+        for name, arr in (result.arrays or {}).items():
+            arrays.setdefault(name, []).append(arr)
+    n = staged.close(schema)
+    if removed.writer is not None:
+        removed.close()
+    for name, parts in arrays.items():
+        _save_npy(np.concatenate(parts), work / f"{name}-{i:05d}.npy")
+    counts = {"rows_in": n, "map_rows_in": rows_in, "map_removed": dict(reasons)}
+    write_json(counts, work / f"staged-{i:05d}.json")
+    return counts
+
+
+def _save_npy(arr: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
+def _as_result(result) -> MapResult:
+    return result if isinstance(result, MapResult) else MapResult(result)
+
+
+def _save_decision(decision: Decision, staged: Staged) -> None:
+    n = staged.total
+    if len(decision.keep) != n or len(decision.reason) != n:
+        raise RuntimeError(f"select returned {len(decision.keep)} decisions for {n} rows")
+    cols = {
+        "keep": pa.array(decision.keep, pa.bool_()),
+        "reason": pa.array(decision.reason, pa.string()),
+    }
+    for name, arr in decision.removed_columns.items():
+        cols["removed:" + name] = arr
+    for name, arr in decision.kept_columns.items():
+        cols["kept:" + name] = arr
+    table = pa.table(cols)
+    for i in range(len(staged.rows)):
+        lo, hi = staged.offsets[i], staged.offsets[i + 1]
+        write_table(table.slice(lo, hi - lo), staged.work / f"decision-{i:05d}.parquet")
+
+
+def _apply_unit(dst: Path, i: int) -> dict:
+    """Split one staged shard into kept and removed rows by the saved decision."""
+    work = dst / WORK
+    table = pq.read_table(work / f"staged-{i:05d}.parquet")
+    decision = pq.read_table(work / f"decision-{i:05d}.parquet")
+    keep = decision.column("keep")
+    kept = table.filter(keep)
+    kept = kept.drop_columns([c for c in kept.column_names if c.startswith("_")])
+    for name in decision.column_names:
+        if name.startswith("kept:"):
+            kept = kept.append_column(name[5:], decision.column(name).filter(keep))
+    drop = pa.compute.invert(keep)
+    removed = table.filter(drop)
+    removed = removed.drop_columns([c for c in removed.column_names if c.startswith("_")])
+    removed = removed.append_column("reason", decision.column("reason").filter(drop))
+    for name in decision.column_names:
+        if name.startswith("removed:"):
+            removed = removed.append_column(name[8:], decision.column(name).filter(drop))
+    earlier = work / f"removed-{i:05d}.parquet"
+    if earlier.exists():
+        removed = pa.concat_tables([pq.read_table(earlier), removed], promote_options="default")
+    write_table(kept, dst / shard_name(i))
+    if removed.num_rows:
+        write_table(removed, dst / REMOVED / shard_name(i))
+    staged_counts = json.loads((work / f"staged-{i:05d}.json").read_text())
+    reasons = Counter(staged_counts["map_removed"])
+    reasons.update(decision.column("reason").filter(drop).to_pylist())
+    counts = {
+        "rows_in": staged_counts["map_rows_in"],
+        "kept": kept.num_rows,
+        "removed": dict(reasons),
+    }
+    write_json(counts, work / f"done-{i:05d}.json")
+    return counts
+
+
+def _finish(
+    dst: Path,
+    plan: dict,
+    key: str,
+    units: list[Unit],
+    counts: list[dict],
+    stats: dict,
+    seconds: float,
+) -> dict:
+    rows_in = sum(c["rows_in"] for c in counts)
+    kept = sum(c["kept"] for c in counts)
+    removed = Counter()
+    for c in counts:
+        removed.update(c["removed"])
+    if rows_in == 0:
+        shutil.rmtree(dst / WORK, ignore_errors=True)
+        raise DataselError(f"empty input: no rows in {', '.join(sorted({u.path for u in units}))}")
+    if rows_in != kept + sum(removed.values()):
+        raise RuntimeError(
+            f"row accounting broken: {rows_in} in, {kept} kept, {sum(removed.values())} removed"
+        )
+    manifest = {
+        "stage": plan["stage"],
+        "params": plan["params"],
+        "columns": plan["columns"],
+        "version": __version__,
+        "key": key,
+        "inputs": plan["inputs"],
+        "rows_in": rows_in,
+        "kept": kept,
+        "removed_total": sum(removed.values()),
+        "removed": dict(sorted(removed.items(), key=lambda kv: -kv[1])),
+        "shards": len(units),
+        "seconds": round(seconds, 3),
+        "stats": stats,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_json(manifest, dst / MANIFEST)
+    shutil.rmtree(dst / WORK, ignore_errors=True)
+    return manifest

@@ -1,0 +1,420 @@
+"""Find inputs, read any supported format into Arrow batches, write shards atomically.
+
+Inputs are planned into *units*: a plain JSONL file is cut at line boundaries every
+`shard_bytes`, a Parquet file at row-group boundaries every `shard_rows`, and a compressed
+JSONL or Arrow file is one unit. Unit `i` becomes output shard `part-{i:05d}.parquet`.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+import xxhash
+
+from datasel.errors import DataselError
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")
+PARQUET_SUFFIXES = (".parquet",)
+ARROW_SUFFIXES = (".arrow",)
+BLOCK_BYTES = 32 << 20  # JSONL is parsed in blocks of ~32 MB
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A slice of one input file that becomes one output shard."""
+
+    path: str
+    source: str  # file name relative to the input root, used in derived ids
+    fmt: str  # jsonl | parquet | arrow
+    start: int = 0  # byte offset (jsonl) or first row group (parquet)
+    stop: int = -1  # byte offset or row group after the last; -1 = to the end
+    first_row: int = 0  # line or row number of the first row in the file
+    rows: int = -1  # -1 when unknown before reading (compressed JSONL)
+
+
+def _suffix_kind(name: str) -> str | None:
+    low = name.lower()
+    if low.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if low.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if low.endswith(ARROW_SUFFIXES):
+        return "arrow"
+    return None
+
+
+def find_files(src: str | os.PathLike) -> tuple[list[Path], Path]:
+    """List the data files of an input (file, folder, glob or HF `save_to_disk` folder).
+
+    Returns the files in a stable order and the root that derived ids are relative to.
+    Names starting with `_` or `.` (our `_removed/`, `_manifest.json`) are skipped in folders.
+    """
+    text = str(src)
+    if any(ch in text for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+        files = [p for p in files if _suffix_kind(p.name)]
+        if not files:
+            raise DataselError(f"{text}: the pattern matches no .jsonl/.parquet/.arrow file")
+        return files, Path(os.path.commonpath([str(p.parent) for p in files]))
+    path = Path(text)
+    if not path.exists():
+        raise DataselError(f"{path}: no such file or folder")
+    if path.is_file():
+        if not _suffix_kind(path.name):
+            raise DataselError(
+                f"{path}: unsupported format (use .jsonl, .jsonl.gz, .jsonl.zst, .parquet or .arrow)"
+            )
+        return [path], path.parent
+    state = path / "state.json"
+    if state.exists() and (path / "dataset_info.json").exists():
+        names = [f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+        return [path / n for n in names], path
+    if (path / "dataset_dict.json").exists():
+        splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        raise DataselError(f"{path}: a DatasetDict; point at one split folder: {', '.join(splits)}")
+    files = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(("_", ".")))
+        for name in sorted(filenames):
+            if not name.startswith(("_", ".")) and _suffix_kind(name):
+                files.append(Path(dirpath) / name)
+    if not files:
+        raise DataselError(f"{path}: the folder holds no .jsonl/.parquet/.arrow file")
+    return files, path
+
+
+def fingerprint(files: list[Path]) -> list[dict]:
+    """Cheap identity of each input file (name, size, mtime), as `make` uses."""
+    out = []
+    for p in files:
+        st = p.stat()
+        out.append({"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return out
+
+
+def digest(obj) -> str:
+    """Stable short hash of a JSON-serialisable object."""
+    return xxhash.xxh3_64_hexdigest(json.dumps(obj, sort_keys=True, default=str).encode())
+
+
+def plan_units(src, *, shard_bytes: int = 128 << 20, shard_rows: int = 250_000) -> list[Unit]:
+    files, root = find_files(src)
+    units: list[Unit] = []
+    for path in files:
+        source = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+        kind = _suffix_kind(path.name)
+        low = path.name.lower()
+        if kind == "parquet":
+            units += _parquet_units(path, source, shard_rows)
+        elif kind == "jsonl" and not low.endswith((".gz", ".zst")):
+            units += _jsonl_units(path, source, shard_bytes)
+        else:
+            units.append(Unit(str(path), source, kind))
+    return units
+
+
+def _parquet_units(path: Path, source: str, shard_rows: int) -> list[Unit]:
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except pa.ArrowException as e:
+        raise DataselError(f"{path}: not a readable Parquet file ({e})") from None
+    units, start, rows, first = [], 0, 0, 0
+    for g in range(meta.num_row_groups):
+        rows += meta.row_group(g).num_rows
+        if rows >= shard_rows or g == meta.num_row_groups - 1:
+            units.append(Unit(str(path), source, "parquet", start, g + 1, first, rows))
+            start, first, rows = g + 1, first + rows, 0
+    return units or [Unit(str(path), source, "parquet", 0, 0, 0, 0)]
+
+
+def _jsonl_units(path: Path, source: str, shard_bytes: int) -> list[Unit]:
+    """Cut a plain JSONL file at line starts every ~shard_bytes, counting lines on the way."""
+    size = path.stat().st_size
+    units, start, line, first = [], 0, 0, 0
+    with open(path, "rb") as f:
+        pos = 0
+        while pos < size:
+            block = f.read(min(BLOCK_BYTES, max(1, shard_bytes - (pos - start))))
+            if not block:
+                break
+            line += block.count(b"\n")
+            pos += len(block)
+            if pos - start >= shard_bytes and pos < size:
+                rest = f.readline()  # finish the current line
+                pos += len(rest)
+                line += rest.endswith(b"\n")
+                units.append(Unit(str(path), source, "jsonl", start, pos, first, line - first))
+                start, first = pos, line
+    tail_rows = line - first + (1 if size and not _ends_with_newline(path) else 0)
+    units.append(Unit(str(path), source, "jsonl", start, size, first, tail_rows))
+    return units
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _open_text_stream(path: str):
+    low = path.lower()
+    if low.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if low.endswith(".zst"):
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))
+    return open(path, "rb")
+
+
+def _jsonl_blocks(unit: Unit) -> Iterator[tuple[bytes, int]]:
+    """Yield (block of whole lines, line number of its first line)."""
+    line = unit.first_row
+    with _open_text_stream(unit.path) as f:
+        if unit.start:
+            f.seek(unit.start)
+        left = (unit.stop - unit.start) if unit.stop >= 0 else None
+        carry = b""
+        while True:
+            want = BLOCK_BYTES if left is None else min(BLOCK_BYTES, left)
+            chunk = f.read(want) if want > 0 else b""
+            if left is not None:
+                left -= len(chunk)
+            if not chunk:
+                if carry.strip():
+                    yield carry, line
+                return
+            data = carry + chunk
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                carry = data
+                continue
+            block, carry = data[:cut], data[cut:]
+            yield block, line
+            line += block.count(b"\n")
+
+
+def _explain_bad_block(path: str, block: bytes, first_line: int, err: Exception) -> DataselError:
+    """Find the first bad line of a block that Arrow refused, for a one-line error."""
+    for i, raw in enumerate(block.split(b"\n")):
+        where = f"{path}:{first_line + i + 1}"
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return DataselError(f"{where}: not valid UTF-8 (byte {e.start} of the line)")
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            return DataselError(f"{where}: malformed JSON: {e.msg} (column {e.colno})")
+        if not isinstance(obj, dict):
+            return DataselError(
+                f"{where}: each line must be a JSON object, got {type(obj).__name__}"
+            )
+    msg = str(err).splitlines()[0].replace("JSON parse error: ", "")
+    return DataselError(f"{path} (lines from {first_line + 1}): {msg}")
+
+
+def _read_jsonl(unit: Unit, schema: pa.Schema | None) -> Iterator[tuple[pa.Table, int]]:
+    for block, first_line in _jsonl_blocks(unit):
+        try:
+            opts = pa_json.ReadOptions(block_size=len(block) + 1, use_threads=False)
+            table = pa_json.read_json(io.BytesIO(block), read_options=opts)
+        except pa.ArrowInvalid as e:
+            raise _explain_bad_block(unit.path, block, first_line, e) from None
+        if b"\n\n" in block or block.startswith(b"\n"):
+            lines = [i for i, raw in enumerate(block.split(b"\n")) if raw.strip()]
+            line_numbers = [first_line + i for i in lines]
+        else:
+            line_numbers = None
+        yield table, (first_line if line_numbers is None else line_numbers)
+
+
+def _check_utf8(table: pa.Table, where: str, rows) -> None:
+    for name in table.column_names:
+        col = table.column(name)
+        if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
+            continue
+        try:
+            col.validate(full=True)
+        except pa.ArrowInvalid:
+            for i, value in enumerate(col):
+                try:
+                    value.as_py()
+                except UnicodeDecodeError:
+                    row = rows[i] if isinstance(rows, list) else rows + i
+                    raise DataselError(
+                        f"{where}:{row + 1}: column '{name}' is not valid UTF-8"
+                    ) from None
+
+
+@dataclass(frozen=True)
+class Columns:
+    text: str = "text"
+    id: str = "id"
+
+
+def read_unit(
+    unit: Unit, columns: Columns = Columns(), batch_rows: int = 8192
+) -> Iterator[pa.RecordBatch]:
+    """Stream one unit as record batches that carry a string `id` column and the text column."""
+    if unit.fmt == "jsonl":
+        tables = _read_jsonl(unit, None)
+    elif unit.fmt == "parquet":
+        tables = _read_parquet(unit)
+    else:
+        tables = _read_arrow(unit)
+    for table, rows in tables:
+        if table.num_rows == 0:
+            continue
+        _check_columns(table, unit, columns)
+        if unit.fmt == "jsonl":
+            _check_utf8(table, unit.path, rows)
+        table = _with_id(table, unit, columns, rows)
+        for batch in table.to_batches(max_chunksize=batch_rows):
+            if batch.num_rows:
+                yield batch
+
+
+def _read_parquet(unit: Unit) -> Iterator[tuple[pa.Table, int]]:
+    f = pq.ParquetFile(unit.path)
+    row = unit.first_row
+    for g in range(unit.start, unit.stop):
+        table = f.read_row_group(g)
+        yield table, row
+        row += table.num_rows
+
+
+def _read_arrow(unit: Unit) -> Iterator[tuple[pa.Table, int]]:
+    with pa.memory_map(unit.path) as source:
+        try:
+            reader = ipc.open_stream(source)
+        except pa.ArrowInvalid:
+            reader = ipc.open_file(source)
+            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        else:
+            batches = iter(reader)
+        row = 0
+        for batch in batches:
+            yield pa.Table.from_batches([batch]), row
+            row += batch.num_rows
+
+
+def _check_columns(table: pa.Table, unit: Unit, columns: Columns) -> None:
+    if columns.text not in table.column_names:
+        have = ", ".join(table.column_names)
+        raise DataselError(
+            f"{unit.path}: no text column '{columns.text}'; columns are: {have} (use --text-column)"
+        )
+    typ = table.schema.field(columns.text).type
+    if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+        raise DataselError(f"{unit.path}: text column '{columns.text}' holds {typ}, not strings")
+
+
+def _with_id(table: pa.Table, unit: Unit, columns: Columns, rows) -> pa.Table:
+    if columns.id in table.column_names:
+        ids = table.column(columns.id)
+        if ids.null_count:
+            raise DataselError(f"{unit.path}: id column '{columns.id}' has missing values")
+        ids = ids.cast(pa.string())
+        if columns.id == "id":
+            return table.set_column(table.column_names.index("id"), "id", ids)
+        if "id" in table.column_names:
+            raise DataselError(f"{unit.path}: has both 'id' and --id-column '{columns.id}'")
+        return table.add_column(0, "id", ids)
+    if "id" in table.column_names:
+        raise DataselError(f"{unit.path}: has a column 'id' but ids were asked from '{columns.id}'")
+    numbers = rows if isinstance(rows, list) else range(rows, rows + table.num_rows)
+    ids = pa.array([f"{unit.source}:{n}" for n in numbers], pa.string())
+    return table.add_column(0, "id", ids)
+
+
+def read_columns(paths: list[Path], names: list[str]) -> pa.Table:
+    """Read a few narrow columns of our own Parquet shards, in shard order."""
+    tables = [pq.read_table(p, columns=names) for p in paths]
+    return pa.concat_tables(tables) if tables else pa.table({n: [] for n in names})
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def shard_name(i: int) -> str:
+    return f"part-{i:05d}.parquet"
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    """Write a Parquet file atomically: a temp file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd", row_group_size=64 * 1024)
+    os.replace(tmp, path)
+
+
+class ShardWriter:
+    """Stream batches into one Parquet shard; the file appears only when complete."""
+
+    def __init__(self, path: Path, compression: str = "zstd"):
+        self.path, self.compression = path, compression
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def write(self, table: pa.Table | pa.RecordBatch) -> None:
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.tmp, table.schema, compression=self.compression)
+        elif table.schema != self.writer.schema:
+            table = _conform(table, self.writer.schema, self.path)
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self, empty_schema: pa.Schema | None = None) -> int:
+        if self.writer is None:
+            schema = empty_schema if empty_schema is not None else pa.schema([("id", pa.string())])
+            write_table(schema.empty_table(), self.path)
+            return 0
+        self.writer.close()
+        os.replace(self.tmp, self.path)
+        return self.rows
+
+
+def _conform(table: pa.Table, schema: pa.Schema, where: Path) -> pa.Table:
+    if set(table.column_names) != set(schema.names):
+        missing = set(schema.names) - set(table.column_names)
+        extra = set(table.column_names) - set(schema.names)
+        for name in missing:
+            table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
+        if extra:
+            raise DataselError(
+                f"{where}: rows have columns {sorted(extra)} that earlier rows did not"
+            )
+    try:
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise DataselError(f"{where}: a column changes type between rows ({e})") from None
+
+
+def write_json(obj, path: Path) -> None:
+    """Write JSON atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def unit_dict(unit: Unit) -> dict:
+    return asdict(unit)

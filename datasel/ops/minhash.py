@@ -1,0 +1,131 @@
+"""MinHash signatures of word n-gram shingles, and LSH band keys.
+
+One-permutation hashing (Li, Owen & Zhang, NeurIPS 2012) with optimal densification
+(Shrivastava, ICML 2017): each shingle is hashed once; its hash picks one of `num_perm` bins
+and the bin keeps the minimum. Empty bins borrow the value of another bin chosen by a fixed
+pseudo-random probe sequence, so every signature has `num_perm` values and
+P[sig_a[k] == sig_b[k]] = Jaccard(a, b), as with `num_perm` independent permutations, at
+1/num_perm of the hashing cost.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+from datasel.ops.words import mix64
+
+EMPTY = np.uint32(0xFFFFFFFF)
+_PROBES = 4096
+
+
+def shingle_hashes(
+    words: np.ndarray, docs: np.ndarray, n_docs: int, ngram: int = 5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hash each run of `ngram` consecutive words of a document (one shingle for shorter documents).
+
+    `words`, `docs`: word hashes and their document index, in reading order.
+    Returns (shingle hashes uint64, document index int64).
+    """
+    coef = mix64(np.arange(1, ngram + 1, dtype=np.uint64))
+    counts = np.bincount(docs, minlength=n_docs)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    w = len(words)
+    parts_h, parts_d = [], []
+    if w >= ngram:
+        m = w - ngram + 1
+        acc = words[:m] * coef[0]
+        for j in range(1, ngram):
+            acc = acc + words[j : j + m] * coef[j]
+        valid = docs[:m] == docs[ngram - 1 : ngram - 1 + m]
+        parts_h.append(acc[valid])
+        parts_d.append(docs[:m][valid])
+    short = np.flatnonzero((counts > 0) & (counts < ngram))
+    if short.size:
+        # documents with fewer words than a shingle: one shingle of all their words
+        sel = np.concatenate([np.arange(first[d], first[d] + counts[d]) for d in short])
+        pos = sel - np.repeat(first[short], counts[short])
+        contrib = words[sel] * coef[pos]
+        parts_h.append(
+            np.add.reduceat(contrib, np.concatenate([[0], np.cumsum(counts[short])[:-1]]))
+        )
+        parts_d.append(short)
+    if not parts_h:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    h, d = np.concatenate(parts_h), np.concatenate(parts_d)
+    order = np.argsort(d, kind="stable")
+    return mix64(h[order]), d[order]
+
+
+@lru_cache(maxsize=8)
+def _probe_table(num_perm: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed ^ 0x5EED)
+    return rng.integers(0, num_perm, size=(_PROBES, num_perm), dtype=np.int64)
+
+
+def signatures(
+    shingles: np.ndarray, docs: np.ndarray, n_docs: int, num_perm: int = 256, seed: int = 0
+) -> np.ndarray:
+    """MinHash signatures, shape (n_docs, num_perm) uint32. A document without shingles gets
+    a row of EMPTY values; callers should treat it as having no near duplicates."""
+    h = mix64(shingles ^ mix64(np.uint64(seed) + np.uint64(0x9E3779B97F4A7C15)))
+    bins = ((h >> np.uint64(32)) * np.uint64(num_perm)) >> np.uint64(32)
+    values = (h & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    sig = np.full(n_docs * num_perm, EMPTY, dtype=np.uint32)
+    np.minimum.at(sig, docs * num_perm + bins.astype(np.int64), values)
+    sig = sig.reshape(n_docs, num_perm)
+    has = np.zeros(n_docs, dtype=bool)
+    has[docs] = True
+    empty = sig == EMPTY
+    empty[~has] = False
+    rows, cols = np.nonzero(empty)
+    if rows.size:
+        donors = sig.copy()
+        probes = _probe_table(num_perm, seed)
+        for t in range(_PROBES):
+            val = donors[rows, probes[t, cols]]
+            ok = val != EMPTY
+            sig[rows[ok], cols[ok]] = val[ok]
+            rows, cols = rows[~ok], cols[~ok]
+            if not rows.size:
+                break
+        if rows.size:  # ~1e-7 per bin for a one-shingle document: use its only value
+            masked = np.where(donors[rows] == EMPTY, 0, donors[rows])
+            sig[rows, cols] = masked.max(axis=1)
+    return sig
+
+
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """Hash each band of `rows` signature values to one uint64, shape (n_docs, bands)."""
+    n = sig.shape[0]
+    coef = mix64(np.arange(101, 101 + rows, dtype=np.uint64))
+    x = sig[:, : bands * rows].reshape(n, bands, rows).astype(np.uint64)
+    acc = np.zeros((n, bands), dtype=np.uint64)
+    for j in range(rows):
+        acc += (x[:, :, j] + np.uint64(1)) * coef[j]
+    return mix64(acc + np.arange(bands, dtype=np.uint64))
+
+
+def lsh_params(threshold: float, num_perm: int, fn_weight: float = 0.5) -> tuple[int, int]:
+    """Bands and rows per band (bands * rows <= num_perm) minimising the weighted area of
+    false positives (Jaccard below `threshold` yet a candidate) and false negatives (above it,
+    missed), as datasketch's MinHashLSH does."""
+
+    lo = np.linspace(0.0, threshold, 200)
+    hi = np.linspace(threshold, 1.0, 200)
+    best, best_cost = (1, num_perm), math.inf
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            fp = np.trapezoid(1 - (1 - lo**r) ** b, lo)
+            fn = np.trapezoid((1 - hi**r) ** b, hi)
+            cost = (1 - fn_weight) * fp + fn_weight * fn
+            if cost < best_cost:
+                best, best_cost = (b, r), cost
+    return best
+
+
+def estimate_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
+    """Fraction of equal signature values, row by row."""
+    return (sig_a == sig_b).mean(axis=1)

@@ -1,0 +1,191 @@
+"""The stage protocol: a keyword-only dataclass with up to three phases.
+
+    fit(ctx)          global, optional   learn what the stage needs (index, centroids, distributions)
+    map(batch, ctx)   per Arrow batch    add columns; may set aside rows with a reason
+    select(staged)    global, optional   read back narrow columns and decide which rows to keep
+
+The dataclass fields are the stage's parameters. The CLI command, the Python call and the YAML
+step are all generated from them (see `cli.py` and `pipeline.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datasel.errors import DataselError
+from datasel.io import Columns
+
+STAGES: dict[str, type[Stage]] = {}
+
+
+def register(cls: type[Stage]) -> type[Stage]:
+    """Make a stage available to the CLI, to configs and to `datasel.run`."""
+    STAGES[cls.name] = cls
+    return cls
+
+
+def param(default: Any = dataclasses.MISSING, *, help: str, **extra) -> Any:
+    """A stage parameter with its help text (shown by `--help` and in config errors)."""
+    meta = {"help": help, **extra}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class MapResult:
+    """What `map` returns for one batch.
+
+    `kept` carries the input columns plus the stage's new ones; `removed` holds rows set aside
+    with a `reason` column; `arrays` are narrow per-row arrays (aligned with `kept`) that only
+    `select` reads, stored beside the shard as .npy files rather than in it.
+    """
+
+    kept: pa.RecordBatch | pa.Table
+    removed: pa.Table | None = None
+    arrays: dict[str, np.ndarray] | None = None
+
+
+@dataclass
+class Decision:
+    """What `select` returns: a keep flag and a reason for every staged row, in shard order."""
+
+    keep: np.ndarray
+    reason: np.ndarray  # object array of str (None where kept)
+    removed_columns: dict[str, pa.Array] = field(default_factory=dict)
+    kept_columns: dict[str, pa.Array] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """What a stage sees at run time besides its batch."""
+
+    columns: Columns
+    work: Path  # the step's scratch folder, removed when the step finishes
+    key: str = ""  # digest of stage, parameters and input fingerprints: names this run
+    workers: int = 1
+    units: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)  # stage statistics, copied into the manifest
+    quiet: bool = False
+
+    def sample(self, n: int, columns: list[str] | None = None) -> pa.Table:
+        """Up to `n` rows spread evenly over the input's units (deterministic)."""
+        from datasel.io import read_unit
+
+        per_unit = max(1, -(-n // max(1, len(self.units))))
+        parts = []
+        for unit in self.units:
+            got = 0
+            for batch in read_unit(unit, self.columns):
+                batch = batch.slice(0, per_unit - got)
+                parts.append(batch.select(columns) if columns else batch)
+                got += batch.num_rows
+                if got >= per_unit:
+                    break
+        if not parts:
+            raise DataselError("empty input: no rows to learn from")
+        return pa.Table.from_batches(parts).slice(0, n)
+
+
+class Staged:
+    """The mapped shards as `select` sees them: narrow columns and side arrays, in shard order."""
+
+    def __init__(self, work: Path, rows: list[int]):
+        self.work, self.rows = work, rows
+        self.offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+
+    @property
+    def total(self) -> int:
+        return int(self.offsets[-1])
+
+    def shard(self, i: int) -> Path:
+        return self.work / f"staged-{i:05d}.parquet"
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        """One column of every shard, concatenated (read by projection: only that column)."""
+        chunks = [
+            pq.read_table(self.shard(i), columns=[name]).column(0) for i in range(len(self.rows))
+        ]
+        return pa.chunked_array([c for ch in chunks for c in ch.chunks], type=chunks[0].type)
+
+    def array(self, name: str, i: int, mmap: bool = True) -> np.ndarray:
+        return np.load(self.work / f"{name}-{i:05d}.npy", mmap_mode="r" if mmap else None)
+
+    def take_column(self, name: str, index: np.ndarray) -> pa.Array:
+        """Values of a column at global row positions, reading one shard at a time."""
+        index = np.asarray(index, dtype=np.int64)
+        out = [None] * len(index)
+        shard_of = np.searchsorted(self.offsets, index, side="right") - 1
+        for i in np.unique(shard_of):
+            sel = np.flatnonzero(shard_of == i)
+            col = pq.read_table(self.shard(int(i)), columns=[name]).column(0)
+            values = col.take(pa.array(index[sel] - self.offsets[i])).to_pylist()
+            for j, v in zip(sel, values, strict=True):
+                out[j] = v
+        return pa.array(out)
+
+
+@dataclass(kw_only=True)
+class Stage:
+    """Base class. Subclasses set `name`, write a docstring (first line = CLI help) and
+    `example` (shown in `--help`), and implement `map` and optionally `fit` / `select`."""
+
+    name: ClassVar[str] = ""
+    example: ClassVar[str] = ""
+    # set by stages whose work is better done in one process (a model on one GPU)
+    single_process: ClassVar[bool] = False
+
+    def fit(self, ctx: Context) -> None:  # noqa: B027 - optional hook
+        """Learn global state before `map` (optional)."""
+
+    def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
+        return MapResult(batch)
+
+    def select(self, staged: Staged, ctx: Context) -> Decision:
+        raise NotImplementedError
+
+    @classmethod
+    def has_select(cls) -> bool:
+        return cls.select is not Stage.select
+
+    def params(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_params(cls, params: dict, where: str = "") -> Stage:
+        """Build from a config mapping, with one-line errors for unknown keys or bad types."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        prefix = f"{where}: " if where else ""
+        for key in params:
+            if key not in fields:
+                allowed = ", ".join(sorted(fields))
+                raise DataselError(
+                    f"{prefix}unknown key '{key}' for stage {cls.name}; allowed: {allowed}"
+                )
+        try:
+            return cls(**{k: _coerce(fields[k], v, prefix) for k, v in params.items()})
+        except (TypeError, ValueError) as e:
+            raise DataselError(f"{prefix}{e}") from None
+
+
+def _coerce(f: dataclasses.Field, value: Any, prefix: str) -> Any:
+    typ = f.type if not isinstance(f.type, str) else f.type
+    want = {"int": int, "float": float, "str": str, "bool": bool}.get(
+        typ if isinstance(typ, str) else getattr(typ, "__name__", "")
+    )
+    if want is None or value is None:
+        return value
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if want is bool and not isinstance(value, bool) or want is not bool and isinstance(value, bool):
+        raise DataselError(f"{prefix}key '{f.name}' must be {want.__name__}, got {value!r}")
+    if not isinstance(value, want):
+        raise DataselError(f"{prefix}key '{f.name}' must be {want.__name__}, got {value!r}")
+    return value

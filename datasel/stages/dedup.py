@@ -1,0 +1,383 @@
+"""Exact and near-duplicate removal, incremental across dumps through a persisted index.
+
+Near duplicates follow Broder, "On the resemblance and containment of documents" (1997):
+MinHash signatures of word 5-gram sets, LSH banding for candidates, candidates confirmed by
+their estimated Jaccard, clusters by union-find, one document kept per cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datasel.errors import DataselError
+from datasel.ops.minhash import EMPTY, band_keys, lsh_params, shingle_hashes, signatures
+from datasel.ops.unionfind import components
+from datasel.ops.words import hash_texts, normalize
+from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register
+
+
+@register
+@dataclass(kw_only=True)
+class Dedup(Stage):
+    """Remove exact duplicates (normalised text) and near duplicates (MinHash LSH).
+
+    Removed rows carry `reason` (exact | near), `duplicate_of` (the kept id) and
+    `dedup_jaccard` (the estimated Jaccard similarity with it).
+    """
+
+    name = "dedup"
+    example = "datasel dedup dump-2026-11/ deduped/ --threshold 0.8 --index state/dedup-index"
+
+    threshold: float = param(
+        0.8, help="word 5-gram Jaccard similarity at which two documents are near duplicates"
+    )
+    num_perm: int = param(
+        256, help="MinHash permutations (signature length); bands and rows follow from --threshold"
+    )
+    ngram: int = param(5, help="words per shingle")
+    keep: str = param(
+        "first", help="which document of a cluster to keep: first | longest | max:<column>"
+    )
+    index: str | None = param(
+        None,
+        help="folder of a persisted index of kept documents, for cron runs over successive dumps",
+    )
+    exact_only: bool = param(False, help="remove exact duplicates only (no MinHash)")
+    seed: int = param(0, help="hash seed (an index only matches runs with the same seed)")
+
+    def __post_init__(self):
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.keep not in ("first", "longest") and not self.keep.startswith("max:"):
+            raise ValueError(f"keep must be first, longest or max:<column>, got {self.keep!r}")
+        if self.num_perm < 16:
+            raise ValueError(f"num_perm must be at least 16, got {self.num_perm}")
+        if self.ngram < 1:
+            raise ValueError(f"ngram must be at least 1, got {self.ngram}")
+
+    @property
+    def bands_rows(self) -> tuple[int, int]:
+        return _lsh_params(self.threshold, self.num_perm)
+
+    @property
+    def accept(self) -> float:
+        """Estimated Jaccard a candidate pair needs: the threshold less 1.5 standard errors of the
+        estimate, so that pairs right at the threshold are kept as duplicates ~93% of the time
+        while pairs 0.1 below it almost never are (0.776 for 256 permutations at 0.8)."""
+        t = self.threshold
+        return t - 1.5 * math.sqrt(t * (1 - t) / self.num_perm)
+
+    # ------------------------------------------------------------------ map
+    def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
+        text_hash, words, docs = hash_texts(normalize(batch.column(ctx.columns.text)))
+        arrays = {"hash": text_hash, "len": _utf8_lengths(batch.column(ctx.columns.text))}
+        if not self.exact_only:
+            n = batch.num_rows
+            sh, sd = shingle_hashes(words, docs, n, self.ngram)
+            sig = signatures(sh, sd, n, self.num_perm, self.seed)
+            b, r = self.bands_rows
+            arrays["sig"] = sig
+            arrays["bands"] = band_keys(sig, b, r)
+        return MapResult(batch, arrays=arrays)
+
+    # ------------------------------------------------------------------ select
+    def select(self, staged: Staged, ctx: Context) -> Decision:
+        index = DedupIndex(Path(self.index), self) if self.index else None
+        old = index.segments(exclude=ctx.key) if index else []
+        store = _Store(old, staged, with_sig=not self.exact_only)
+        n_old, n_all = store.n_old, store.total
+        hashes = store.concat("hash")
+        edges = [_group_edges(hashes, n_old)]
+        if not self.exact_only:
+            empty = store.concat_empty()
+            b, _ = self.bands_rows
+            for band in range(b):
+                keys = store.concat_band(band)
+                u, v = _group_edges(keys, n_old, skip=empty)
+                ok = _similar(store, u, v, self.accept)
+                edges.append((u[ok], v[ok]))
+        u = np.concatenate([e[0] for e in edges])
+        v = np.concatenate([e[1] for e in edges])
+        nodes, label = components(u, v)
+        rank = self._rank(store, staged, ctx, n_old, n_all)
+        dup_of, jacc = self._assign(store, nodes, label, rank, hashes, n_old)
+        keep = dup_of[n_old:] < 0
+        reason = np.full(staged.total, None, dtype=object)
+        removed = np.flatnonzero(~keep)
+        keeper = dup_of[n_old:][removed]
+        exact = hashes[keeper] == hashes[n_old + removed]
+        reason[removed] = np.where(exact, "exact", "near")
+        dup_ids = np.full(staged.total, None, dtype=object)
+        dup_ids[removed] = store.ids(keeper)
+        jac = np.full(staged.total, np.nan)
+        jac[removed] = np.where(exact, 1.0, jacc[n_old:][removed])
+        ctx.stats.update(
+            {
+                "bands": self.bands_rows[0],
+                "rows_per_band": self.bands_rows[1],
+                "accept_estimated_jaccard": round(self.accept, 4),
+                "index_documents_before": n_old,
+                "clusters": int(len(np.unique(label))),
+                "candidate_edges": int(len(u)),
+            }
+        )
+        if index:
+            index.append(ctx.key, store, np.flatnonzero(keep))
+            ctx.stats["index_documents_after"] = n_old + int(keep.sum())
+        return Decision(
+            keep=keep,
+            reason=reason,
+            removed_columns={
+                "duplicate_of": pa.array(dup_ids, pa.string()),
+                "dedup_jaccard": pa.array(jac, pa.float32(), from_pandas=True),
+            },
+        )
+
+    def _rank(
+        self, store: _Store, staged: Staged, ctx: Context, n_old: int, n_all: int
+    ) -> np.ndarray:
+        """Position of each document in keep-priority order: indexed documents first."""
+        if self.keep == "first":
+            return np.arange(n_all)
+        if self.keep == "longest":
+            value = store.concat("len", new_only=True).astype(np.float64)
+        else:
+            col = self.keep[4:]
+            try:
+                value = staged.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+            except (KeyError, pa.ArrowInvalid, ValueError, TypeError):
+                raise DataselError(
+                    f"--keep {self.keep}: no numeric column '{col}' in the input"
+                ) from None
+            value = np.nan_to_num(value, nan=-np.inf)
+        order = np.lexsort((np.arange(len(value)), -value))
+        rank = np.empty(n_all, dtype=np.int64)
+        rank[:n_old] = np.arange(n_old)
+        rank[n_old + order] = n_old + np.arange(len(value))
+        return rank
+
+    def _assign(self, store, nodes, label, rank, hashes, n_old):
+        """Greedy keepers inside each cluster: the best-ranked document is kept, every other
+        member that is similar enough *to it* is removed; repeat with those left. So each
+        removed document is a duplicate of the kept one it names, never only of a chain."""
+        dup_of = np.full(store.total, -1, dtype=np.int64)
+        jacc = np.zeros(store.total, dtype=np.float32)
+        active = np.ones(len(nodes), dtype=bool)
+        _, comp = np.unique(label, return_inverse=True)
+        while True:
+            idx = np.flatnonzero(active)
+            counts = np.bincount(comp[idx], minlength=comp.max() + 1 if len(comp) else 0)
+            idx = idx[counts[comp[idx]] >= 2]
+            if not idx.size:
+                break
+            order = idx[np.lexsort((rank[nodes[idx]], comp[idx]))]
+            first = np.ones(len(order), dtype=bool)
+            first[1:] = comp[order[1:]] != comp[order[:-1]]
+            keepers = order[first]
+            keeper_of = np.full(comp.max() + 1, -1, dtype=np.int64)
+            keeper_of[comp[keepers]] = keepers
+            others = order[~first]
+            a, k = nodes[others], nodes[keeper_of[comp[others]]]
+            same = hashes[a] == hashes[k]
+            sim = np.ones(len(a), dtype=np.float32)
+            if (~same).any():
+                sim[~same] = store.jaccard(a[~same], k[~same])
+            gone = (same | (sim >= self.accept)) & (a >= n_old)
+            dup_of[a[gone]] = k[gone]
+            jacc[a[gone]] = sim[gone]
+            active[others[gone]] = False
+            active[keepers] = False
+        return dup_of, jacc
+
+
+@lru_cache(maxsize=32)
+def _lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    # Balanced at 0.2 below the threshold: candidates are verified afterwards, so the bands aim
+    # at recall (32 bands x 8 rows for 0.8: pairs at 0.8 become candidates 99.7% of the time,
+    # pairs at 0.5 12% of the time).
+    return lsh_params(max(0.05, threshold - 0.2), num_perm)
+
+
+def _utf8_lengths(texts: pa.Array) -> np.ndarray:
+    return pa.compute.binary_length(pa.compute.fill_null(texts, "")).to_numpy().astype(np.int64)
+
+
+def _group_edges(keys: np.ndarray, n_old: int, skip: np.ndarray | None = None):
+    """Edges from the first document of each group of equal keys to the others in the group
+    (star edges), leaving out edges between two already-indexed documents."""
+    idx = np.arange(len(keys)) if skip is None else np.flatnonzero(~skip)
+    order = idx[np.argsort(keys[idx], kind="stable")]
+    k = keys[order]
+    new_group = np.ones(len(k), dtype=bool)
+    new_group[1:] = k[1:] != k[:-1]
+    head = order[np.maximum.accumulate(np.where(new_group, np.arange(len(k)), 0))]
+    member = ~new_group
+    u, v = head[member], order[member]
+    fresh = v >= n_old
+    return u[fresh], v[fresh]
+
+
+def _similar(store: _Store, u: np.ndarray, v: np.ndarray, accept: float) -> np.ndarray:
+    if not len(u):
+        return np.zeros(0, dtype=bool)
+    return store.jaccard(u, v) >= accept
+
+
+class _Store:
+    """Narrow per-document arrays of the indexed documents then of this run's, in global order."""
+
+    def __init__(self, old: list[Path], staged: Staged, with_sig: bool):
+        self.old, self.staged = old, staged
+        self.parts: list[tuple[str, int]] = []  # ("old", segment) or ("new", unit)
+        sizes = []
+        for i, seg in enumerate(old):
+            self.parts.append(("old", i))
+            sizes.append(len(np.load(seg / "hash.npy", mmap_mode="r")))
+        for i, n in enumerate(staged.rows):
+            self.parts.append(("new", i))
+            sizes.append(n)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.n_old = int(sum(sizes[: len(old)]))
+        self.total = int(self.offsets[-1])
+        self.with_sig = with_sig
+
+    def _array(self, part: int, name: str) -> np.ndarray:
+        kind, i = self.parts[part]
+        if kind == "old":
+            return np.load(self.old[i] / f"{name}.npy", mmap_mode="r")
+        if self.staged.rows[i] == 0:
+            return np.zeros((0,), np.uint64)
+        return self.staged.array(name, i)
+
+    def concat(self, name: str, new_only: bool = False) -> np.ndarray:
+        parts = range(len(self.old) if new_only else 0, len(self.parts))
+        arrays = [np.asarray(self._array(p, name)) for p in parts]
+        return np.concatenate(arrays) if arrays else np.zeros(0)
+
+    def concat_band(self, band: int) -> np.ndarray:
+        out = np.empty(self.total, dtype=np.uint64)
+        for p in range(len(self.parts)):
+            lo, hi = self.offsets[p], self.offsets[p + 1]
+            if hi > lo:
+                out[lo:hi] = self._array(p, "bands")[:, band]
+        return out
+
+    def concat_empty(self) -> np.ndarray:
+        out = np.zeros(self.total, dtype=bool)
+        for p in range(len(self.parts)):
+            lo, hi = self.offsets[p], self.offsets[p + 1]
+            if hi > lo:
+                out[lo:hi] = self._array(p, "sig")[:, 0] == EMPTY
+        return out
+
+    def rows(self, name: str, index: np.ndarray) -> np.ndarray:
+        """Rows of a 2-D array at global positions, reading each part once."""
+        part = np.searchsorted(self.offsets, index, side="right") - 1
+        out = None
+        for p in np.unique(part):
+            sel = np.flatnonzero(part == p)
+            local = index[sel] - self.offsets[p]
+            order = np.argsort(local, kind="stable")  # sorted reads are kinder to a memory map
+            arr = self._array(int(p), name)
+            if out is None:
+                out = np.empty((len(index),) + arr.shape[1:], dtype=arr.dtype)
+            out[sel[order]] = arr[local[order]]
+        return out
+
+    def jaccard(self, u: np.ndarray, v: np.ndarray, chunk: int = 200_000) -> np.ndarray:
+        out = np.empty(len(u), dtype=np.float32)
+        for lo in range(0, len(u), chunk):
+            a = self.rows("sig", u[lo : lo + chunk])
+            b = self.rows("sig", v[lo : lo + chunk])
+            out[lo : lo + chunk] = (a == b).mean(axis=1)
+        return out
+
+    def ids(self, index: np.ndarray) -> list[str]:
+        """Ids of documents at global positions."""
+        out: list[str | None] = [None] * len(index)
+        part = np.searchsorted(self.offsets, index, side="right") - 1
+        for p in np.unique(part):
+            sel = np.flatnonzero(part == p)
+            local = index[sel] - self.offsets[p]
+            kind, i = self.parts[int(p)]
+            path = self.old[i] / "ids.parquet" if kind == "old" else self.staged.shard(i)
+            col = pq.read_table(path, columns=["id"]).column(0)
+            for j, value in zip(sel, col.take(pa.array(local)).to_pylist(), strict=True):
+                out[j] = value
+        return out
+
+
+class DedupIndex:
+    """Kept documents of earlier runs: ids, text hashes, band keys and signatures, one segment
+    (folder) per run, named by the run's key so that a replayed run neither dedups against
+    itself nor appends twice."""
+
+    def __init__(self, root: Path, stage: Dedup):
+        self.root = root
+        b, r = stage.bands_rows
+        self.meta = {
+            "format": 1,
+            "num_perm": stage.num_perm,
+            "bands": b,
+            "rows": r,
+            "ngram": stage.ngram,
+            "seed": stage.seed,
+            "exact_only": stage.exact_only,
+        }
+        meta_path = root / "meta.json"
+        if meta_path.exists():
+            have = json.loads(meta_path.read_text())
+            if have != self.meta:
+                diff = {k: (have.get(k), v) for k, v in self.meta.items() if have.get(k) != v}
+                raise DataselError(
+                    f"{root}: index was built with other settings {diff} (index, this run); use the same settings or a new index"
+                )
+
+    def segments(self, exclude: str = "") -> list[Path]:
+        if not self.root.exists():
+            return []
+        return sorted(
+            p
+            for p in self.root.glob("seg-*")
+            if p.is_dir() and p.name != f"seg-{exclude}" and (p / "ids.parquet").exists()
+        )
+
+    def append(self, key: str, store: _Store, keep_local: np.ndarray) -> None:
+        from datasel.io import write_json
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json(self.meta, self.root / "meta.json")
+        final = self.root / f"seg-{key}"
+        tmp = self.root / f".seg-{key}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        glob_idx = store.n_old + keep_local
+        np.save(tmp / "hash.npy", store.concat("hash", new_only=True)[keep_local])
+        if store.with_sig:
+            np.save(
+                tmp / "sig.npy",
+                store.rows("sig", glob_idx)
+                if len(glob_idx)
+                else np.zeros((0, self.meta["num_perm"]), np.uint32),
+            )
+            np.save(
+                tmp / "bands.npy",
+                store.rows("bands", glob_idx)
+                if len(glob_idx)
+                else np.zeros((0, self.meta["bands"]), np.uint64),
+            )
+        pq.write_table(
+            pa.table({"id": pa.array(store.ids(glob_idx), pa.string())}), tmp / "ids.parquet"
+        )
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)

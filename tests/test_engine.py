@@ -1,0 +1,73 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import datasel
+from datasel.errors import DataselError
+from tests.conftest import read_dataset, read_removed, sample_rows, write_jsonl
+
+
+def make_input(tmp_path, n_files=3):
+    rows = sample_rows(600)
+    rows = rows + [dict(r, id=r["id"] + "-copy") for r in rows[:40]]  # exact duplicates
+    for i in range(n_files):
+        write_jsonl(tmp_path / "in" / f"f{i}.jsonl", rows[i::n_files])
+    return tmp_path / "in"
+
+
+def test_counts_and_rerun_is_noop(tmp_path, capsys):
+    src = make_input(tmp_path)
+    m = datasel.run(datasel.Dedup(), src, tmp_path / "out", workers=2, quiet=True)
+    assert m["rows_in"] == 640 == m["kept"] + m["removed_total"]
+    assert m["removed"].get("exact", 0) >= 40
+    assert read_dataset(tmp_path / "out").num_rows == m["kept"]
+    assert read_removed(tmp_path / "out").num_rows == m["removed_total"]
+    assert not (tmp_path / "out" / "_work").exists()
+    before = (tmp_path / "out" / "part-00000.parquet").stat().st_mtime_ns
+    again = datasel.run(datasel.Dedup(), src, tmp_path / "out")
+    assert "already done" in capsys.readouterr().err
+    assert again["key"] == m["key"]
+    assert (tmp_path / "out" / "part-00000.parquet").stat().st_mtime_ns == before
+
+
+def test_refuses_another_runs_output(tmp_path):
+    src = make_input(tmp_path)
+    datasel.run(datasel.Dedup(), src, tmp_path / "out", quiet=True)
+    with pytest.raises(DataselError, match="another run"):
+        datasel.run(datasel.Dedup(threshold=0.7), src, tmp_path / "out", quiet=True)
+    m = datasel.run(datasel.Dedup(threshold=0.7), src, tmp_path / "out", quiet=True, overwrite=True)
+    assert m["params"]["threshold"] == 0.7
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(DataselError, match="not empty"):
+        datasel.run(datasel.Dedup(), src, tmp_path / "other", quiet=True)
+
+
+def test_empty_input(tmp_path):
+    (tmp_path / "e.jsonl").write_text("")
+    with pytest.raises(DataselError, match="empty input"):
+        datasel.run(datasel.Dedup(), tmp_path / "e.jsonl", tmp_path / "out", quiet=True)
+
+
+def output_bytes(path):
+    files = sorted(p for p in path.rglob("*.parquet"))
+    return {str(p.relative_to(path)): p.read_bytes() for p in files}
+
+
+@pytest.mark.parametrize("point", ["_stage_unit:0", "_stage_unit:1", "select", "_apply_unit:1"])
+def test_sigkill_then_resume_gives_identical_output(tmp_path, point):
+    src = make_input(tmp_path)
+    datasel.run(datasel.Dedup(), src, tmp_path / "ref", workers=1, quiet=True)
+    code = f"import datasel; datasel.run(datasel.Dedup(), {str(src)!r}, {str(tmp_path / 'out')!r}, workers=1, quiet=True)"
+    env = dict(os.environ, DATASEL_KILL_AT=point)
+    killed = subprocess.run([sys.executable, "-c", code], env=env)
+    assert killed.returncode == -9
+    assert not (tmp_path / "out" / "_manifest.json").exists()
+    env.pop("DATASEL_KILL_AT")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    assert output_bytes(tmp_path / "out") == output_bytes(tmp_path / "ref")
+    m = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert m["rows_in"] == m["kept"] + m["removed_total"]

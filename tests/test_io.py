@@ -1,0 +1,92 @@
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pytest
+import zstandard
+
+from datasel.errors import DataselError
+from datasel.io import Columns, find_files, plan_units, read_unit
+from tests.conftest import sample_rows, write_jsonl, write_parquet
+
+ROWS = [{"text": f"document number {i}", "n": i} for i in range(50)]
+
+
+def read_all(src, **kw):
+    units = plan_units(src, **kw)
+    batches = [b for u in units for b in read_unit(u, Columns())]
+    return pa.Table.from_batches(batches)
+
+
+def test_formats_read_alike(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", ROWS)
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in ROWS)
+    (tmp_path / "c.jsonl.zst").write_bytes(
+        zstandard.ZstdCompressor().compress((tmp_path / "a.jsonl").read_bytes())
+    )
+    write_parquet(tmp_path / "d.parquet", ROWS)
+    for name in ["a.jsonl", "b.jsonl.gz", "c.jsonl.zst", "d.parquet"]:
+        t = read_all(tmp_path / name)
+        assert t.column("text").to_pylist() == [r["text"] for r in ROWS], name
+        assert t.column("id").to_pylist()[:2] == [f"{name}:0", f"{name}:1"]
+    assert read_all(tmp_path).num_rows == 4 * len(ROWS)
+    assert read_all(str(tmp_path / "*.jsonl*")).num_rows == 3 * len(ROWS)
+
+
+def test_hf_save_to_disk_folder(tmp_path):
+    table = pa.Table.from_pylist(ROWS)
+    with ipc.new_stream(tmp_path / "data-00000-of-00001.arrow", table.schema) as w:
+        w.write_table(table)
+    (tmp_path / "state.json").write_text(
+        json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]})
+    )
+    (tmp_path / "dataset_info.json").write_text("{}")
+    assert read_all(tmp_path).column("n").to_pylist() == list(range(50))
+
+
+def test_jsonl_split_into_units_keeps_rows_and_ids(tmp_path):
+    rows = sample_rows(300)
+    write_jsonl(tmp_path / "big.jsonl", rows)
+    whole = read_all(tmp_path / "big.jsonl")
+    units = plan_units(tmp_path / "big.jsonl", shard_bytes=50_000)
+    assert len(units) > 5
+    split = read_all(tmp_path / "big.jsonl", shard_bytes=50_000)
+    assert split.equals(whole)
+    assert whole.column("id").to_pylist() == [r["id"] for r in rows]  # the input's own ids
+
+
+def test_parquet_split_by_row_groups(tmp_path):
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "x.parquet", row_group_size=10)
+    assert len(plan_units(tmp_path / "x.parquet", shard_rows=20)) == 3
+    assert read_all(tmp_path / "x.parquet", shard_rows=20).column("n").to_pylist() == list(
+        range(50)
+    )
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"text": "ok"}\n{"text": "broken"\n', "bad.jsonl:2: malformed JSON"),
+        (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "bad.jsonl:2: column 'text' is not valid UTF-8"),
+        (b'{"text": "ok"}\n[1, 2]\n', "bad.jsonl:2: each line must be a JSON object"),
+        (b'{"body": "no text here", "x": 1}\n', "no text column 'text'; columns are: body, x"),
+    ],
+)
+def test_bad_input_gives_one_line_error(tmp_path, content, message):
+    (tmp_path / "bad.jsonl").write_bytes(content)
+    with pytest.raises(DataselError) as err:
+        read_all(tmp_path / "bad.jsonl")
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_and_empty_inputs(tmp_path):
+    with pytest.raises(DataselError, match="no such file"):
+        find_files(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataselError, match="holds no"):
+        find_files(tmp_path / "empty")
