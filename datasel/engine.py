@@ -142,7 +142,7 @@ def run(
             progress.status("write")
             counts = _parallel(
                 _apply_unit,
-                [(dst, i) for i in range(len(units))],
+                [(dst, i, stage, u, ctx, options.batch_rows) for i, u in enumerate(units)],
                 workers,
                 None,
                 lambda i: work / f"done-{i:05d}.json",
@@ -294,9 +294,12 @@ def _stage_unit(stage: Stage, unit: Unit, i: int, ctx: Context, batch_rows: int)
     for batch in read_unit(unit, ctx.columns, batch_rows):
         rows_in += batch.num_rows
         result = _as_result(stage.map(batch, ctx))
-        schema = result.kept.schema
-        if result.kept.num_rows:
-            staged.write(result.kept)
+        kept = result.kept
+        if not stage.map_adds_columns:  # only what select reads; apply re-reads the input
+            kept = kept.select(["id", *stage.narrow_columns(ctx)])
+        schema = kept.schema
+        if kept.num_rows:
+            staged.write(kept)
         if result.removed is not None and result.removed.num_rows:
             removed.write(result.removed)
             reasons.update(result.removed.column("reason").to_pylist())
@@ -340,40 +343,55 @@ def _save_decision(decision: Decision, staged: Staged) -> None:
         write_table(table.slice(lo, hi - lo), staged.work / f"decision-{i:05d}.parquet")
 
 
-def _apply_unit(dst: Path, i: int) -> dict:
-    """Split one staged shard into kept and removed rows by the saved decision."""
+def _apply_unit(dst: Path, i: int, stage: Stage, unit: Unit, ctx: Context, batch_rows: int) -> dict:
+    """Split one staged shard into kept and removed rows by the saved decision, streaming."""
     work = dst / WORK
-    table = pq.read_table(work / f"staged-{i:05d}.parquet")
     decision = pq.read_table(work / f"decision-{i:05d}.parquet")
-    keep = decision.column("keep")
-    kept = table.filter(keep)
-    kept = kept.drop_columns([c for c in kept.column_names if c.startswith("_")])
-    for name in decision.column_names:
-        if name.startswith("kept:"):
-            kept = kept.append_column(name[5:], decision.column(name).filter(keep))
-    drop = pa.compute.invert(keep)
-    removed = table.filter(drop)
-    removed = removed.drop_columns([c for c in removed.column_names if c.startswith("_")])
-    removed = removed.append_column("reason", decision.column("reason").filter(drop))
-    for name in decision.column_names:
-        if name.startswith("removed:"):
-            removed = removed.append_column(name[8:], decision.column(name).filter(drop))
+    if stage.map_adds_columns:
+        batches = pq.ParquetFile(work / f"staged-{i:05d}.parquet").iter_batches(batch_rows)
+    else:  # the staged shard is narrow: take the rows from the input again
+        batches = read_unit(unit, ctx.columns, batch_rows)
+    kept_out = ShardWriter(dst / shard_name(i))
+    removed_out = ShardWriter(dst / REMOVED / shard_name(i))
     earlier = work / f"removed-{i:05d}.parquet"
     if earlier.exists():
-        removed = pa.concat_tables([pq.read_table(earlier), removed], promote_options="default")
-    write_table(kept, dst / shard_name(i))
-    if removed.num_rows:
-        write_table(removed, dst / REMOVED / shard_name(i))
-    staged_counts = json.loads((work / f"staged-{i:05d}.json").read_text())
-    reasons = Counter(staged_counts["map_removed"])
-    reasons.update(decision.column("reason").filter(drop).to_pylist())
+        removed_out.write(pq.read_table(earlier))
+    reasons = Counter(json.loads((work / f"staged-{i:05d}.json").read_text())["map_removed"])
+    offset, schema = 0, None
+    for batch in batches:
+        table = pa.Table.from_batches([batch])
+        table = table.drop_columns([c for c in table.column_names if c.startswith("_")])
+        d = decision.slice(offset, batch.num_rows)
+        offset += batch.num_rows
+        keep = d.column("keep")
+        kept = _with_decision_columns(table.filter(keep), d.filter(keep), "kept:")
+        schema = kept.schema
+        if kept.num_rows:
+            kept_out.write(kept)
+        drop = pa.compute.invert(keep)
+        if pa.compute.any(drop).as_py():
+            gone = d.filter(drop)
+            removed = table.filter(drop).append_column("reason", gone.column("reason"))
+            removed_out.write(_with_decision_columns(removed, gone, "removed:"))
+            reasons.update(gone.column("reason").to_pylist())
+    if offset != decision.num_rows:
+        raise RuntimeError(f"shard {i}: {offset} rows read back, {decision.num_rows} decided")
     counts = {
-        "rows_in": staged_counts["map_rows_in"],
-        "kept": kept.num_rows,
+        "rows_in": json.loads((work / f"staged-{i:05d}.json").read_text())["map_rows_in"],
+        "kept": kept_out.close(schema),
         "removed": dict(reasons),
     }
+    if removed_out.writer is not None:
+        removed_out.close()
     write_json(counts, work / f"done-{i:05d}.json")
     return counts
+
+
+def _with_decision_columns(table: pa.Table, decision: pa.Table, prefix: str) -> pa.Table:
+    for name in decision.column_names:
+        if name.startswith(prefix):
+            table = table.append_column(name[len(prefix) :], decision.column(name))
+    return table
 
 
 def _finish(

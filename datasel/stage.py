@@ -141,6 +141,9 @@ class Stage:
     example: ClassVar[str] = ""
     # set by stages whose work is better done in one process (a model on one GPU)
     single_process: ClassVar[bool] = False
+    # False for stages whose map only computes side arrays for select: the staged shard then
+    # holds just `id` and `narrow_columns()`, and the final write re-reads the input
+    map_adds_columns: ClassVar[bool] = True
 
     def fit(self, ctx: Context) -> None:  # noqa: B027 - optional hook
         """Learn global state before `map` (optional)."""
@@ -150,6 +153,10 @@ class Stage:
 
     def select(self, staged: Staged, ctx: Context) -> Decision:
         raise NotImplementedError
+
+    def narrow_columns(self, ctx: Context) -> list[str]:
+        """Input columns that `select` reads back (when `map_adds_columns` is False)."""
+        return []
 
     @classmethod
     def has_select(cls) -> bool:

@@ -14,13 +14,6 @@ import pyarrow.compute as pc
 
 _BASE = np.uint64(0x100000001B3)  # odd, so invertible mod 2**64
 _BASE_INV = np.uint64(pow(int(_BASE), -1, 1 << 64))
-_WORD_BYTE = np.zeros(256, dtype=bool)
-_WORD_BYTE[ord("0") : ord("9") + 1] = True
-_WORD_BYTE[ord("a") : ord("z") + 1] = True
-_WORD_BYTE[ord("A") : ord("Z") + 1] = True
-_WORD_BYTE[0x80:] = True
-_SPACE_BYTE = np.zeros(256, dtype=bool)
-_SPACE_BYTE[[9, 10, 11, 12, 13, 32]] = True
 _powers = np.ones(1, dtype=np.uint64)
 _inv_powers = np.ones(1, dtype=np.uint64)
 
@@ -29,7 +22,13 @@ def normalize(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Unicode NFKC and lower case (whitespace is collapsed later, by tokenising)."""
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
-    return pc.utf8_lower(pc.utf8_normalize(pc.fill_null(texts, ""), "NFKC"))
+    texts = pc.fill_null(texts, "")
+    other = pc.invert(pc.string_is_ascii(texts))
+    lowered = pc.ascii_lower(texts)  # NFKC leaves ASCII as it is; 5x faster than utf8 kernels
+    if not pc.any(other).as_py():
+        return lowered
+    unicode = pc.utf8_lower(pc.utf8_normalize(texts.filter(other), "NFKC"))
+    return pc.replace_with_mask(lowered, other, unicode)
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -69,19 +68,25 @@ def _grow_powers(n: int) -> None:
         globals()[name] = np.cumprod(p, dtype=np.uint64)
 
 
-def _runs(mask: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Starts and ends of maximal runs of True bytes, cut at document boundaries."""
-    n = len(mask)
-    before = np.empty(n, dtype=bool)
-    before[0] = False
-    before[1:] = mask[:-1]
-    after = np.empty(n, dtype=bool)
-    after[-1] = False
-    after[:-1] = mask[1:]
-    doc_starts, doc_ends = offsets[:-1], offsets[1:] - 1
-    before[doc_starts[doc_starts < n]] = False
-    after[doc_ends[doc_ends >= 0]] = False
-    return np.flatnonzero(mask & ~before), np.flatnonzero(mask & ~after) + 1
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and ends of the maximal runs of True in `mask` (which must end with False)."""
+    change = np.empty(len(mask), dtype=bool)
+    change[0] = mask[0]
+    np.not_equal(mask[1:], mask[:-1], out=change[1:])
+    edges = np.flatnonzero(change)
+    return edges[0::2], edges[1::2]
+
+
+def _word_bytes(data: np.ndarray) -> np.ndarray:
+    """ASCII letters and digits, and every byte of a non-ASCII character (5x faster than a
+    lookup table, as plain comparisons vectorise)."""
+    letter = (data | np.uint8(0x20)) - np.uint8(ord("a")) < 26
+    digit = data - np.uint8(ord("0")) < 10
+    return (data >= 0x80) | letter | digit
+
+
+def _space_bytes(data: np.ndarray) -> np.ndarray:
+    return (data == 32) | (data - np.uint8(9) < 5)  # space, \t \n \v \f \r
 
 
 def hash_texts(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -92,25 +97,27 @@ def hash_texts(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     The text hash is of the whitespace-separated tokens in order, so it equals the hash of the
     text with runs of whitespace collapsed and trimmed.
     """
-    data, offsets = string_buffer(texts)
+    # a space after every text, so that no word or token runs across two documents
+    data, offsets = string_buffer(pc.binary_join_element_wise(texts, "", " "))
     n_docs, n = len(offsets) - 1, len(data)
-    if n == 0:
-        return np.full(n_docs, mix64(np.uint64(0))), np.zeros(0, np.uint64), np.zeros(0, np.int64)
     _grow_powers(n)
-    prefix = np.zeros(n + 1, dtype=np.int64)  # int64 accumulates 3x faster; same bits mod 2**64
-    np.add.accumulate((data.astype(np.uint64) * _powers[:n]).view(np.int64), out=prefix[1:])
-    prefix = prefix.view(np.uint64)
+    prefix = np.zeros(n + 1, dtype=np.uint64)
+    x = prefix[1:]
+    x[:] = data
+    np.multiply(x, _powers[:n], out=x)
+    np.add.accumulate(x.view(np.int64), out=x.view(np.int64))  # int64 is ~3x faster, same bits
 
     def run_hashes(mask):
-        starts, ends = _runs(mask, offsets)
-        return mix64((prefix[ends] - prefix[starts]) * _inv_powers[starts]), starts
+        starts, ends = _runs(mask)
+        h = mix64((prefix[ends] - prefix[starts]) * _inv_powers[starts])
+        return h, np.searchsorted(offsets, starts, side="right") - 1
 
-    words, starts = run_hashes(_WORD_BYTE[data])
-    docs = np.searchsorted(offsets, starts, side="right") - 1
-    tokens, tstarts = run_hashes(~_SPACE_BYTE[data])
-    tdocs = np.searchsorted(offsets, tstarts, side="right") - 1
+    words, docs = run_hashes(_word_bytes(data))
+    tokens, tdocs = run_hashes(~_space_bytes(data))
     counts = np.bincount(tdocs, minlength=n_docs)
-    pos = np.arange(len(tokens)) - np.repeat(np.cumsum(counts) - counts, counts)
+    pos = np.arange(len(tokens), dtype=np.uint64) - np.repeat(
+        np.cumsum(counts) - counts, counts
+    ).astype(np.uint64)
     text = np.zeros(n_docs, dtype=np.uint64)
-    np.add.at(text, tdocs, mix64(tokens ^ mix64(pos.astype(np.uint64) + np.uint64(1))))
+    np.add.at(text, tdocs, mix64(tokens ^ mix64(pos + np.uint64(1))))
     return mix64(text + counts.astype(np.uint64)), words, docs

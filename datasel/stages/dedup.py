@@ -36,6 +36,7 @@ class Dedup(Stage):
     """
 
     name = "dedup"
+    map_adds_columns = False
     example = "datasel dedup dump-2026-11/ deduped/ --threshold 0.8 --index state/dedup-index"
 
     threshold: float = param(
@@ -77,18 +78,25 @@ class Dedup(Stage):
         t = self.threshold
         return t - 1.5 * math.sqrt(t * (1 - t) / self.num_perm)
 
+    def narrow_columns(self, ctx: Context) -> list[str]:
+        return [self.keep[4:]] if self.keep.startswith("max:") else []
+
     # ------------------------------------------------------------------ map
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
-        text_hash, words, docs = hash_texts(normalize(batch.column(ctx.columns.text)))
-        arrays = {"hash": text_hash, "len": _utf8_lengths(batch.column(ctx.columns.text))}
-        if not self.exact_only:
-            n = batch.num_rows
-            sh, sd = shingle_hashes(words, docs, n, self.ngram)
-            sig = signatures(sh, sd, n, self.num_perm, self.seed)
-            b, r = self.bands_rows
-            arrays["sig"] = sig
-            arrays["bands"] = band_keys(sig, b, r)
+        texts = batch.column(ctx.columns.text)
+        lengths = _utf8_lengths(texts)
+        parts = [self._hash_chunk(texts.slice(lo, hi - lo)) for lo, hi in _chunks(lengths)]
+        arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        arrays["len"] = lengths
         return MapResult(batch, arrays=arrays)
+
+    def _hash_chunk(self, texts: pa.Array) -> dict[str, np.ndarray]:
+        text_hash, words, docs = hash_texts(normalize(texts))
+        if self.exact_only:
+            return {"hash": text_hash}
+        n = len(texts)
+        sig = signatures(*shingle_hashes(words, docs, n, self.ngram), n, self.num_perm, self.seed)
+        return {"hash": text_hash, "sig": sig, "bands": band_keys(sig, *self.bands_rows)}
 
     # ------------------------------------------------------------------ select
     def select(self, staged: Staged, ctx: Context) -> Decision:
@@ -212,6 +220,17 @@ def _utf8_lengths(texts: pa.Array) -> np.ndarray:
     return pa.compute.binary_length(pa.compute.fill_null(texts, "")).to_numpy().astype(np.int64)
 
 
+def _chunks(lengths: np.ndarray, target: int = 512 << 10):
+    """Row ranges of ~512 KB of text: the hashing arrays (8 bytes per text byte) then stay in
+    cache, which here made hashing 2x faster than whole 16 MB batches."""
+    ends = np.cumsum(lengths)
+    cuts = np.searchsorted(
+        ends, np.arange(target, ends[-1] if len(ends) else 0, target), side="right"
+    )
+    bounds = np.unique(np.concatenate([[0], cuts, [len(lengths)]]))
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
 def _group_edges(keys: np.ndarray, n_old: int, skip: np.ndarray | None = None):
     """Edges from the first document of each group of equal keys to the others in the group
     (star edges), leaving out edges between two already-indexed documents."""
@@ -250,8 +269,15 @@ class _Store:
         self.n_old = int(sum(sizes[: len(old)]))
         self.total = int(self.offsets[-1])
         self.with_sig = with_sig
+        self._mmaps: dict[tuple[int, str], np.ndarray] = {}
 
     def _array(self, part: int, name: str) -> np.ndarray:
+        key = (part, name)
+        if key not in self._mmaps:
+            self._mmaps[key] = self._open(part, name)
+        return self._mmaps[key]
+
+    def _open(self, part: int, name: str) -> np.ndarray:
         kind, i = self.parts[part]
         if kind == "old":
             return np.load(self.old[i] / f"{name}.npy", mmap_mode="r")

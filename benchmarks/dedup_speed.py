@@ -1,0 +1,200 @@
+"""Dedup speed: datasel (1 and 2 workers) against datasketch and datatrove on the same corpus.
+
+    python benchmarks/dedup_speed.py [--corpus ../shared/data/dev-corpus.jsonl.gz] [--docs N]
+
+Every tool does the same work end to end: read the corpus, normalise, word 5-gram shingles,
+MinHash with 256 permutations, LSH for Jaccard 0.8, cluster, and (datasel, datatrove) write the
+kept documents. Each run is a separate process, so peak memory (max RSS) is its own.
+Needs the `bench` extra for the peers (datasketch; datatrove[processing]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unicodedata
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+NUM_PERM, THRESHOLD, NGRAM = 256, 0.8, 5
+WORD = re.compile(r"[0-9a-z\x80-\U0010ffff]+")
+
+
+def prepare(
+    corpus: Path, docs: int | None, shards: int, tmp: Path
+) -> tuple[Path, Path, int, float]:
+    rows = [json.loads(line) for line in gzip.open(corpus, "rt")]
+    rows = rows[:docs] if docs else rows
+    rows = [{"id": r["id"], "text": r["text"]} for r in rows]
+    table = pa.Table.from_pylist(rows)
+    pq_dir, jl_dir = tmp / "parquet", tmp / "jsonl"
+    pq_dir.mkdir()
+    jl_dir.mkdir()
+    n = len(rows)
+    for i in range(shards):
+        lo, hi = i * n // shards, (i + 1) * n // shards
+        pq.write_table(table.slice(lo, hi - lo), pq_dir / f"shard-{i}.parquet")
+        with open(jl_dir / f"shard-{i}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows[lo:hi])
+    mb = sum(len(r["text"].encode()) for r in rows) / 1e6
+    return pq_dir, jl_dir, n, mb
+
+
+def run_datasel(src: Path, out: Path, workers: int) -> None:
+    import datasel
+
+    datasel.run(
+        datasel.Dedup(threshold=THRESHOLD, num_perm=NUM_PERM), src, out, workers=workers, quiet=True
+    )
+
+
+def shingles(text: str) -> list[bytes]:
+    words = WORD.findall(unicodedata.normalize("NFKC", text).lower())
+    if len(words) < NGRAM:
+        return [" ".join(words).encode()] if words else []
+    return [" ".join(words[i : i + NGRAM]).encode() for i in range(len(words) - NGRAM + 1)]
+
+
+def run_datasketch(src: Path, out: Path, workers: int) -> None:
+    from datasketch import MinHash, MinHashLSH
+
+    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM)
+    keep = []
+    for path in sorted(src.glob("*.parquet")):
+        table = pq.read_table(path)
+        for doc_id, text in zip(
+            table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True
+        ):
+            m = MinHash(num_perm=NUM_PERM)
+            m.update_batch(shingles(text))
+            if lsh.query(m):
+                continue
+            lsh.insert(doc_id, m)
+            keep.append(doc_id)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kept.txt").write_text("\n".join(keep))
+
+
+def run_datatrove(src: Path, out: Path, workers: int) -> None:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.utils.hashing import HashConfig
+
+    cfg = MinhashConfig(
+        hash_config=HashConfig(precision=64),
+        n_grams=NGRAM,
+        num_buckets=32,
+        hashes_per_bucket=8,  # 32 x 8 = 256 permutations, as datasel's choice for 0.8
+    )
+    tasks = len(list(src.glob("*.jsonl")))
+    sig, buckets, clusters = out / "sig", out / "buckets", out / "clusters"
+    common = {"logging_dir": None, "skip_completed": False}
+    LocalPipelineExecutor(
+        [JsonlReader(str(src)), MinhashDedupSignature(output_folder=str(sig), config=cfg)],
+        tasks=tasks,
+        workers=workers,
+        **common,
+    ).run()
+    LocalPipelineExecutor(
+        [MinhashDedupBuckets(input_folder=str(sig), output_folder=str(buckets), config=cfg)],
+        tasks=cfg.num_buckets,
+        workers=workers,
+        **common,
+    ).run()
+    LocalPipelineExecutor(
+        [MinhashDedupCluster(input_folder=str(buckets), output_folder=str(clusters), config=cfg)],
+        tasks=1,
+        **common,
+    ).run()
+    LocalPipelineExecutor(
+        [
+            JsonlReader(str(src)),
+            MinhashDedupFilter(input_folder=str(clusters)),
+            JsonlWriter(str(out / "kept")),
+        ],
+        tasks=tasks,
+        workers=workers,
+        **common,
+    ).run()
+
+
+def measure(tool: str, src: Path, out: Path, workers: int) -> tuple[float, float]:
+    """Run one tool in a child process; return (seconds, peak RSS MB)."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import dedup_speed as b; "
+        f"b.run_{tool}(b.Path({str(src)!r}), b.Path({str(out)!r}), {workers})"
+    )
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    if status != 0:
+        raise SystemExit(f"{tool} failed:\n{proc.stderr.read().decode()[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--corpus",
+        type=Path,
+        default=Path(__file__).parents[1] / "../shared/data/dev-corpus.jsonl.gz",
+    )
+    ap.add_argument("--docs", type=int, default=None, help="first N documents only")
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--peers", default="datasketch,datatrove")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="dedup-bench-"))
+    try:
+        pq_dir, jl_dir, n, mb = prepare(args.corpus, args.docs, args.shards, tmp)
+        print(
+            f"corpus: {n:,} documents, {mb:.1f} MB of text, {args.shards} shards; {os.cpu_count()} cores"
+        )
+        runs = [("datasel", pq_dir, 1), ("datasel", pq_dir, 2)]
+        for peer in filter(None, args.peers.split(",")):
+            runs.append((peer, jl_dir if peer == "datatrove" else pq_dir, 1))
+        results = {}
+        for tool, src, workers in runs:
+            try:
+                sec, rss = measure(tool, src, tmp / f"out-{tool}-{workers}", workers)
+            except (SystemExit, ImportError) as e:
+                print(f"{tool}: skipped ({str(e).splitlines()[-1] if str(e) else e})")
+                continue
+            results[(tool, workers)] = sec
+            print(
+                f"{tool:<11} workers={workers}  {sec:7.2f} s  {n / sec:9,.0f} docs/s  {mb / sec:6.1f} MB/s  peak {rss:6.0f} MB"
+            )
+        base = results.get(("datasel", 1))
+        if base and ("datasel", 2) in results:
+            print(f"datasel 2 workers vs 1: {base / results['datasel', 2]:.2f}x faster")
+        for (tool, _), sec in results.items():
+            if base and tool != "datasel":
+                print(f"datasel (1 worker) vs {tool} (1 worker): {sec / base:.2f}x faster")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
