@@ -73,7 +73,12 @@ def _stage_command(cls: type[Stage]):
         ),
     ]
     for f in fields:
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = inspect.Parameter.empty  # a required option
         flag = "--" + f.name.replace("_", "-")
         opt = typer.Option(flag, help=f.metadata.get("help", ""))
         params.append(
@@ -178,6 +183,71 @@ def run_config(
         typer.echo(
             f"selected: {last} ({manifests[-1]['kept']:,} of {manifests[0]['rows_in']:,} rows)"
         )
+
+
+preselect_app = typer.Typer(help=GROUPS["preselect"], no_args_is_help=True)
+app.add_typer(preselect_app, name="preselect")
+_groups["preselect"] = preselect_app
+
+
+@preselect_app.command("fit")
+def preselect_fit_cmd(
+    input: Annotated[
+        str, typer.Argument(help="documents with one loss column per model (from `score ppl`)")
+    ],
+    scorer_out: Annotated[Path, typer.Argument(help="folder for model.bin and card.json")],
+    loss_columns: Annotated[
+        str, typer.Option(help="loss columns, comma-separated, e.g. bpb_a,bpb_b,bpb_c")
+    ],
+    benchmark_scores: Annotated[
+        str, typer.Option(help="each model's benchmark score, same order, e.g. 31.2,40.5,47.9")
+    ],
+    fraction: Annotated[
+        float, typer.Option(help="share of documents taken as positives (and as negatives)")
+    ] = 0.1,
+    epoch: Annotated[int, typer.Option(help="fastText epochs")] = 3,
+    lr: Annotated[float, typer.Option(help="fastText learning rate")] = 0.1,
+    word_ngrams: Annotated[int, typer.Option(help="fastText word n-grams")] = 2,
+    dim: Annotated[int, typer.Option(help="fastText vector size (a multiple of 10)")] = 100,
+    seed: Annotated[int, typer.Option(help="seed for ties, the held-out split and training")] = 0,
+    text_column: Annotated[str, typer.Option(help="name of the text column")] = "text",
+):
+    """Fit a PreSelect scorer: documents whose losses rank the models as their benchmark scores do
+    become positives, the least predictive negatives, and a fastText classifier learns them.
+
+    Example:
+
+      datasel preselect fit scored/ scorers/ps --loss-columns bpb_s,bpb_m,bpb_l --benchmark-scores 30.1,38.4,45.0
+    """
+    from datasel.stages.score import preselect_fit
+
+    try:
+        scores = [float(x) for x in benchmark_scores.split(",")]
+    except ValueError:
+        raise fail(
+            f"--benchmark-scores {benchmark_scores!r}: expected numbers separated by commas"
+        ) from None
+    try:
+        card = preselect_fit(
+            input,
+            scorer_out,
+            loss_columns=[c.strip() for c in loss_columns.split(",")],
+            benchmark_scores=scores,
+            text_column=text_column,
+            fraction=fraction,
+            epoch=epoch,
+            lr=lr,
+            word_ngrams=word_ngrams,
+            dim=dim,
+            seed=seed,
+        )
+    except DataselError as e:
+        raise fail(str(e)) from None
+    c = card["counts"]
+    typer.echo(
+        f"{scorer_out}: {c['pos']:,} positives, {c['neg']:,} negatives from {c['docs']:,} documents; "
+        f"held-out accuracy {card['heldout_accuracy']}"
+    )
 
 
 @app.command("inspect")

@@ -1,0 +1,210 @@
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+import datasel
+from datasel.cli import app, register_stages
+from datasel.stages.filter import Filter
+from datasel.stages.score import ScoreFastText, ScorePreselect, preselect_fit
+from tests.conftest import read_dataset, read_removed, sample_rows
+
+register_stages()
+runner = CliRunner()
+
+
+def scored_input(tmp_path, n=200):
+    rng = np.random.default_rng(0)
+    rows = [
+        {
+            "id": f"d{i}",
+            "text": "x" * int(rng.integers(1, 100)),
+            "s": float(rng.random()),
+            "t": float(i),
+        }
+        for i in range(n)
+    ]
+    rows[3]["s"] = None
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    return rows
+
+
+def test_filter_rules_and_reasons(tmp_path):
+    rows = scored_input(tmp_path)
+    m = datasel.run(
+        Filter(min=["s=0.2"], max=["t=150"], top=["s=50"]),
+        tmp_path / "in.parquet",
+        tmp_path / "out",
+        quiet=True,
+    )
+    kept = read_dataset(tmp_path / "out").to_pylist()
+    removed = read_removed(tmp_path / "out").to_pylist()
+    assert m["rows_in"] == 200 == len(kept) + len(removed)
+    eligible = [r for r in rows if r["s"] is not None and r["s"] >= 0.2 and r["t"] <= 150]
+    best = sorted(eligible, key=lambda r: -r["s"])[:50]
+    assert {r["id"] for r in kept} == {r["id"] for r in best}
+    reasons = {r["id"]: r["reason"] for r in removed}
+    assert reasons["d3"] == "filter:s missing"
+    assert all(
+        reasons[r["id"]] == "filter:s<0.2" for r in rows if r["s"] is not None and r["s"] < 0.2
+    )
+    assert reasons["d199"] in ("filter:t>150", "filter:s<0.2")
+    assert any(v == "filter:top:s=50" for v in reasons.values())
+
+
+def test_filter_top_chars_keeps_a_share_of_characters(tmp_path):
+    rows = scored_input(tmp_path)
+    datasel.run(Filter(top_chars=["t=0.25"]), tmp_path / "in.parquet", tmp_path / "out", quiet=True)
+    kept = read_dataset(tmp_path / "out").to_pylist()
+    total = sum(len(r["text"]) for r in rows)
+    share = sum(len(r["text"]) for r in kept) / total
+    assert 0.25 <= share < 0.25 + 100 / total
+    assert min(r["t"] for r in kept) > max(
+        r["t"] for r in rows if r["id"] not in {k["id"] for k in kept}
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--min", "s"], "expected COLUMN=NUMBER"),
+        (["--top-fraction", "s=2"], "the fraction must be in (0, 1]"),
+        ([], "needs at least one rule"),
+        (["--min", "nope=1"], "no column 'nope'"),
+    ],
+)
+def test_filter_errors(tmp_path, args, message):
+    scored_input(tmp_path)
+    result = runner.invoke(
+        app, ["filter", str(tmp_path / "in.parquet"), str(tmp_path / "out"), *args]
+    )
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def train_domain_model(tmp_path):
+    from scorers.fasttext import train_classifier
+
+    docs = sample_rows()
+    texts = [d["text"] for d in docs]
+    labels = ["__label__py" if d["domain"] == "python_docs" else "__label__other" for d in docs]
+    return train_classifier(
+        texts, labels, tmp_path / "domain.bin", epoch=5, lr=0.5, dim=20, bucket=50_000
+    )
+
+
+def test_score_fasttext(tmp_path):
+    model = train_domain_model(tmp_path)
+    m = datasel.run(
+        ScoreFastText(model=str(model), label="__label__py"),
+        datasel.SAMPLE,
+        tmp_path / "out",
+        quiet=True,
+    )
+    t = read_dataset(tmp_path / "out")
+    assert m["kept"] == 2250 and "fasttext_py" in t.column_names
+    score = np.asarray(t.column("fasttext_py"))
+    is_py = np.asarray(t.column("domain")) == "python_docs"
+    assert score[is_py].mean() > 0.8 > 0.2 > score[~is_py].mean()
+    result = runner.invoke(
+        app,
+        [
+            "score",
+            "fasttext",
+            str(datasel.SAMPLE),
+            str(tmp_path / "o2"),
+            "--model",
+            str(model),
+            "--label",
+            "nope",
+        ],
+    )
+    assert result.exit_code == 2 and "nope" in result.output
+    result = runner.invoke(
+        app,
+        [
+            "score",
+            "fasttext",
+            str(datasel.SAMPLE),
+            str(tmp_path / "o3"),
+            "--model",
+            "missing.bin",
+            "--label",
+            "x",
+        ],
+    )
+    assert result.exit_code == 2 and "missing.bin: no such fastText model file" in result.output
+
+
+def test_preselect_fit_and_apply(tmp_path):
+    # losses under 4 models; python docs are "predictive": their losses fall as benchmark rises
+    docs = sample_rows()
+    rng = np.random.default_rng(0)
+    bench = [10.0, 20.0, 30.0, 40.0]
+    rows = []
+    for d in docs:
+        base = rng.random(4) + 1
+        losses = np.sort(base)[::-1] if d["domain"] == "python_docs" else rng.permutation(base)
+        rows.append(
+            {
+                "id": d["id"],
+                "text": d["text"],
+                **{f"bpb_{k}": float(v) for k, v in enumerate(losses)},
+            }
+        )
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "losses.parquet")
+    cols = [f"bpb_{k}" for k in range(4)]
+    card = preselect_fit(
+        tmp_path / "losses.parquet",
+        tmp_path / "scorer",
+        loss_columns=cols,
+        benchmark_scores=bench,
+        fraction=0.2,
+        epoch=5,
+        lr=0.5,
+        dim=20,
+    )
+    assert card["counts"]["pos"] == 450 and card["heldout_accuracy"] >= 0.8
+    datasel.run(
+        ScorePreselect(scorer=str(tmp_path / "scorer")),
+        datasel.SAMPLE,
+        tmp_path / "scored",
+        quiet=True,
+    )
+    t = read_dataset(tmp_path / "scored")
+    is_py = np.asarray(t.column("domain")) == "python_docs"
+    score = np.asarray(t.column("preselect_score"))
+    assert score[is_py].mean() > score[~is_py].mean() + 0.5
+    result = runner.invoke(
+        app,
+        [
+            "preselect",
+            "fit",
+            str(tmp_path / "losses.parquet"),
+            str(tmp_path / "s2"),
+            "--loss-columns",
+            "bpb_0,bpb_1",
+            "--benchmark-scores",
+            "1,2,3",
+        ],
+    )
+    assert result.exit_code == 2 and "2 loss columns but 3 benchmark scores" in result.output
+    result = runner.invoke(
+        app,
+        [
+            "preselect",
+            "fit",
+            str(tmp_path / "losses.parquet"),
+            str(tmp_path / "s2"),
+            "--loss-columns",
+            "bpb_0,nope",
+            "--benchmark-scores",
+            "1,2",
+        ],
+    )
+    assert result.exit_code == 2 and "no column 'nope'" in result.output
+    assert (
+        json.loads((tmp_path / "scorer" / "card.json").read_text())["models"][0]["name"] == "bpb_0"
+    )
