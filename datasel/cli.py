@@ -35,6 +35,7 @@ RUN_PARAMS = [
     ("workers", int, RunOptions().workers, "worker processes (default: all cores)"),
     ("overwrite", bool, False, "replace the output of another run in OUTPUT"),
     ("quiet", bool, False, "no progress bar or summary (for cron)"),
+    ("engine", str, "local", "local (process pool) or ray (RAY_ADDRESS, else a local cluster)"),
 ]
 
 
@@ -155,6 +156,7 @@ def run_config(
     ] = None,  # noqa: UP045
     overwrite: Annotated[bool, typer.Option(help="replace outputs of other runs")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars or summaries")] = False,
+    engine: Annotated[str, typer.Option(help="local or ray")] = "local",
 ):
     """Run a pipeline of stages from a YAML config; each step writes its own folder.
 
@@ -172,7 +174,7 @@ def run_config(
             raise DataselError(
                 f"{config}: needs 'input' and 'output' (in the config or as --input/--output)"
             )
-        extra = {"overwrite": overwrite, "quiet": quiet}
+        extra = {"overwrite": overwrite, "quiet": quiet, "engine": engine}
         if workers:
             extra["workers"] = workers
         manifests = pipeline.run(src, dst, **extra)

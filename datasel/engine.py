@@ -18,8 +18,8 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +63,7 @@ class RunOptions:
     shard_bytes: int = 128 << 20
     shard_rows: int = 250_000
     batch_rows: int = 8192
+    engine: str = "local"  # local | ray
 
 
 def run(
@@ -121,15 +122,17 @@ def run(
     )
     stage.fit(ctx)
     workers = 1 if stage.single_process else max(1, min(options.workers, len(units)))
+    executor = ctx.executor = make_executor(options.engine, workers)
     progress = Progress(f"{stage.name}", total=_known_rows(units), quiet=options.quiet)
-    with progress:
+    with progress, executor:
         if stage.has_select():
             counts = _parallel(
                 _stage_unit,
                 [(stage, u, i, ctx, options.batch_rows) for i, u in enumerate(units)],
-                workers,
+                executor,
                 progress,
                 lambda i: work / f"staged-{i:05d}.json",
+                stage,
             )
             staged = Staged(work, [c["rows_in"] for c in counts])
             if not (work / "select.json").exists():
@@ -143,7 +146,7 @@ def run(
             counts = _parallel(
                 _apply_unit,
                 [(dst, i, stage, u, ctx, options.batch_rows) for i, u in enumerate(units)],
-                workers,
+                executor,
                 None,
                 lambda i: work / f"done-{i:05d}.json",
             )
@@ -151,9 +154,10 @@ def run(
             counts = _parallel(
                 _map_unit,
                 [(stage, u, i, ctx, dst, options.batch_rows) for i, u in enumerate(units)],
-                workers,
+                executor,
                 progress,
                 lambda i: work / f"done-{i:05d}.json",
+                stage,
             )
     manifest = _finish(dst, plan, key, units, counts, ctx.stats, time.time() - t0)
     if not options.quiet:
@@ -218,40 +222,69 @@ def _clear(dst: Path) -> None:
     (dst / MANIFEST).unlink(missing_ok=True)
 
 
+class LocalExecutor:
+    """Runs functions over argument tuples: in this process, or in a pool of `workers` processes."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+
+    def map_unordered(self, fn: Callable, args: list[tuple], stage: Stage | None = None):
+        """Yield (position, result) as each call finishes. `stage` names the stage whose model
+        the calls load (an engine may keep one per worker); the local pool relies on each
+        process caching what it loaded."""
+        if self.workers <= 1 or len(args) <= 1:
+            for k, a in enumerate(args):
+                yield k, fn(*a)
+            return
+        with ProcessPoolExecutor(
+            max_workers=min(self.workers, len(args)), mp_context=_mp_context()
+        ) as pool:
+            futures = {pool.submit(fn, *a): k for k, a in enumerate(args)}
+            for fut in as_completed(futures):
+                yield futures[fut], fut.result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def make_executor(engine: str, workers: int):
+    if engine == "local":
+        return LocalExecutor(workers)
+    if engine == "ray":
+        from datasel.ray_engine import RayExecutor
+
+        return RayExecutor(workers)
+    raise DataselError(f"--engine {engine!r}: choose local or ray")
+
+
 def _parallel(
-    fn: Callable, tasks: list[tuple], workers: int, progress, marker: Callable[[int], Path]
+    fn: Callable,
+    tasks: list[tuple],
+    executor,
+    progress,
+    marker: Callable[[int], Path],
+    stage: Stage | None = None,
 ) -> list[dict]:
     """Run `fn` over units, skipping those whose marker exists; return each unit's counts."""
     results: dict[int, dict] = {}
     todo = []
-    for i, _task in enumerate(tasks):
+    for i in range(len(tasks)):
         if marker(i).exists():
             results[i] = json.loads(marker(i).read_text())
             if progress:
                 progress.advance(results[i]["rows_in"])
         else:
             todo.append(i)
-    if workers <= 1 or len(todo) <= 1:
-        for i in todo:
-            results[i] = fn(*tasks[i])
-            if progress:
-                progress.advance(results[i]["rows_in"])
-            _kill_point(f"{fn.__name__}:{i}")
-    else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
-            futures = {pool.submit(fn, *tasks[i]): i for i in todo}
-            for fut in _as_completed(futures):
-                i = futures[fut]
-                results[i] = fut.result()
-                if progress:
-                    progress.advance(results[i]["rows_in"])
+    for k, result in executor.map_unordered(fn, [tasks[i] for i in todo], stage):
+        i = todo[k]
+        results[i] = result
+        if progress:
+            progress.advance(result["rows_in"])
+        _kill_point(f"{fn.__name__}:{i}")
     return [results[i] for i in range(len(tasks))]
-
-
-def _as_completed(futures: Iterable):
-    from concurrent.futures import as_completed
-
-    return as_completed(futures)
 
 
 def _mp_context():

@@ -74,6 +74,10 @@ class Context:
     units: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)  # stage statistics, copied into the manifest
     quiet: bool = False
+    executor: Any = None  # the engine's: map_unordered(fn, args) for work that select can spread
+
+    def __getstate__(self):  # workers get everything but the engine itself
+        return {**self.__dict__, "executor": None}
 
     def sample(self, n: int, columns: list[str] | None = None) -> pa.Table:
         """Up to `n` rows spread evenly over the input's units (deterministic)."""

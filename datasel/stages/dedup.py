@@ -106,14 +106,14 @@ class Dedup(Stage):
         n_old, n_all = store.n_old, store.total
         hashes = store.concat("hash")
         edges = [_group_edges(hashes, n_old)]
-        if not self.exact_only:
-            empty = store.concat_empty()
+        if not self.exact_only:  # bands are independent: spread them over the engine's workers
             b, _ = self.bands_rows
-            for band in range(b):
-                keys = store.concat_band(band)
-                u, v = _group_edges(keys, n_old, skip=empty)
-                ok = _similar(store, u, v, self.accept)
-                edges.append((u[ok], v[ok]))
+            store.empty()  # computed once here, shipped with the store
+            args = [(store, band, self.accept) for band in range(b)]
+            executor = ctx.executor or _Sequential()
+            edges += [
+                e for _, e in sorted(executor.map_unordered(_band_edges, args), key=lambda x: x[0])
+            ]
         u = np.concatenate([e[0] for e in edges])
         v = np.concatenate([e[1] for e in edges])
         nodes, label = components(u, v)
@@ -246,6 +246,18 @@ def _group_edges(keys: np.ndarray, n_old: int, skip: np.ndarray | None = None):
     return u[fresh], v[fresh]
 
 
+class _Sequential:
+    def map_unordered(self, fn, args, stage=None):
+        return ((k, fn(*a)) for k, a in enumerate(args))
+
+
+def _band_edges(store: _Store, band: int, accept: float) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs that share one band's key, kept when their signatures agree enough."""
+    u, v = _group_edges(store.concat_band(band), store.n_old, skip=store.empty())
+    ok = _similar(store, u, v, accept)
+    return u[ok], v[ok]
+
+
 def _similar(store: _Store, u: np.ndarray, v: np.ndarray, accept: float) -> np.ndarray:
     if not len(u):
         return np.zeros(0, dtype=bool)
@@ -270,6 +282,7 @@ class _Store:
         self.total = int(self.offsets[-1])
         self.with_sig = with_sig
         self._mmaps: dict[tuple[int, str], np.ndarray] = {}
+        self._empty: np.ndarray | None = None
 
     def _array(self, part: int, name: str) -> np.ndarray:
         key = (part, name)
@@ -298,7 +311,16 @@ class _Store:
                 out[lo:hi] = self._array(p, "bands")[:, band]
         return out
 
-    def concat_empty(self) -> np.ndarray:
+    def __getstate__(self):  # memory maps are reopened in each process
+        return {**self.__dict__, "_mmaps": {}}
+
+    def empty(self) -> np.ndarray:
+        """Documents without shingles (no words): they take part in exact dedup only."""
+        if self._empty is None:
+            self._empty = self._concat_empty()
+        return self._empty
+
+    def _concat_empty(self) -> np.ndarray:
         out = np.zeros(self.total, dtype=bool)
         for p in range(len(self.parts)):
             lo, hi = self.offsets[p], self.offsets[p + 1]
