@@ -7,10 +7,22 @@ __version__ = "0.1.0"
 SAMPLE = Path(__file__).parent / "data" / "sample.parquet"
 """A bundled sample of real text (see datasel/data/LICENSES.md) for the quickstart and examples."""
 
-from datasel.engine import RunOptions, run  # noqa: E402
+from datasel.engine import RunOptions, apply, run  # noqa: E402
 from datasel.errors import DataselError  # noqa: E402
 from datasel.pipeline import Pipeline  # noqa: E402
 from datasel.stages import STAGES  # noqa: E402
 from datasel.stages.dedup import Dedup  # noqa: E402
+from datasel.stages.filter import Filter  # noqa: E402
 
-__all__ = ["SAMPLE", "STAGES", "DataselError", "Dedup", "Pipeline", "RunOptions", "run", "__version__"]
+__all__ = [
+    "SAMPLE",
+    "STAGES",
+    "DataselError",
+    "Dedup",
+    "Filter",
+    "Pipeline",
+    "RunOptions",
+    "apply",
+    "run",
+    "__version__",
+]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import sys
 import typing
 from pathlib import Path
@@ -48,7 +49,7 @@ def _option_type(tp):
     args = typing.get_args(tp)
     if type(None) in args:  # Optional[X]
         (inner,) = [a for a in args if a is not type(None)]
-        return Optional[inner]  # noqa: UP045 - typer needs typing.Optional
+        return Optional[inner]  # noqa: UP045 - a runtime type for typer
     return tp
 
 
@@ -143,20 +144,27 @@ def run_config(
     config: Annotated[Path, typer.Argument(help="YAML pipeline (see configs/)")],
     input: Annotated[
         str | None, typer.Option("--input", "-i", help="override the config's input")
-    ] = None,  # noqa: UP045
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="override the config's output")
-    ] = None,  # noqa: UP045
+    ] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="override a key: key=value or STEP.key=value"),
-    ] = None,  # noqa: UP045
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="worker processes (default: config, else all cores)")
-    ] = None,  # noqa: UP045
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace outputs of other runs")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars or summaries")] = False,
     engine: Annotated[str, typer.Option(help="local or ray")] = "local",
+    since: Annotated[
+        Path | None,
+        typer.Option(help="state folder of a cron job: process only files no earlier run has seen"),
+    ] = None,
+    log_json: Annotated[
+        bool, typer.Option("--log-json", help="print one JSON line per step (for cron logs)")
+    ] = False,
 ):
     """Run a pipeline of stages from a YAML config; each step writes its own folder.
 
@@ -174,16 +182,40 @@ def run_config(
             raise DataselError(
                 f"{config}: needs 'input' and 'output' (in the config or as --input/--output)"
             )
-        extra = {"overwrite": overwrite, "quiet": quiet, "engine": engine}
+        extra = {"overwrite": overwrite, "quiet": quiet or log_json, "engine": engine}
         if workers:
             extra["workers"] = workers
+        if since is not None:
+            _report_cron(
+                pipeline.run_incremental(src, dst, since, **extra), since, dst, quiet, log_json
+            )
+            return
         manifests = pipeline.run(src, dst, **extra)
     except DataselError as e:
         raise fail(str(e)) from None
-    if not quiet:
+    if log_json:
+        for m in manifests:
+            typer.echo(
+                json.dumps({k: m[k] for k in ("stage", "rows_in", "kept", "removed", "seconds")})
+            )
+    elif not quiet:
         last = pipeline.step_dirs(Path(dst))[-1]
         typer.echo(
             f"selected: {last} ({manifests[-1]['kept']:,} of {manifests[0]['rows_in']:,} rows)"
+        )
+
+
+def _report_cron(record: dict | None, since: Path, dst, quiet: bool, log_json: bool) -> None:
+    if log_json:
+        typer.echo(json.dumps(record or {"run": None, "files": []}))
+    elif quiet:
+        return
+    elif record is None:
+        typer.echo(f"{since}: no new input files; nothing to do")
+    else:
+        typer.echo(
+            f"run {record['run']}: {len(record['files'])} new file(s), {record['kept']:,} of "
+            f"{record['rows_in']:,} rows added to {Path(dst) / 'selected'}"
         )
 
 

@@ -467,3 +467,43 @@ def _finish(
     write_json(manifest, dst / MANIFEST)
     shutil.rmtree(dst / WORK, ignore_errors=True)
     return manifest
+
+
+def apply(stage: Stage, data, *, removed: bool = False, **options):
+    """Run a stage in memory on an Arrow table or a Hugging Face `datasets.Dataset` (small data).
+
+    Returns the kept rows as the same type (and the removed rows too with `removed=True`).
+    The rows pass through a temporary folder, so the result is exactly what `run` writes.
+
+    Examples
+    --------
+    >>> import pyarrow as pa, datasel
+    >>> table = pa.table({"text": ["a b c", "A  b c", "d e f"]})
+    >>> datasel.apply(datasel.Dedup(), table).column("text").to_pylist()
+    ['a b c', 'd e f']
+    """
+    import tempfile
+
+    table, back = _to_arrow(data)
+    with tempfile.TemporaryDirectory(prefix="datasel-") as tmp:
+        src, dst = Path(tmp) / "input.parquet", Path(tmp) / "output"
+        pq.write_table(table, src)
+        run(stage, src, dst, **{"quiet": True, **options})
+        kept = _read_parts(sorted(dst.glob("part-*.parquet")))
+        gone = _read_parts(sorted((dst / REMOVED).glob("part-*.parquet")))
+    return (back(kept), back(gone)) if removed else back(kept)
+
+
+def _read_parts(files: list[Path]) -> pa.Table | None:
+    tables = [pq.read_table(f) for f in files]
+    return pa.concat_tables(tables, promote_options="default") if tables else None
+
+
+def _to_arrow(data):
+    if isinstance(data, pa.Table):
+        return data, lambda t: t
+    if hasattr(data, "with_format") and hasattr(data, "data"):  # datasets.Dataset
+        import datasets
+
+        return data.with_format("arrow")[:], lambda t: None if t is None else datasets.Dataset(t)
+    raise TypeError(f"apply takes a pyarrow.Table or a datasets.Dataset, not {type(data).__name__}")

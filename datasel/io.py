@@ -54,12 +54,25 @@ def _suffix_kind(name: str) -> str | None:
     return None
 
 
-def find_files(src: str | os.PathLike) -> tuple[list[Path], Path]:
+@dataclass(frozen=True)
+class FileList:
+    """Some files of an input folder (e.g. the new ones of a cron run); ids stay relative to `root`."""
+
+    files: tuple[str, ...]
+    root: str
+
+    def __str__(self) -> str:
+        return f"{self.root} ({len(self.files)} new file(s))"
+
+
+def find_files(src: str | os.PathLike | FileList) -> tuple[list[Path], Path]:
     """List the data files of an input (file, folder, glob or HF `save_to_disk` folder).
 
     Returns the files in a stable order and the root that derived ids are relative to.
     Names starting with `_` or `.` (our `_removed/`, `_manifest.json`) are skipped in folders.
     """
+    if isinstance(src, FileList):
+        return [Path(f) for f in src.files], Path(src.root)
     text = str(src)
     if any(ch in text for ch in "*?["):
         files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())

@@ -12,7 +12,11 @@ is the selected dataset. A rerun skips finished steps (same parameters and input
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +24,7 @@ import yaml
 
 from datasel.engine import RunOptions, run
 from datasel.errors import DataselError
+from datasel.io import FileList, digest, find_files, fingerprint, write_json
 from datasel.stage import STAGES, Stage
 
 CONFIG_KEYS = {"input", "output", "steps", "text_column", "id_column", "workers", "description"}
@@ -54,11 +59,95 @@ class Pipeline:
     def run(self, src, dst, **options) -> list[dict]:
         opts = RunOptions(**{**self.options.__dict__, **options})
         dst = Path(dst)
-        manifests, current = [], resolve_input(src)
+        manifests, current = [], resolve_input(src) if not isinstance(src, FileList) else src
         for stage, step_dir in zip(self.steps, self.step_dirs(dst), strict=True):
             manifests.append(run(stage, current, step_dir, opts))
             current = str(step_dir)
         return manifests
+
+    def run_incremental(self, src, dst, state, **options) -> dict | None:
+        """A cron run: process only the input files no earlier run over `state` has seen.
+
+        Dedup steps without an `index` use `<state>/dedup-index`, so each run dedups against
+        everything kept before. The run's steps go to `<dst>/runs/<run-id>/`, its selected shards
+        are added to `<dst>/selected/` and `<state>/seen.json` records its files, in that order,
+        so a killed run redoes (resuming) exactly the same files. Returns the run record, or
+        None when there is nothing new.
+        """
+        state, dst = Path(state), Path(dst)
+        state.mkdir(parents=True, exist_ok=True)
+        with StateLock(state / "lock"):
+            seen_path = state / "seen.json"
+            seen = json.loads(seen_path.read_text()) if seen_path.exists() else {}
+            files, root = find_files(resolve_input(src))
+            prints = fingerprint(files)
+            new = [
+                (f, fp) for f, fp in zip(files, prints, strict=True) if _file_key(fp) not in seen
+            ]
+            if not new:
+                return None
+            run_id = digest([fp for _, fp in new])
+            steps = [
+                dataclasses.replace(s, index=str(state / "dedup-index"))
+                if getattr(s, "index", "x") is None
+                else s
+                for s in self.steps
+            ]
+            inputs = FileList(tuple(str(f) for f, _ in new), str(root))
+            manifests = Pipeline(steps, self.options).run(inputs, dst / "runs" / run_id, **options)
+            last = Pipeline(steps).step_dirs(dst / "runs" / run_id)[-1]
+            selected = dst / "selected"
+            selected.mkdir(parents=True, exist_ok=True)
+            for part in sorted(last.glob("part-*.parquet")):
+                target = selected / f"{run_id}-{part.name}"
+                tmp = target.with_name(target.name + ".tmp")
+                shutil.copyfile(part, tmp)
+                os.replace(tmp, target)
+            record = {
+                "run": run_id,
+                "files": [str(f) for f, _ in new],
+                "rows_in": manifests[0]["rows_in"],
+                "kept": manifests[-1]["kept"],
+                "steps": [
+                    {"stage": m["stage"], "kept": m["kept"], "removed": m["removed"]}
+                    for m in manifests
+                ],
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            write_json(record, dst / "runs" / run_id / "_run.json")
+            write_json({**seen, **{_file_key(fp): run_id for _, fp in new}}, seen_path)
+            return record
+
+
+def _file_key(fp: dict) -> str:
+    return f"{fp['path']}|{fp['size']}|{fp['mtime_ns']}"
+
+
+class StateLock:
+    """An exclusive lock on a state folder, so two cron runs never interleave. The kernel drops
+    it when the process dies, so a killed run never leaves a stale lock behind."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(self.fd, 64).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise DataselError(
+                f"{self.path.parent}: another run holds the lock (pid {holder}); try again later"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[Pipeline, dict]:

@@ -149,6 +149,17 @@ class Stage:
     # holds just `id` and `narrow_columns()`, and the final write re-reads the input
     map_adds_columns: ClassVar[bool] = True
 
+    def __call__(self, data, dst=None, **options):
+        """Run this stage: on a path (writes `dst`, returns the manifest), or in memory on an
+        Arrow table or HF Dataset (returns the kept rows, same type). See `datasel.run`/`apply`."""
+        from datasel.engine import apply, run
+
+        if isinstance(data, str | Path):
+            if dst is None:
+                raise TypeError("a stage run on a path needs an output folder: stage(src, dst)")
+            return run(self, data, dst, **options)
+        return apply(self, data, **options)
+
     def fit(self, ctx: Context) -> None:  # noqa: B027 - optional hook
         """Learn global state before `map` (optional)."""
 

@@ -3,7 +3,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 import datasel
 
@@ -38,8 +37,3 @@ def read_dataset(path: Path) -> pa.Table:
 def read_removed(path: Path) -> pa.Table:
     files = sorted((Path(path) / "_removed").glob("part-*.parquet"))
     return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
-
-
-@pytest.fixture(autouse=True)
-def _doctest_tmp(doctest_namespace, tmp_path):
-    doctest_namespace["tmp"] = tmp_path

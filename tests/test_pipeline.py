@@ -1,0 +1,106 @@
+import json
+import random
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+import datasel
+from datasel.cli import app, register_stages
+from datasel.pipeline import StateLock
+from tests.conftest import read_dataset, sample_rows, write_jsonl
+
+register_stages()
+runner = CliRunner()
+
+
+def make_dumps(tmp_path):
+    rng = random.Random(0)
+    docs = [r for r in sample_rows() if len(r["text"].split()) > 80][:300]
+    a = [{"text": r["text"]} for r in docs[:200]]
+    b = [{"text": r["text"]} for r in docs[200:]]
+    b += [{"text": rng.choice(docs[:200])["text"].upper()} for _ in range(20)]  # repeats of dump A
+    b += [{"text": docs[250]["text"]}]  # a repeat inside dump B
+    write_jsonl(tmp_path / "dumps" / "2026-11-25" / "part-0.jsonl", a)
+    return b
+
+
+def cron(tmp_path, *extra):
+    return runner.invoke(
+        app,
+        [
+            "run",
+            "configs/quickstart.yaml",
+            "--input",
+            str(tmp_path / "dumps"),
+            "--output",
+            str(tmp_path / "out"),
+            "--since",
+            str(tmp_path / "state"),
+            "--quiet",
+            *extra,
+        ],
+    )
+
+
+def test_cron_runs_equal_one_run_over_everything(tmp_path):
+    b = make_dumps(tmp_path)
+    assert cron(tmp_path).exit_code == 0
+    write_jsonl(tmp_path / "dumps" / "2026-11-26" / "part-0.jsonl", b)
+    result = cron(tmp_path, "--log-json")
+    record = json.loads(result.output.strip().splitlines()[-1])
+    assert record["files"] == [str(tmp_path / "dumps" / "2026-11-26" / "part-0.jsonl")]
+    assert record["rows_in"] == len(b) and record["kept"] == 100
+    incremental = set(pq.read_table(tmp_path / "out" / "selected").column("id").to_pylist())
+    datasel.Pipeline([datasel.Dedup()]).run(tmp_path / "dumps", tmp_path / "once", quiet=True)
+    once = set(read_dataset(tmp_path / "once" / "01-dedup").column("id").to_pylist())
+    assert incremental == once and len(once) == 300
+    result = cron(tmp_path, "--log-json")  # nothing new: a no-op
+    assert json.loads(result.output.strip())["run"] is None
+    assert len(list((tmp_path / "out" / "selected").glob("*.parquet"))) == 2
+
+
+def test_second_run_on_a_locked_state_exits_with_a_message(tmp_path):
+    make_dumps(tmp_path)
+    (tmp_path / "state").mkdir()
+    with StateLock(tmp_path / "state" / "lock"):
+        code = (
+            f"import sys; from datasel.cli import main; sys.argv = ['datasel', 'run', 'configs/quickstart.yaml', "
+            f"'--input', {str(tmp_path / 'dumps')!r}, '--output', {str(tmp_path / 'out')!r}, '--since', {str(tmp_path / 'state')!r}]; main()"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "another run holds the lock" in proc.stderr and "Traceback" not in proc.stderr
+    assert cron(tmp_path).exit_code == 0  # released
+
+
+def test_pipeline_resumes_and_reruns_changed_steps(tmp_path):
+    rows = [{"text": r["text"], "len": len(r["text"])} for r in sample_rows(400)]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    from datasel.stages.filter import Filter
+
+    p = datasel.Pipeline([datasel.Dedup(), Filter(top=["len=100"])])
+    first = p.run(tmp_path / "in.jsonl", tmp_path / "out", quiet=True)
+    assert first[-1]["kept"] == 100
+    again = p.run(tmp_path / "in.jsonl", tmp_path / "out", quiet=True)
+    assert [m["finished_at"] for m in again] == [m["finished_at"] for m in first]  # both skipped
+    p2 = datasel.Pipeline([datasel.Dedup(), Filter(top=["len=50"])])
+    with pytest.raises(datasel.DataselError, match="another run"):
+        p2.run(tmp_path / "in.jsonl", tmp_path / "out", quiet=True)
+    third = p2.run(tmp_path / "in.jsonl", tmp_path / "out", quiet=True, overwrite=True)
+    assert third[0]["finished_at"] == first[0]["finished_at"] and third[-1]["kept"] == 50
+
+
+def test_in_memory_api_on_arrow_and_stage_call(tmp_path):
+    import pyarrow as pa
+
+    table = pa.table({"text": ["a b c", "A  b c", "d e f"], "n": [1, 2, 3]})
+    kept, removed = datasel.apply(datasel.Dedup(), table, removed=True)
+    assert kept.column("n").to_pylist() == [1, 3]
+    assert removed.column("reason").to_pylist() == ["exact"]
+    assert datasel.Dedup()(table).num_rows == 2
+    write_jsonl(tmp_path / "in.jsonl", table.to_pylist())
+    m = datasel.Dedup()(str(tmp_path / "in.jsonl"), tmp_path / "out", quiet=True)
+    assert m["kept"] == 2
