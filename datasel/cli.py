@@ -230,12 +230,18 @@ def preselect_fit_cmd(
         str, typer.Argument(help="documents with one loss column per model (from `score ppl`)")
     ],
     scorer_out: Annotated[Path, typer.Argument(help="folder for model.bin and card.json")],
-    loss_columns: Annotated[
-        str, typer.Option(help="loss columns, comma-separated, e.g. bpb_a,bpb_b,bpb_c")
-    ],
     benchmark_scores: Annotated[
         str, typer.Option(help="each model's benchmark score, same order, e.g. 31.2,40.5,47.9")
     ],
+    loss_columns: Annotated[
+        str, typer.Option(help="loss columns, comma-separated, e.g. bpb_a,bpb_b,bpb_c")
+    ] = "",
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="instead of --loss-columns: a model to score the input with (repeat per model)"
+        ),
+    ] = None,
     fraction: Annotated[
         float, typer.Option(help="share of documents taken as positives (and as negatives)")
     ] = 0.1,
@@ -265,7 +271,8 @@ def preselect_fit_cmd(
         card = preselect_fit(
             input,
             scorer_out,
-            loss_columns=[c.strip() for c in loss_columns.split(",")],
+            loss_columns=[c.strip() for c in loss_columns.split(",") if c.strip()],
+            models=model or [],
             benchmark_scores=scores,
             text_column=text_column,
             fraction=fraction,

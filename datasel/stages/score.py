@@ -135,8 +135,9 @@ def preselect_fit(
     src,
     out: Path,
     *,
-    loss_columns: list[str],
     benchmark_scores: list[float],
+    loss_columns: list[str] = (),
+    models: list[str] = (),
     text_column: str = "text",
     fraction: float = 0.1,
     epoch: int = 3,
@@ -145,25 +146,38 @@ def preselect_fit(
     dim: int = 100,
     seed: int = 0,
 ) -> dict:
-    """Fit a PreSelect scorer from per-document losses under several models and their benchmark scores."""
+    """Fit a PreSelect scorer from per-document losses under several models and their benchmark scores.
+
+    Give the loss columns (from `score ppl`), or the models themselves: each then scores the
+    input first (`score ppl`, into `<out>/_scored/`), one after another.
+    """
     from scorers.preselect import fit_preselect
 
+    if bool(loss_columns) == bool(models):
+        raise DataselError(
+            "give either --loss-columns (already scored) or --model for each model (scored now)"
+        )
+    if models:
+        from datasel.pipeline import Pipeline
+
+        steps = [ScorePpl(model=m, column=f"model{k}") for k, m in enumerate(models)]
+        Pipeline(steps).run(src, Path(out) / "_scored", text_column=text_column)
+        src = Pipeline(steps).step_dirs(Path(out) / "_scored")[-1]
+        loss_columns = [f"model{k}_bpb" for k in range(len(models))]
     if len(loss_columns) != len(benchmark_scores):
         raise DataselError(
             f"{len(loss_columns)} loss columns but {len(benchmark_scores)} benchmark scores; give one score per column"
         )
     if len(loss_columns) < 2:
-        raise DataselError(
-            "PreSelect needs losses under at least 2 models (--loss-columns a,b,...)"
-        )
-    texts, losses = read_columns_and_texts(src, loss_columns, text_column)
+        raise DataselError("PreSelect needs losses under at least 2 models")
+    texts, losses = read_columns_and_texts(src, list(loss_columns), text_column)
     try:
         return fit_preselect(
             texts,
             losses,
             np.asarray(benchmark_scores, float),
             out,
-            model_names=loss_columns,
+            model_names=[f"model{k}={m}" for k, m in enumerate(models)] or list(loss_columns),
             fraction=fraction,
             epoch=epoch,
             lr=lr,
@@ -173,3 +187,65 @@ def preselect_fit(
         )
     except ValueError as e:
         raise DataselError(str(e).splitlines()[0]) from None
+
+
+@register
+@dataclass(kw_only=True)
+class ScorePpl(Stage):
+    """Add `<column>_bpb` (bits per UTF-8 byte) and `<column>_tokens` under a causal language model.
+
+    Bits per byte = summed token negative log-likelihood in nats / (UTF-8 bytes x ln 2), so models
+    with different tokenizers compare; batched by length through torch (GPU when present).
+    """
+
+    name = "score-ppl"
+    example = "datasel score ppl docs/ scored/ --model models/smollm2-135m --column smol"
+    single_process = True  # one model per device; torch uses the cores
+    loads_model = True
+
+    model: str = param(
+        help="local Hugging Face model folder, a .gguf file, or a hub name (needs network)"
+    )
+    column: str = param("ppl", help="column prefix: adds <column>_bpb and <column>_tokens")
+    batch_tokens: int = param(16384, help="padded tokens per forward pass")
+    max_tokens: int | None = param(
+        None, help="context window for long documents (default: the model's)"
+    )
+    stride: int | None = param(
+        None, help="tokens scored per sliding window after the first (default: max_tokens/2)"
+    )
+    device: str = param("auto", help="auto (CUDA when present) | cpu | cuda")
+
+    def lm(self):
+        if getattr(self, "_lm", None) is None:
+            from transformers.utils import logging
+
+            from scorers.lm import load_lm
+
+            logging.disable_progress_bar()  # our own progress bar is enough
+
+            try:
+                self._lm = load_lm(self.model, device=self.device, max_tokens=self.max_tokens)
+            except (FileNotFoundError, ValueError, ImportError) as e:
+                raise DataselError(f"--model {self.model}: {str(e).splitlines()[0]}") from None
+        return self._lm
+
+    def fit(self, ctx: Context) -> None:
+        self.lm()  # fail early on a bad model path
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_lm"}
+
+    def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
+        from scorers.lm import bits_per_byte, score_bpb
+
+        texts = batch.column(ctx.columns.text).fill_null("").to_pylist()
+        nll, tokens = score_bpb(
+            self.lm(),
+            texts,
+            batch_tokens=self.batch_tokens,
+            max_tokens=self.max_tokens,
+            stride=self.stride,
+        )
+        batch = _add_column(batch, f"{self.column}_bpb", bits_per_byte(texts, nll))
+        return MapResult(_add_column(batch, f"{self.column}_tokens", tokens))
