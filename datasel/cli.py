@@ -193,16 +193,23 @@ def run_config(
         manifests = pipeline.run(src, dst, **extra)
     except DataselError as e:
         raise fail(str(e)) from None
+    from datasel.report import build_report, summary_table
+
+    report = build_report(dst)
     if log_json:
         for m in manifests:
             typer.echo(
                 json.dumps({k: m[k] for k in ("stage", "rows_in", "kept", "removed", "seconds")})
             )
     elif not quiet:
+        from rich.console import Console
+
+        Console().print(summary_table(dst))
         last = pipeline.step_dirs(Path(dst))[-1]
         typer.echo(
             f"selected: {last} ({manifests[-1]['kept']:,} of {manifests[0]['rows_in']:,} rows)"
         )
+        typer.echo(f"report: {report}")
 
 
 def _report_cron(record: dict | None, since: Path, dst, quiet: bool, log_json: bool) -> None:
@@ -289,6 +296,28 @@ def preselect_fit_cmd(
         f"{scorer_out}: {c['pos']:,} positives, {c['neg']:,} negatives from {c['docs']:,} documents; "
         f"held-out accuracy {card['heldout_accuracy']}"
     )
+
+
+@app.command("report")
+def report_cmd(
+    path: Annotated[str, typer.Argument(help="a pipeline output folder or one step's folder")],
+    examples: Annotated[int, typer.Option(help="example rows per removal reason")] = 3,
+):
+    """Write report.html (funnel, score histograms, clusters, examples) and print the funnel.
+
+    Example:
+
+      datasel report out/quickstart
+    """
+    from rich.console import Console
+
+    from datasel.report import build_report, summary_table
+
+    try:
+        Console().print(summary_table(path))
+        typer.echo(f"report: {build_report(path, examples=examples)}")
+    except DataselError as e:
+        raise fail(str(e)) from None
 
 
 @app.command("inspect")

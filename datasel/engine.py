@@ -89,7 +89,7 @@ def run(
     dst = Path(dst)
     t0 = time.time()
     units = plan_units(src, shard_bytes=options.shard_bytes, shard_rows=options.shard_rows)
-    columns = Columns(options.text_column, options.id_column)
+    columns = Columns(options.text_column if stage.needs_text else None, options.id_column)
     plan = {
         "stage": stage.name,
         "params": stage.params(),
@@ -301,8 +301,8 @@ def _map_unit(stage: Stage, unit: Unit, i: int, ctx: Context, dst: Path, batch_r
     rows_in, reasons = 0, Counter()
     schema = None
     for batch in read_unit(unit, ctx.columns, batch_rows):
-        rows_in += batch.num_rows
         result = _as_result(stage.map(batch, ctx))
+        rows_in += batch.num_rows if result.rows_in is None else result.rows_in
         schema = result.kept.schema
         if result.kept.num_rows:
             kept.write(result.kept)
@@ -325,8 +325,8 @@ def _stage_unit(stage: Stage, unit: Unit, i: int, ctx: Context, batch_rows: int)
     arrays: dict[str, list[np.ndarray]] = {}
     rows_in, reasons, schema = 0, Counter(), None
     for batch in read_unit(unit, ctx.columns, batch_rows):
-        rows_in += batch.num_rows
         result = _as_result(stage.map(batch, ctx))
+        rows_in += batch.num_rows if result.rows_in is None else result.rows_in
         kept = result.kept
         if not stage.map_adds_columns:  # only what select reads; apply re-reads the input
             kept = kept.select(["id", *stage.narrow_columns(ctx)])

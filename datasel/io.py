@@ -275,7 +275,7 @@ def _check_utf8(table: pa.Table, where: str, rows) -> None:
 
 @dataclass(frozen=True)
 class Columns:
-    text: str = "text"
+    text: str | None = "text"  # None: the stage needs no text column
     id: str = "id"
 
 
@@ -326,6 +326,8 @@ def _read_arrow(unit: Unit) -> Iterator[tuple[pa.Table, int]]:
 
 
 def _check_columns(table: pa.Table, unit: Unit, columns: Columns) -> None:
+    if columns.text is None:  # a stage that reads other columns (pick)
+        return
     if columns.text not in table.column_names:
         have = ", ".join(table.column_names)
         raise DataselError(

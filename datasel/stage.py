@@ -51,6 +51,7 @@ class MapResult:
     kept: pa.RecordBatch | pa.Table
     removed: pa.Table | None = None
     arrays: dict[str, np.ndarray] | None = None
+    rows_in: int | None = None  # units counted in, when a row is not the unit (pick: candidates)
 
 
 @dataclass
@@ -148,6 +149,7 @@ class Stage:
     # False for stages whose map only computes side arrays for select: the staged shard then
     # holds just `id` and `narrow_columns()`, and the final write re-reads the input
     map_adds_columns: ClassVar[bool] = True
+    needs_text: ClassVar[bool] = True  # False: the input need not have a text column
 
     def __call__(self, data, dst=None, **options):
         """Run this stage: on a path (writes `dst`, returns the manifest), or in memory on an

@@ -1,0 +1,274 @@
+"""Target-model likelihood picking: keep the candidate response the target model finds most likely.
+
+Zhang et al., "The Best Instruction-Tuning Data are Those That Fit" (GRAPE, 2025).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from datasel.errors import DataselError
+from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register
+
+ALPACA = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+ALPACA_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+@register
+@dataclass(kw_only=True)
+class Pick(Stage):
+    """Keep, for each instruction, the candidate response(s) the target model finds most likely.
+
+    Input: one row per instruction with a list column of candidates (strings, or structs with a
+    text and a source field), or one row per candidate with --group-by. Output: one row per
+    picked candidate with `response`, `pick_logprob`, `pick_source` and `pick_scores` (every
+    candidate's score, for auditing); the others go to _removed/ with their scores.
+    """
+
+    name = "pick"
+    example = "datasel pick sft-candidates.jsonl picked/ --model models/target-lm --responses-column responses"
+    single_process = True
+    loads_model = True
+    needs_text = False
+
+    model: str = param(help="the target model: local HF folder, .gguf file, or hub name")
+    instruction_column: str = param("instruction", help="column with the instruction")
+    input_column: str | None = param(
+        "input", help="optional column with extra input for the instruction"
+    )
+    responses_column: str = param(
+        "responses", help="list column of candidates (one row per instruction)"
+    )
+    group_by: str | None = param(
+        None, help="one row per candidate: column that identifies the instruction"
+    )
+    response_column: str = param(
+        "response", help="with --group-by: column with the candidate's text"
+    )
+    source_column: str | None = param(
+        None, help="with --group-by: column naming the candidate's source"
+    )
+    text_field: str = param("text", help="field of a candidate struct holding its text")
+    source_field: str = param("model", help="field of a candidate struct naming its source")
+    normalize: str = param("mean", help="mean (log-probability per response token) | sum")
+    top_k: int = param(1, help="candidates kept per instruction")
+    chat_template: str = param(
+        "auto", help="auto (the model's, when it has one) | none | PATH to a Jinja template"
+    )
+    prompt_template: str | None = param(
+        None, help="plain template with {instruction} and {input} (default: Alpaca's)"
+    )
+    batch_tokens: int = param(16384, help="padded tokens per forward pass")
+    device: str = param("auto", help="auto | cpu | cuda")
+
+    def __post_init__(self):
+        if self.normalize not in ("mean", "sum"):
+            raise ValueError(f"normalize must be mean or sum, got {self.normalize!r}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        if self.chat_template not in ("auto", "none") and not Path(self.chat_template).is_file():
+            raise ValueError(
+                f"chat_template {self.chat_template}: no such file (or use auto | none)"
+            )
+
+    def lm(self):
+        if getattr(self, "_lm", None) is None:
+            from transformers.utils import logging
+
+            from scorers.lm import load_lm
+
+            logging.disable_progress_bar()
+            try:
+                self._lm = load_lm(self.model, device=self.device)
+            except (FileNotFoundError, ValueError, ImportError) as e:
+                raise DataselError(f"--model {self.model}: {str(e).splitlines()[0]}") from None
+        return self._lm
+
+    def fit(self, ctx: Context) -> None:
+        self.lm()
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_lm"}
+
+    # ------------------------------------------------------------------ prompts
+    def prompt(self, instruction: str, extra: str) -> str:
+        tok = self.lm().tokenizer
+        user = instruction if not extra else f"{instruction}\n\n{extra}"
+        if self.chat_template != "none" and (
+            self.chat_template != "auto" or getattr(tok, "chat_template", None)
+        ):
+            template = (
+                Path(self.chat_template).read_text() if self.chat_template != "auto" else None
+            )
+            return tok.apply_chat_template(
+                [{"role": "user", "content": user}],
+                chat_template=template,
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+        if self.prompt_template:
+            return self.prompt_template.format(instruction=instruction, input=extra)
+        return (ALPACA if extra else ALPACA_NO_INPUT).format(instruction=instruction, input=extra)
+
+    # ------------------------------------------------------------------ map
+    def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
+        table = pa.Table.from_batches([batch])
+        cands = self._candidates(table)
+        instructions = table.column(self.instruction_column).to_pylist()
+        extras = (
+            table.column(self.input_column).to_pylist()
+            if self.input_column and self.input_column in table.column_names
+            else [""] * table.num_rows
+        )
+        cache: dict[int, str] = {}
+        prompts = []
+        for row in cands["row"]:
+            if row not in cache:
+                cache[row] = self.prompt(instructions[row] or "", extras[row] or "")
+            prompts.append(cache[row])
+        from scorers.lm import score_conditional
+
+        logprob, n = score_conditional(
+            self.lm(), prompts, cands["response"], batch_tokens=self.batch_tokens
+        )
+        score = logprob / np.maximum(n, 1) if self.normalize == "mean" else logprob
+        out = table.take(pa.array(cands["row"]))
+        if self.group_by is None:
+            out = out.drop_columns([self.responses_column])
+        for name in (
+            "response",
+            "pick_source",
+            "pick_candidate",
+            "pick_logprob",
+            "pick_tokens",
+            "_group",
+        ):
+            if name in out.column_names:
+                out = out.drop_columns([name])
+        out = out.append_column("response", pa.array(cands["response"], pa.string()))
+        out = out.append_column("pick_source", pa.array(cands["source"], pa.string()))
+        out = out.append_column("pick_candidate", pa.array(cands["index"], pa.int32()))
+        out = out.append_column("pick_logprob", pa.array(score, pa.float64()))
+        out = out.append_column("pick_tokens", pa.array(n, pa.int64()))
+        out = out.append_column("_group", pa.array(cands["group"], pa.string()))
+        return MapResult(out, rows_in=len(cands["response"]))
+
+    def _candidates(self, table: pa.Table) -> dict[str, list]:
+        """Flatten the batch to one entry per candidate: row, group, index, response, source."""
+        need = [self.instruction_column] + (
+            [self.group_by, self.response_column] if self.group_by else [self.responses_column]
+        )
+        for col in need:
+            if col not in table.column_names:
+                have = ", ".join(table.column_names)
+                raise DataselError(f"pick: no column '{col}'; columns are: {have}")
+        if self.group_by:
+            resp = table.column(self.response_column)
+            if not pa.types.is_string(resp.type) and not pa.types.is_large_string(resp.type):
+                raise DataselError(
+                    f"pick: --response-column '{self.response_column}' holds {resp.type}, not text"
+                )
+            src = (
+                table.column(self.source_column).to_pylist()
+                if self.source_column
+                else [None] * table.num_rows
+            )
+            rows = list(range(table.num_rows))
+            return {
+                "row": rows,
+                "group": [str(g) for g in table.column(self.group_by).to_pylist()],
+                "index": [0] * table.num_rows,
+                "response": [r or "" for r in resp.to_pylist()],
+                "source": src,
+            }
+        col = table.column(self.responses_column)
+        typ = col.type
+        if not (pa.types.is_list(typ) or pa.types.is_large_list(typ)):
+            raise DataselError(
+                f"pick: --responses-column '{self.responses_column}' holds {typ}, not a list of candidates"
+            )
+        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        ids = table.column("id").to_pylist()
+        empty = np.flatnonzero(np.nan_to_num(lengths.astype(float), nan=0) == 0)
+        if empty.size:
+            raise DataselError(f"pick: instruction {ids[empty[0]]!r} has no candidate responses")
+        value = typ.value_type
+        if pa.types.is_struct(value):
+            fields = [value.field(i).name for i in range(value.num_fields)]
+            if self.text_field not in fields:
+                raise DataselError(
+                    f"pick: candidates have fields {fields}; none is '{self.text_field}' (use --text-field)"
+                )
+        elif not (pa.types.is_string(value) or pa.types.is_large_string(value)):
+            raise DataselError(
+                f"pick: '{self.responses_column}' is a list of {value}; expected strings or structs"
+            )
+        flat = pc.list_flatten(col)
+        if pa.types.is_struct(value):
+            texts = (
+                flat.field(self.text_field).to_pylist()
+                if hasattr(flat, "field")
+                else pc.struct_field(flat, self.text_field).to_pylist()
+            )
+            has_source = self.source_field in [value.field(i).name for i in range(value.num_fields)]
+            sources = (
+                pc.struct_field(flat, self.source_field).to_pylist()
+                if has_source
+                else [None] * len(texts)
+            )
+        else:
+            texts, sources = flat.to_pylist(), [None] * len(flat)
+        rows = np.repeat(np.arange(table.num_rows), lengths.astype(np.int64))
+        index = np.arange(len(rows)) - np.repeat(
+            np.cumsum(lengths) - lengths, lengths.astype(np.int64)
+        )
+        return {
+            "row": rows.tolist(),
+            "group": [ids[r] for r in rows],
+            "index": index.tolist(),
+            "response": [t or "" for t in texts],
+            "source": sources,
+        }
+
+    # ------------------------------------------------------------------ select
+    def select(self, staged: Staged, ctx: Context) -> Decision:
+        group = np.asarray(staged.column("_group").to_pylist(), dtype=object)
+        score = staged.column("pick_logprob").to_numpy()
+        n = len(score)
+        _, gid = np.unique(group, return_inverse=True)
+        order = np.lexsort((np.arange(n), -np.nan_to_num(score, nan=-np.inf), gid))
+        start = np.ones(n, dtype=bool)
+        start[1:] = gid[order[1:]] != gid[order[:-1]]
+        first = np.maximum.accumulate(np.where(start, np.arange(n), 0))
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n) - first
+        keep = rank < self.top_k
+        reason = np.where(keep, None, np.char.add("pick:rank=", (rank + 1).astype(str))).astype(
+            object
+        )
+        # every candidate's score, in candidate order, on every row of its instruction
+        by_group = [[] for _ in range(gid.max() + 1 if n else 0)]
+        for i in np.lexsort((np.arange(n), gid)):
+            by_group[gid[i]].append(float(score[i]))
+        scores = pa.array([by_group[g] for g in gid], pa.list_(pa.float64()))
+        sources = staged.column("pick_source").to_pylist()
+        picked = [s for s, k in zip(sources, keep, strict=True) if k and s is not None]
+        ctx.stats.update(
+            {
+                "instructions": int(len(by_group)),
+                "candidates": int(n),
+                "picked": int(keep.sum()),
+                "picked_by_source": {s: picked.count(s) for s in sorted(set(picked))},
+            }
+        )
+        return Decision(
+            keep=keep,
+            reason=reason,
+            kept_columns={"pick_scores": scores, "pick_rank": pa.array(rank + 1)},
+            removed_columns={"pick_scores": scores, "pick_rank": pa.array(rank + 1)},
+        )

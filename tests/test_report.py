@@ -1,0 +1,216 @@
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from rich.console import Console
+
+import datasel
+from datasel.report import build_report, find_steps, summary_table
+
+HOSTILE = '<script>alert("x")</script> Tom & Jerry <b>bold</b> ' + "lorem ipsum " * 60
+KL_BEFORE, KL_AFTER = 0.8125, 0.3125
+
+
+def _synthetic_step(prev, dst, rng) -> dict:
+    """A hand-made step after dedup: adds `ppl_bpb` and `cluster`, removes ppl_bpb > 1.2, and
+    reports a KL drop, written in the engine's layout (shards, _removed/, _manifest.json)."""
+    src = sorted(prev.glob("part-*.parquet"))[0]
+    table = pq.read_table(src)
+    n = table.num_rows
+    table = table.append_column("ppl_bpb", pa.array(rng.normal(1.0, 0.15, n)))
+    table = table.append_column("cluster", pa.array(rng.integers(0, 12, n) ** 2 % 23, pa.int32()))
+    drop = pc.greater(table["ppl_bpb"], 1.2)
+    kept, gone = table.filter(pc.invert(drop)), table.filter(drop)
+    gone = gone.append_column("reason", pa.array(["filter:ppl_bpb>1.2"] * gone.num_rows))
+    (dst / "_removed").mkdir(parents=True)
+    pq.write_table(kept, dst / "part-00000.parquet", row_group_size=500)
+    pq.write_table(gone, dst / "_removed" / "part-00000.parquet")
+    manifest = {
+        "stage": "filter",
+        "params": {"max": ["ppl_bpb=1.2"], "min": []},
+        "columns": {"text": "text", "id": "id"},
+        "version": datasel.__version__,
+        "inputs": [{"path": str(src), "size": src.stat().st_size, "mtime_ns": 0}],
+        "rows_in": n,
+        "kept": kept.num_rows,
+        "removed_total": gone.num_rows,
+        "removed": {"filter:ppl_bpb>1.2": gone.num_rows},
+        "shards": 1,
+        "seconds": 1.25,
+        "stats": {"kl_before": KL_BEFORE, "kl_after": KL_AFTER, "nested": {"a": 1}},
+        "finished_at": "2026-01-01T00:00:00Z",
+    }
+    (dst / "_manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Dedup (the real engine) over the sample with a hostile row put first, twice (so one copy
+    is kept and one removed as an exact duplicate), then a synthetic scoring step."""
+    tmp = tmp_path_factory.mktemp("report")
+    rows = pq.read_table(datasel.SAMPLE).to_pylist()
+    bad = {**rows[0], "id": "hostile-1", "text": HOSTILE}
+    src = tmp / "input.parquet"
+    pq.write_table(pa.Table.from_pylist([bad, {**bad, "id": "hostile-2"}, *rows]), src)
+    out = tmp / "run"
+    manifests = datasel.Pipeline([datasel.Dedup()]).run(src, out, quiet=True)
+    manifests.append(_synthetic_step(out / "01-dedup", out / "02-filter", np.random.default_rng(0)))
+    report = build_report(out)
+    return out, manifests, report, report.read_text()
+
+
+def _pngs(page: str) -> list[bytes]:
+    return [
+        base64.b64decode(b) for b in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    ]
+
+
+def test_report_is_self_contained_with_plots(run):
+    out, manifests, report, page = run
+    assert report == out / "report.html"
+    from PIL import Image
+
+    pngs = _pngs(page)
+    assert len(pngs) == 5  # funnel, dedup_jaccard, ppl_bpb, clusters, KL
+    for png in pngs:
+        assert Image.open(io.BytesIO(png)).size[0] >= 800
+    # nothing fetched from elsewhere
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+    assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page)
+    # the funnel table holds every step's numbers
+    dedup, filt = manifests
+    for m in manifests:
+        assert f"{m['rows_in']:,}" in page and f"{m['kept']:,}" in page
+    assert dedup["removed"].get("exact", 0) >= 1
+    assert "filter:ppl_bpb&gt;1.2" in page
+
+
+def test_examples_are_escaped_and_cut(run):
+    _, manifests, _, page = run
+    escaped = (
+        "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; Tom &amp; Jerry &lt;b&gt;bold&lt;/b&gt;"
+    )
+    assert page.count(escaped) >= 2  # kept in dedup, removed as exact duplicate in dedup
+    assert "hostile-1" in page and "hostile-2" in page
+    assert f"({len(HOSTILE):,} characters)" in page  # cut to 300 characters
+    assert "lorem ipsum " * 30 not in page
+    # removed examples come from the _removed shards, with their reason's extra columns
+    removed = pq.read_table(run[0] / "01-dedup" / "_removed" / "part-00000.parquet")
+    near = [r for r in removed.to_pylist() if r["reason"] == "near"]
+    assert near and near[0]["id"] in page and "duplicate_of" in page
+
+
+def test_thresholds_and_kl(run):
+    _, _, _, page = run
+    alts = re.findall(r'alt="([^"]*)"', page)
+    assert "ppl_bpb histogram; thresholds: 1.2" in alts
+    assert "dedup_jaccard histogram; thresholds: 0.8" in alts  # Dedup's threshold parameter
+    assert "cluster sizes and picks" in alts
+    assert f"kl: {KL_BEFORE:.4g} → {KL_AFTER:.4g} (-62%)" in page
+    assert "nested.a" in page  # nested stats are flattened into the table
+
+
+def test_big_steps_are_sampled_and_reweighted(run, tmp_path, monkeypatch):
+    from datasel import report as mod
+
+    out, manifests, _, _ = run
+    filt = manifests[1]
+    monkeypatch.setattr(mod, "MAX_VALUES", 600)  # 02-filter's kept shard has 500-row groups
+    monkeypatch.setattr(mod, "MAX_CLUSTER_ROWS", 600)
+    page = build_report(out / "02-filter", out=tmp_path).read_text()
+    assert re.search(rf"from [\d,]+ of {filt['rows_in']:,} rows", page)
+    # sampled cluster counts are weighted back to the true number of kept rows
+    assert f"picked {filt['kept']:,} rows" in page
+
+
+def test_single_step_folder_and_out(run, tmp_path):
+    out, manifests, _, _ = run
+    report = build_report(out / "02-filter", out=tmp_path / "x", examples=1)
+    assert report == tmp_path / "x" / "report.html"
+    page = report.read_text()
+    assert len(_pngs(page)) == 4 and "01-dedup" not in page
+    assert f"{manifests[1]['kept']:,}" in page
+    assert build_report(out / "01-dedup", out=tmp_path / "r.html") == tmp_path / "r.html"
+
+
+def test_without_matplotlib_still_writes_tables(run, tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m.startswith("matplotlib")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    page = build_report(run[0], out=tmp_path).read_text()
+    assert "data:image/png" not in page
+    assert "datasel[report]" in page and "&lt;script&gt;" in page
+    assert f"{run[1][1]['kept']:,}" in page
+
+
+def test_summary_table(run):
+    out, manifests, _, _ = run
+    console = Console(record=True, width=200)
+    console.print(summary_table(out))
+    text = console.export_text()
+    dedup, filt = manifests
+    assert re.search(rf"01-dedup\s+│\s+{dedup['rows_in']:,}\s+│\s+{dedup['kept']:,}", text)
+    assert f"filter:ppl_bpb>1.2: {filt['removed_total']:,}" in text
+    assert re.search(rf"total\s+│\s+{dedup['rows_in']:,}\s+│\s+{filt['kept']:,}", text)
+    assert [s.name for s in find_steps(out)] == ["01-dedup", "02-filter"]
+
+
+def test_empty_step_and_many_reasons(tmp_path):
+    """Nothing kept (the engine then writes an id-only empty shard), 40 distinct reasons grouped
+    by their part before "=", and a manifest without stats or timings."""
+    step = tmp_path / "03-dedup"
+    (step / "_removed").mkdir(parents=True)
+    pq.write_table(pa.schema([("id", pa.string())]).empty_table(), step / "part-00000.parquet")
+    reasons = [f"dedup:near_dup_of=d{i}" for i in range(38)] + ["exact", "<odd>"]
+    gone = pa.table({"id": [f"r{i}" for i in range(40)], "text": ["x & y"] * 40, "reason": reasons})
+    pq.write_table(gone, step / "_removed" / "part-00000.parquet")
+    manifest = {"stage": "dedup", "params": {}, "rows_in": 40, "kept": 0,
+                "removed": {r: 1 for r in reasons}}  # fmt: skip
+    (step / "_manifest.json").write_text(json.dumps(manifest))
+    page = build_report(step).read_text()
+    assert "<odd>" not in page
+    text = re.sub(r"<[^>]+>", "", page)
+    assert "removed: dedup:near_dup_of (38 rows; showing 3)" in text
+    assert "removed: &lt;odd&gt; (1 row; showing 1)" in text
+    assert "no rows kept" in page and "r0" in page and "r38" in page
+    assert len(_pngs(page)) == 1
+
+
+def test_not_an_output(tmp_path):
+    with pytest.raises(datasel.DataselError, match="no _manifest.json"):
+        build_report(tmp_path)
+
+
+def test_screenshot_in_headless_chromium(run, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    from PIL import Image
+
+    shot = tmp_path / "shot.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", "--window-size=1200,2000", run[2].as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.shape[:2] == (2000, 1200)
+    top = img[:700]
+    assert len(np.unique(top.reshape(-1, 3), axis=0)) > 50  # text, plot, antialiasing
+    # the funnel plot's "kept" bars (#4c78a8) are drawn near the top
+    blue = np.all(np.abs(top.astype(int) - [0x4C, 0x78, 0xA8]) <= 6, axis=-1)
+    assert blue.sum() > 2000
