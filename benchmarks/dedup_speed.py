@@ -106,7 +106,7 @@ def run_datatrove(src: Path, out: Path, workers: int) -> None:
     )
     tasks = len(list(src.glob("*.jsonl")))
     sig, buckets, clusters = out / "sig", out / "buckets", out / "clusters"
-    common = {"logging_dir": None, "skip_completed": False}
+    common = {"logging_dir": str(out / "logs"), "skip_completed": False}
     LocalPipelineExecutor(
         [JsonlReader(str(src)), MinhashDedupSignature(output_folder=str(sig), config=cfg)],
         tasks=tasks,
