@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from datasel.ops.topk import gumbel_topk, topk
+
+
+def _brute(scores, k, largest=True):
+    s = np.where(np.isnan(scores), -np.inf if largest else np.inf, scores)
+    key = -s if largest else s
+    return np.lexsort((np.arange(len(s)), key))[:k]
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_topk_matches_stable_sort_with_ties(largest):
+    rng = np.random.default_rng(0)
+    for n, k in [(1000, 10), (1000, 999), (50, 50), (50, 0), (7, 100)]:
+        s = rng.integers(0, 5, size=n).astype(float)  # heavy ties
+        s[rng.random(n) < 0.05] = np.nan
+        np.testing.assert_array_equal(topk(s, k, largest=largest), _brute(s, k, largest))
+
+
+def test_topk_examples_and_errors():
+    assert topk(np.array([1.0, 3.0, 3.0, 2.0]), 2).tolist() == [1, 2]
+    assert topk(np.array([1.0, 3.0, 3.0, 2.0]), 2, largest=False).tolist() == [0, 3]
+    assert topk(np.array([np.nan, 1.0]), 1).tolist() == [1]
+    assert topk(np.array([np.nan, 1.0]), 1, largest=False).tolist() == [1]
+    with pytest.raises(ValueError, match="k must be"):
+        topk(np.ones(3), -1)
+
+
+def test_gumbel_topk_deterministic_and_without_replacement():
+    logw = np.random.default_rng(0).normal(size=10_000)
+    a = gumbel_topk(logw, 500, seed=7)
+    assert np.array_equal(a, gumbel_topk(logw, 500, seed=7))
+    assert not np.array_equal(a, gumbel_topk(logw, 500, seed=8))
+    assert len(np.unique(a)) == 500
+    full = gumbel_topk(logw[:100], 1000, seed=1)
+    assert sorted(full.tolist()) == list(range(100))
+    # a prefix of a larger sample is the smaller sample (same noise, keys in draw order)
+    assert np.array_equal(gumbel_topk(logw, 100, seed=7), a[:100])
+
+
+def test_gumbel_topk_skips_zero_weights():
+    logw = np.array([0.0, -np.inf, 1.0, np.nan, -np.inf, 2.0])
+    for seed in range(20):
+        assert set(gumbel_topk(logw, 3, seed=seed).tolist()) == {0, 2, 5}
+
+
+def test_gumbel_topk_first_draw_follows_softmax():
+    w = np.array([0.5, 0.3, 0.15, 0.05])
+    firsts = np.array([gumbel_topk(np.log(w), 1, seed=s)[0] for s in range(8000)])
+    freq = np.bincount(firsts, minlength=4) / len(firsts)
+    np.testing.assert_allclose(freq, w, atol=0.02)
+    # inclusion in a size-2 sample: P(i) = w_i + sum_j w_j w_i / (1 - w_j)
+    incl = np.zeros(4)
+    for s in range(8000):
+        incl[gumbel_topk(np.log(w), 2, seed=s)] += 1
+    expected = w + np.array(
+        [sum(w[j] * w[i] / (1 - w[j]) for j in range(4) if j != i) for i in range(4)]
+    )
+    np.testing.assert_allclose(incl / 8000, expected, atol=0.02)
