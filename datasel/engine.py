@@ -47,6 +47,7 @@ from datasel.progress import Progress
 from datasel.stage import Context, Decision, MapResult, Stage, Staged
 
 MANIFEST = "_manifest.json"
+CACHE = "_cache"
 REMOVED = "_removed"
 WORK = "_work"
 
@@ -112,10 +113,29 @@ def run(
     work.mkdir(parents=True, exist_ok=True)
     write_json({**plan, "key": key, "units": [unit_dict(u) for u in units]}, work / "plan.json")
 
+    staging = work
+    if stage.has_select() and stage.map_params is not None:
+        # map output depends only on these parameters: keep it across runs, so that changing
+        # only the selection (a size, a threshold) redoes only the cheap global choice
+        map_key = digest(
+            {
+                "stage": stage.name,
+                "map": {p: plan["params"][p] for p in stage.map_params},
+                "columns": plan["columns"],
+                "inputs": plan["inputs"],
+                "units": [unit_dict(u) for u in units],
+            }
+        )
+        staging = dst / CACHE / map_key
+        for old in (dst / CACHE).glob("*"):
+            if old.name != map_key:
+                shutil.rmtree(old, ignore_errors=True)
+        staging.mkdir(parents=True, exist_ok=True)
     ctx = Context(
         columns=columns,
         work=work,
         key=key,
+        staging=staging,
         workers=options.workers,
         units=units,
         quiet=options.quiet,
@@ -131,10 +151,10 @@ def run(
                 [(stage, u, i, ctx, options.batch_rows) for i, u in enumerate(units)],
                 executor,
                 progress,
-                lambda i: work / f"staged-{i:05d}.json",
+                lambda i: staging / f"staged-{i:05d}.json",
                 stage,
             )
-            staged = Staged(work, [c["rows_in"] for c in counts])
+            staged = Staged(staging, [c["rows_in"] for c in counts])
             if not (work / "select.json").exists():
                 progress.status("select")
                 decision = stage.select(staged, ctx)
@@ -204,7 +224,7 @@ def _prepare_output(dst: Path, key: str, stage: str, overwrite: bool) -> dict | 
             raise DataselError(
                 f"{dst}: holds an unfinished run with other parameters; use --overwrite"
             )
-    elif dst.exists() and any(dst.iterdir()) and not overwrite:
+    elif dst.exists() and any(p.name != CACHE for p in dst.iterdir()) and not overwrite:
         raise DataselError(
             f"{dst}: the folder is not empty and is not a datasel output; use another"
         )
@@ -319,7 +339,7 @@ def _map_unit(stage: Stage, unit: Unit, i: int, ctx: Context, dst: Path, batch_r
 
 def _stage_unit(stage: Stage, unit: Unit, i: int, ctx: Context, batch_rows: int) -> dict:
     """A stage with `select`: map every batch into a staged shard plus side arrays."""
-    work = ctx.work
+    work = ctx.staging
     staged = ShardWriter(work / f"staged-{i:05d}.parquet", compression="lz4")
     removed = ShardWriter(work / f"removed-{i:05d}.parquet", compression="lz4")
     arrays: dict[str, list[np.ndarray]] = {}
@@ -380,16 +400,17 @@ def _apply_unit(dst: Path, i: int, stage: Stage, unit: Unit, ctx: Context, batch
     """Split one staged shard into kept and removed rows by the saved decision, streaming."""
     work = dst / WORK
     decision = pq.read_table(work / f"decision-{i:05d}.parquet")
+    staging = ctx.staging
     if stage.map_adds_columns:
-        batches = pq.ParquetFile(work / f"staged-{i:05d}.parquet").iter_batches(batch_rows)
+        batches = pq.ParquetFile(staging / f"staged-{i:05d}.parquet").iter_batches(batch_rows)
     else:  # the staged shard is narrow: take the rows from the input again
         batches = read_unit(unit, ctx.columns, batch_rows)
     kept_out = ShardWriter(dst / shard_name(i))
     removed_out = ShardWriter(dst / REMOVED / shard_name(i))
-    earlier = work / f"removed-{i:05d}.parquet"
+    earlier = staging / f"removed-{i:05d}.parquet"
     if earlier.exists():
         removed_out.write(pq.read_table(earlier))
-    reasons = Counter(json.loads((work / f"staged-{i:05d}.json").read_text())["map_removed"])
+    reasons = Counter(json.loads((staging / f"staged-{i:05d}.json").read_text())["map_removed"])
     offset, schema = 0, None
     for batch in batches:
         table = pa.Table.from_batches([batch])
@@ -410,7 +431,7 @@ def _apply_unit(dst: Path, i: int, stage: Stage, unit: Unit, ctx: Context, batch
     if offset != decision.num_rows:
         raise RuntimeError(f"shard {i}: {offset} rows read back, {decision.num_rows} decided")
     counts = {
-        "rows_in": json.loads((work / f"staged-{i:05d}.json").read_text())["map_rows_in"],
+        "rows_in": json.loads((staging / f"staged-{i:05d}.json").read_text())["map_rows_in"],
         "kept": kept_out.close(schema),
         "removed": dict(reasons),
     }

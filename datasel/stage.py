@@ -71,11 +71,16 @@ class Context:
     columns: Columns
     work: Path  # the step's scratch folder, removed when the step finishes
     key: str = ""  # digest of stage, parameters and input fingerprints: names this run
+    staging: Path | None = None  # where map writes staged shards and side arrays (default: work)
     workers: int = 1
     units: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)  # stage statistics, copied into the manifest
     quiet: bool = False
     executor: Any = None  # the engine's: map_unordered(fn, args) for work that select can spread
+
+    def __post_init__(self):
+        if self.staging is None:
+            self.staging = self.work
 
     def __getstate__(self):  # workers get everything but the engine itself
         return {**self.__dict__, "executor": None}
@@ -150,6 +155,10 @@ class Stage:
     # holds just `id` and `narrow_columns()`, and the final write re-reads the input
     map_adds_columns: ClassVar[bool] = True
     needs_text: ClassVar[bool] = True  # False: the input need not have a text column
+    # names of the parameters that `fit` and `map` depend on; when set, the staged shards are
+    # cached in <output>/_cache/ so a rerun that changes only other (selection) parameters
+    # with --overwrite skips fit's map work and redoes only `select`
+    map_params: ClassVar[tuple[str, ...] | None] = None
 
     def __call__(self, data, dst=None, **options):
         """Run this stage: on a path (writes `dst`, returns the manifest), or in memory on an
