@@ -158,7 +158,7 @@ def run(
             if not (work / "select.json").exists():
                 progress.status("select")
                 decision = stage.select(staged, ctx)
-                _save_decision(decision, staged)
+                _save_decision(decision, staged, work)
                 write_json({"stats": ctx.stats}, work / "select.json")
                 _kill_point("select")
             ctx.stats = json.loads((work / "select.json").read_text())["stats"]
@@ -308,10 +308,9 @@ def _parallel(
 
 
 def _mp_context():
-    # fork is fast and inherits fitted state; after torch has started threads, fork is unsafe
-    import sys
-
-    return mp.get_context("spawn" if "torch" in sys.modules else "fork")
+    # fork: fast, and workers inherit the fitted stage. Stages whose map runs torch are
+    # single_process (torch's thread pool does not survive a fork), so workers never touch it.
+    return mp.get_context("fork")
 
 
 def _map_unit(stage: Stage, unit: Unit, i: int, ctx: Context, dst: Path, batch_rows: int) -> dict:
@@ -378,7 +377,7 @@ def _as_result(result) -> MapResult:
     return result if isinstance(result, MapResult) else MapResult(result)
 
 
-def _save_decision(decision: Decision, staged: Staged) -> None:
+def _save_decision(decision: Decision, staged: Staged, work: Path) -> None:
     n = staged.total
     if len(decision.keep) != n or len(decision.reason) != n:
         raise RuntimeError(f"select returned {len(decision.keep)} decisions for {n} rows")
@@ -393,7 +392,7 @@ def _save_decision(decision: Decision, staged: Staged) -> None:
     table = pa.table(cols)
     for i in range(len(staged.rows)):
         lo, hi = staged.offsets[i], staged.offsets[i + 1]
-        write_table(table.slice(lo, hi - lo), staged.work / f"decision-{i:05d}.parquet")
+        write_table(table.slice(lo, hi - lo), work / f"decision-{i:05d}.parquet")
 
 
 def _apply_unit(dst: Path, i: int, stage: Stage, unit: Unit, ctx: Context, batch_rows: int) -> dict:

@@ -1,0 +1,292 @@
+"""Distribution-shift selection: pick the pool documents that move it toward a target set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from datasel.errors import DataselError
+from datasel.io import Columns, plan_units, read_unit
+from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register
+
+
+def row_texts(
+    batch: pa.RecordBatch | pa.Table, text_column: str, template: str | None
+) -> list[str]:
+    """The text of each row: the text column, or `template` filled from several columns
+    (e.g. "{instruction}\\n{response}" for instruction data)."""
+    if template is None:
+        return batch.column(text_column).fill_null("").to_pylist()
+    import string
+
+    names = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+    missing = [n for n in names if n not in batch.schema.names]
+    if missing:
+        raise DataselError(
+            f"--template needs column '{missing[0]}'; columns are: {', '.join(batch.schema.names)}"
+        )
+    cols = {n: batch.column(n).to_pylist() for n in names}
+    return [
+        template.format(**{n: ("" if cols[n][i] is None else cols[n][i]) for n in names})
+        for i in range(batch.num_rows)
+    ]
+
+
+def read_texts(src, text_column: str, template: str | None, what: str) -> list[str]:
+    texts = []
+    for unit in plan_units(src):
+        for batch in read_unit(unit, Columns(text=text_column if template is None else None)):
+            texts += row_texts(batch, text_column, template)
+    if not texts:
+        raise DataselError(f"{what} {src}: holds no rows")
+    return texts
+
+
+@dataclass(kw_only=True)
+class _Shift(Stage):
+    """Shared by DSIR and GOT-D: a target set, a budget, a text template."""
+
+    map_adds_columns = False
+
+    target: str = param(
+        help="the target set: documents the selection should resemble (any input format)"
+    )
+    size: int | None = param(None, help="documents to select")
+    fraction: float | None = param(None, help="share of the pool to select (instead of --size)")
+    template: str | None = param(
+        None, help="text from several columns, e.g. '{instruction}\\n{response}'"
+    )
+    seed: int = param(0, help="seed for sampling")
+
+    def __post_init__(self):
+        if (self.size is None) == (self.fraction is None):
+            raise ValueError("give exactly one of --size and --fraction")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.size is not None and self.size < 0:
+            raise ValueError(f"size must be >= 0, got {self.size}")
+
+    @property
+    def needs_text(self) -> bool:
+        return self.template is None
+
+    def budget(self, n: int) -> int:
+        return min(n, self.size if self.size is not None else int(round(self.fraction * n)))
+
+    def texts(self, batch, ctx: Context) -> list[str]:
+        return row_texts(batch, ctx.columns.text or "text", self.template)
+
+    def target_texts(self, ctx: Context) -> list[str]:
+        return read_texts(self.target, ctx.columns.text or "text", self.template, "--target")
+
+
+@register
+@dataclass(kw_only=True)
+class ShiftDsir(_Shift):
+    """Select toward a target by importance resampling on hashed word uni+bigrams (DSIR).
+
+    Xie et al., "Data Selection for Language Models via Importance Resampling" (NeurIPS 2023).
+    Adds `dsir_logw` = log p_target(x) / q_pool(x) under bag-of-hashed-n-gram models; selects
+    without replacement by Gumbel top-k on it (or plain top-k with --deterministic). The weights
+    are cached with the output: rerunning with another --size and --overwrite only redoes the choice.
+    """
+
+    name = "shift-dsir"
+    example = "datasel shift dsir pool/ picked/ --target python-docs.jsonl --fraction 0.05"
+    map_params = ("target", "template", "buckets", "pool_sample", "seed")
+
+    buckets: int = param(10_000, help="hash buckets for word unigrams and bigrams")
+    pool_sample: int = param(
+        100_000, help="pool documents to fit the pool's n-gram distribution on"
+    )
+    deterministic: bool = param(
+        False, help="plain top-k on the weights instead of Gumbel top-k sampling"
+    )
+
+    def fit(self, ctx: Context) -> None:
+        from datasel.ops.ngrams import fit_distribution, hashed_ngram_counts
+
+        target = hashed_ngram_counts(self.target_texts(ctx), self.buckets)
+        pool = hashed_ngram_counts(self.texts(ctx.sample(self.pool_sample), ctx), self.buckets)
+        self.log_p = np.log(fit_distribution([target], self.buckets))
+        self.log_q = np.log(fit_distribution([pool], self.buckets))
+
+    def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
+        from datasel.ops.ngrams import hashed_ngram_counts, log_importance
+
+        counts = hashed_ngram_counts(self.texts(batch, ctx), self.buckets)
+        arrays = {
+            "dsir_logw": log_importance(counts, self.log_p, self.log_q),
+            # each document's (bucket, count) pairs, for the selection's n-gram KL in select
+            "dsir_nnz": np.diff(counts.indptr).astype(np.int32),
+            "dsir_counts": np.stack([counts.indices, counts.data], axis=1).astype(np.int32),
+        }
+        return MapResult(batch, arrays=arrays)
+
+    def select(self, staged: Staged, ctx: Context) -> Decision:
+        from datasel.ops.ngrams import hashed_kl
+        from datasel.ops.topk import gumbel_topk, topk
+
+        logw = _concat(staged, "dsir_logw")
+        k = self.budget(len(logw))
+        idx = topk(logw, k) if self.deterministic else gumbel_topk(logw, k, self.seed)
+        keep = np.zeros(len(logw), dtype=bool)
+        keep[idx] = True
+        chosen, pool = _bucket_totals(staged, keep, self.buckets)
+        p = np.exp(self.log_p)
+        smooth = lambda c: (c + 1.0) / (c.sum() + len(c))  # noqa: E731 - add-one, as the fit
+        ctx.stats.update(
+            {
+                "selected": int(k),
+                "kl_before": round(hashed_kl(p, smooth(pool)), 5),
+                "kl_after": round(hashed_kl(p, smooth(chosen)), 5),
+            }
+        )
+        column = pa.array(logw, pa.float64())
+        return Decision(
+            keep=keep,
+            reason=np.where(keep, None, "dsir:not_selected").astype(object),
+            kept_columns={"dsir_logw": column},
+            removed_columns={"dsir_logw": column},
+        )
+
+
+def _bucket_totals(staged: Staged, keep: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    chosen, pool = np.zeros(buckets), np.zeros(buckets)
+    for i, n in enumerate(staged.rows):
+        if not n:
+            continue
+        pairs = np.asarray(staged.array("dsir_counts", i))
+        doc = np.repeat(np.arange(n), np.asarray(staged.array("dsir_nnz", i)))
+        pool += np.bincount(pairs[:, 0], weights=pairs[:, 1], minlength=buckets)
+        sel = keep[staged.offsets[i] + doc]
+        chosen += np.bincount(pairs[sel, 0], weights=pairs[sel, 1], minlength=buckets)
+    return chosen, pool
+
+
+def _concat(staged: Staged, name: str) -> np.ndarray:
+    parts = [np.asarray(staged.array(name, i)) for i, n in enumerate(staged.rows) if n]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+@register
+@dataclass(kw_only=True)
+class ShiftGotd(_Shift):
+    """Select the documents whose optimal-transport gradient pulls the pool toward a target (GOT-D).
+
+    Kang et al., "Get more for less: Principled Data Selection for Warming Up Fine-Tuning in LLMs"
+    (ICLR 2024). Entropic OT between the pool's and the target's embeddings (log-domain Sinkhorn,
+    blocked so no full cost matrix is held; torch, on GPU when present); the pool-side dual
+    potential, calibrated as f_i minus the mean of the others, is the gradient of the OT distance
+    with respect to each candidate's mass; the most negative are selected. Adds `gotd_grad`.
+    """
+
+    name = "shift-gotd"
+    example = "datasel shift gotd pool/ picked/ --target python-docs.jsonl --size 4000"
+    map_params = ("target", "template", "model", "dim", "fit_sample", "seed")
+
+    model: str = param(
+        "hashing",
+        help="embedding backend: hashing (TF-IDF + SVD, no model) | minilm | a local model folder; an existing `embedding` column is used as it is",
+    )
+    dim: int = param(128, help="embedding size for the hashing backend")
+    fit_sample: int = param(
+        20_000, help="pool documents (plus the target) to fit the hashing embedder on"
+    )
+    eps: float = param(0.02, help="entropic regularisation of the OT (in cosine-cost units)")
+    max_target: int = param(
+        5_000, help="a larger target is summarised by this many k-means centroids with their masses"
+    )
+    device: str = param("auto", help="auto | cpu | cuda")
+
+    def fit(self, ctx: Context) -> None:
+        target = self.target_texts(ctx)
+        self.use_column = "embedding" in ctx.sample(1).column_names
+        if self.use_column:
+            raise DataselError(
+                "shift gotd: an input `embedding` column needs target embeddings too; embed the target with the same model (not supported yet: drop the column or use --model)"
+            )
+        self.embedder = self._embedder(ctx, target)
+        y = self.embedder.encode(target).astype(np.float32)
+        self.target_points, self.target_mass = _summarise(y, self.max_target, self.seed)
+
+    def _embedder(self, ctx, target):
+        from scorers.embed import HashingEmbedder, load_embedder
+
+        if self.model == "hashing":
+            emb = HashingEmbedder(dim=self.dim, reduce="svd", seed=self.seed)
+            emb.fit(self.texts(ctx.sample(self.fit_sample), ctx) + target)
+            return emb
+        try:
+            return load_embedder(self.model, device=self.device)
+        except (FileNotFoundError, ValueError, ImportError) as e:
+            raise DataselError(f"--model {self.model}: {str(e).splitlines()[0]}") from None
+
+    def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
+        return MapResult(
+            batch,
+            arrays={"gotd_emb": self.embedder.encode(self.texts(batch, ctx)).astype(np.float32)},
+        )
+
+    def select(self, staged: Staged, ctx: Context) -> Decision:
+        from datasel.ops.sinkhorn import gotd_gradient, sinkhorn
+        from datasel.ops.topk import topk
+
+        x = np.concatenate(
+            [np.asarray(staged.array("gotd_emb", i)) for i, n in enumerate(staged.rows) if n]
+        )
+        ot = sinkhorn(
+            x,
+            self.target_points,
+            b=self.target_mass,
+            eps=self.eps,
+            cost="cosine",
+            device=self.device,
+        )
+        grad = gotd_gradient(ot.f)
+        k = self.budget(len(grad))
+        keep = np.zeros(len(grad), dtype=bool)
+        keep[topk(grad, k, largest=False)] = True
+        after = (
+            sinkhorn(
+                x[keep],
+                self.target_points,
+                b=self.target_mass,
+                eps=self.eps,
+                cost="cosine",
+                device=self.device,
+            )
+            if k
+            else ot
+        )
+        ctx.stats.update(
+            {
+                "selected": int(k),
+                "ot_before": round(float(ot.cost), 5),
+                "ot_after": round(float(after.cost), 5),
+                "sinkhorn_iterations": int(ot.n_iter),
+                "target_points": int(len(self.target_points)),
+            }
+        )
+        column = pa.array(grad, pa.float64())
+        return Decision(
+            keep=keep,
+            reason=np.where(keep, None, "gotd:not_selected").astype(object),
+            kept_columns={"gotd_grad": column},
+            removed_columns={"gotd_grad": column},
+        )
+
+
+def _summarise(y: np.ndarray, max_points: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The target as at most `max_points` weighted support points (k-means centroids + masses)."""
+    if len(y) <= max_points:
+        return y, np.full(len(y), 1.0 / len(y))
+    from datasel.ops.kmeans import assign, fit_kmeans
+
+    centroids = fit_kmeans(y, max_points, seed=seed)
+    labels, _ = assign(y, centroids)
+    mass = np.bincount(labels, minlength=max_points).astype(np.float64)
+    used = mass > 0
+    return centroids[used], mass[used] / mass.sum()

@@ -1,0 +1,143 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+import datasel
+from datasel.cli import app, register_stages
+from datasel.stages.shift import ShiftDsir, ShiftGotd
+from tests.conftest import read_dataset, read_removed, sample_rows
+
+register_stages()
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def mixture(tmp_path_factory):
+    """The bundled sample as a pool; 100 held-out python_docs documents as the target."""
+    tmp = tmp_path_factory.mktemp("mix")
+    rows = sample_rows()
+    py = [i for i, r in enumerate(rows) if r["domain"] == "python_docs"]
+    target = set(py[::6][:100])
+    pool = [r for i, r in enumerate(rows) if i not in target]
+    (tmp / "pool").mkdir()
+    pq.write_table(pa.Table.from_pylist(pool[: len(pool) // 2]), tmp / "pool" / "a.parquet")
+    pq.write_table(pa.Table.from_pylist(pool[len(pool) // 2 :]), tmp / "pool" / "b.parquet")
+    pq.write_table(pa.Table.from_pylist([rows[i] for i in sorted(target)]), tmp / "target.parquet")
+    n_py = sum(r["domain"] == "python_docs" for r in pool)
+    return tmp, n_py, len(pool)
+
+
+def precision(path) -> float:
+    dom = read_dataset(path).column("domain").to_pylist()
+    return sum(d == "python_docs" for d in dom) / len(dom)
+
+
+def test_dsir_selects_the_target_domain_and_reports_kl(mixture, tmp_path):
+    tmp, n_py, n = mixture
+    m = datasel.run(
+        ShiftDsir(target=str(tmp / "target.parquet"), size=n_py),
+        tmp / "pool",
+        tmp_path / "out",
+        quiet=True,
+    )
+    assert m["kept"] == n_py and m["rows_in"] == n == m["kept"] + m["removed_total"]
+    assert precision(tmp_path / "out") >= 0.9
+    assert m["stats"]["kl_after"] < 0.5 * m["stats"]["kl_before"]
+    assert "dsir_logw" in read_removed(tmp_path / "out").column_names
+
+
+def test_dsir_new_size_reuses_cached_weights(mixture, tmp_path):
+    tmp, n_py, _ = mixture
+    stage = ShiftDsir(target=str(tmp / "target.parquet"), size=100, deterministic=True)
+    datasel.run(stage, tmp / "pool", tmp_path / "out", quiet=True)
+    cache = next((tmp_path / "out" / "_cache").iterdir())
+    stamp = {p.name: p.stat().st_mtime_ns for p in cache.glob("staged-*")}
+    stage2 = ShiftDsir(target=str(tmp / "target.parquet"), size=200, deterministic=True)
+    m2 = datasel.run(stage2, tmp / "pool", tmp_path / "out", quiet=True, overwrite=True)
+    assert m2["kept"] == 200
+    assert {p.name: p.stat().st_mtime_ns for p in cache.glob("staged-*")} == stamp  # not recomputed
+    top100 = set(
+        read_dataset(tmp_path / "out")
+        .sort_by([("dsir_logw", "descending")])
+        .column("id")
+        .to_pylist()[:100]
+    )
+    first = datasel.run(stage, tmp / "pool", tmp_path / "again", quiet=True)
+    assert (
+        first["kept"] == 100
+        and set(read_dataset(tmp_path / "again").column("id").to_pylist()) == top100
+    )
+
+
+def test_gotd_selects_the_target_domain(mixture, tmp_path):
+    tmp, n_py, _ = mixture
+    m = datasel.run(
+        ShiftGotd(target=str(tmp / "target.parquet"), size=n_py, fit_sample=3000),
+        tmp / "pool",
+        tmp_path / "out",
+        quiet=True,
+    )
+    assert precision(tmp_path / "out") >= 0.8
+    assert m["stats"]["ot_after"] < m["stats"]["ot_before"]
+    grad = read_dataset(tmp_path / "out").column("gotd_grad").to_numpy()
+    assert grad.max() <= read_removed(tmp_path / "out").column("gotd_grad").to_numpy().min()
+
+
+def test_template_joins_columns(tmp_path):
+    code, poem = "def f(x): return x + 1", "the sea is wide and blue"
+    rows = [
+        {"id": str(i), "instruction": "write", "response": code if i % 2 else poem}
+        for i in range(40)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pool.parquet")
+    pq.write_table(
+        pa.Table.from_pylist([{"instruction": "write", "response": code}] * 30),
+        tmp_path / "t.parquet",
+    )
+    stage = ShiftDsir(
+        target=str(tmp_path / "t.parquet"),
+        size=20,
+        template="{instruction}\n{response}",
+        deterministic=True,
+    )
+    datasel.run(stage, tmp_path / "pool.parquet", tmp_path / "out", quiet=True)
+    assert all(int(i) % 2 for i in read_dataset(tmp_path / "out").column("id").to_pylist())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--size", "5", "--fraction", "0.1"], "exactly one of --size and --fraction"),
+        (["--size", "5", "--template", "{nope}"], "--template needs column 'nope'"),
+    ],
+)
+def test_shift_errors(mixture, tmp_path, args, message):
+    tmp, _, _ = mixture
+    result = runner.invoke(
+        app,
+        [
+            "shift",
+            "dsir",
+            str(tmp / "pool" / "a.parquet"),
+            str(tmp_path / "o"),
+            "--target",
+            str(tmp / "target.parquet"),
+            *args,
+        ],
+    )
+    assert result.exit_code == 2 and message in result.output, result.output
+    result = runner.invoke(
+        app,
+        [
+            "shift",
+            "dsir",
+            str(tmp / "pool" / "a.parquet"),
+            str(tmp_path / "o2"),
+            "--target",
+            str(tmp / "nope.parquet"),
+            "--size",
+            "3",
+        ],
+    )
+    assert result.exit_code == 2 and "nope.parquet: no such file" in result.output
