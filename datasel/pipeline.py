@@ -28,6 +28,7 @@ from datasel.io import FileList, digest, find_files, fingerprint, write_json
 from datasel.stage import STAGES, Stage
 
 CONFIG_KEYS = {"input", "output", "steps", "text_column", "id_column", "workers", "description"}
+STEP_OPTIONS = ("text_column", "id_column")  # a step may read another column than the others
 
 
 def resolve_input(src: str | os.PathLike) -> str:
@@ -52,6 +53,8 @@ class Pipeline:
 
     steps: list[Stage]
     options: RunOptions = field(default_factory=RunOptions)
+    # per-step run options, e.g. [{"text_column": "instruction"}, {}, ...]
+    step_options: list[dict] | None = None
 
     def step_dirs(self, dst: Path) -> list[Path]:
         return [dst / f"{i + 1:02d}-{s.name}" for i, s in enumerate(self.steps)]
@@ -60,8 +63,9 @@ class Pipeline:
         opts = RunOptions(**{**self.options.__dict__, **options})
         dst = Path(dst)
         manifests, current = [], resolve_input(src) if not isinstance(src, FileList) else src
-        for stage, step_dir in zip(self.steps, self.step_dirs(dst), strict=True):
-            manifests.append(run(stage, current, step_dir, opts))
+        per_step = self.step_options or [{}] * len(self.steps)
+        for stage, step_dir, extra in zip(self.steps, self.step_dirs(dst), per_step, strict=True):
+            manifests.append(run(stage, current, step_dir, dataclasses.replace(opts, **extra)))
             current = str(step_dir)
         return manifests
 
@@ -94,7 +98,9 @@ class Pipeline:
                 for s in self.steps
             ]
             inputs = FileList(tuple(str(f) for f, _ in new), str(root))
-            manifests = Pipeline(steps, self.options).run(inputs, dst / "runs" / run_id, **options)
+            manifests = Pipeline(steps, self.options, self.step_options).run(
+                inputs, dst / "runs" / run_id, **options
+            )
             last = Pipeline(steps).step_dirs(dst / "runs" / run_id)[-1]
             selected = dst / "selected"
             selected.mkdir(parents=True, exist_ok=True)
@@ -171,7 +177,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[Pip
     steps = config.get("steps")
     if not isinstance(steps, list) or not steps:
         raise DataselError(f"{path}: 'steps' must be a non-empty list of {{stage: name, ...}}")
-    stages = []
+    stages, step_options = [], []
     for i, step in enumerate(steps, 1):
         where = f"{path} step {i}"
         if not isinstance(step, dict) or "stage" not in step:
@@ -180,6 +186,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[Pip
             )
         params = dict(step)
         name = params.pop("stage")
+        step_options.append({k: params.pop(k) for k in STEP_OPTIONS if k in params})
         if name not in STAGES:
             raise DataselError(
                 f"{where}: unknown stage '{name}'; stages: {', '.join(sorted(STAGES))}"
@@ -188,7 +195,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[Pip
     options = RunOptions(
         **{k: config[k] for k in ("text_column", "id_column", "workers") if k in config}
     )
-    return Pipeline(stages, options), config
+    return Pipeline(stages, options, step_options), config
 
 
 def _apply_override(config: dict, item: str, path: Path) -> None:

@@ -51,8 +51,7 @@ def _torch():
         import transformers  # noqa: F401
     except ImportError as e:  # pragma: no cover - exercised only without the extra
         raise ImportError(
-            "scoring with a language model needs torch and transformers: "
-            "install datasel[lm]"
+            "scoring with a language model needs torch and transformers: install datasel[lm]"
         ) from e
     return torch
 
@@ -326,8 +325,15 @@ def _score_batch(lm: LM, b: dict[str, np.ndarray], totals) -> None:
     totals.index_add_(0, doc, nll)
 
 
-def _run(lm: LM, seqs: list[np.ndarray], first: np.ndarray, *, batch_tokens: int | None,
-         max_tokens: int | None, stride: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _run(
+    lm: LM,
+    seqs: list[np.ndarray],
+    first: np.ndarray,
+    *,
+    batch_tokens: int | None,
+    max_tokens: int | None,
+    stride: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
     torch = _torch()
     dev = torch.device(lm.device)
     if batch_tokens is None:
@@ -346,7 +352,7 @@ def _run(lm: LM, seqs: list[np.ndarray], first: np.ndarray, *, batch_tokens: int
     acc = torch.float32 if dev.type == "mps" else torch.float64
     totals = torch.zeros(n_docs, dtype=acc, device=dev)
     tok = lm.tokenizer
-    pad_id = next((t for t in (tok.pad_token_id, tok.eos_token_id, 0) if t is not None))
+    pad_id = next(t for t in (tok.pad_token_id, tok.eos_token_id, 0) if t is not None)
     budget, lo = int(batch_tokens), 0
     with torch.inference_mode():
         while lo < len(plan):
@@ -358,8 +364,7 @@ def _run(lm: LM, seqs: list[np.ndarray], first: np.ndarray, *, batch_tokens: int
                 if hi - lo == 1:
                     raise
                 budget = max(1, (hi - lo) * _round_up(int(plan.length[lo])) // 2)
-                log.warning("out of memory at %d rows; batch budget now %d tokens", hi - lo,
-                            budget)
+                log.warning("out of memory at %d rows; batch budget now %d tokens", hi - lo, budget)
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
@@ -460,9 +465,8 @@ def score_conditional(
     pre = np.array([lm.prefix_id], dtype=np.int64)
     seqs = [
         np.concatenate([pre, p_ids[p], np.asarray(r, dtype=np.int64)])
-        for p, r in zip(p_index, r_ids)
+        for p, r in zip(p_index, r_ids, strict=True)
     ]
     first = np.array([1 + len(p_ids[p]) for p in p_index], dtype=np.int64)
-    nll, n = _run(lm, seqs, first, batch_tokens=batch_tokens, max_tokens=max_tokens,
-                  stride=stride)
+    nll, n = _run(lm, seqs, first, batch_tokens=batch_tokens, max_tokens=max_tokens, stride=stride)
     return -nll, n

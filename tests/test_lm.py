@@ -128,7 +128,7 @@ def test_batch_independence_vs_naive(lm):
 def test_short_docs_match_hf_loss(lm):
     docs = [d for d in _docs(30, seed=2) if len(_ids(lm, d)) < lm.max_tokens][:10]
     nll, n = score_bpb(lm, docs, batch_tokens=256)
-    for d, x, k in zip(docs, nll, n):
+    for d, x, k in zip(docs, nll, n, strict=True):
         ids = torch.tensor([[lm.prefix_id] + _ids(lm, d)])
         with torch.no_grad():
             loss = lm.model(ids, labels=ids).loss.item()
@@ -168,7 +168,7 @@ def test_empty_and_bits_per_byte(lm):
 
 def naive_conditional(lm, prompts, responses):
     out = []
-    for p, r in zip(prompts, responses):
+    for p, r in zip(prompts, responses, strict=True):
         pre, rid = [lm.prefix_id] + _ids(lm, p), _ids(lm, r)
         ids = pre + rid
         lp = _logprobs(lm.model, ids)
@@ -180,14 +180,16 @@ def test_conditional_vs_naive(lm):
     rng = np.random.default_rng(4)
     sents = tiny_corpus(200, seed=5)
     prompts, responses = [], []
-    for g in range(12):  # 12 instructions x 4 candidates of mixed lengths
+    for _ in range(12):  # 12 instructions x 4 candidates of mixed lengths
         words = str(rng.choice(sents)).split()
         prompt = " ".join(words[: int(rng.integers(0, len(words)))]) + "\n"
         for _ in range(4):
             words = str(rng.choice(sents)).split()
             responses.append(" ".join(words[: int(rng.integers(1, len(words) + 1))]))
             prompts.append(prompt)
-    assert all(len(_ids(lm, p + r)) + 1 <= lm.max_tokens for p, r in zip(prompts, responses))
+    assert all(
+        len(_ids(lm, p + r)) + 1 <= lm.max_tokens for p, r in zip(prompts, responses, strict=True)
+    )
     ref = naive_conditional(lm, prompts, responses)
     for budget in (64, 4096):
         lp, n = score_conditional(lm, prompts, responses, batch_tokens=budget)
@@ -218,7 +220,7 @@ def test_conditional_long_sequences(lm):
     lp, n = score_conditional(lm, prompts, responses, max_tokens=ctx, stride=1)
     ref = [
         per_token_reference(lm, [lm.prefix_id] + _ids(lm, p), _ids(lm, r), ctx)
-        for p, r in zip(prompts, responses)
+        for p, r in zip(prompts, responses, strict=True)
     ]
     np.testing.assert_array_equal(n, [len(_ids(lm, r)) for r in responses])
     _close(lp, ref)

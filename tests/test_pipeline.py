@@ -104,3 +104,13 @@ def test_in_memory_api_on_arrow_and_stage_call(tmp_path):
     write_jsonl(tmp_path / "in.jsonl", table.to_pylist())
     m = datasel.Dedup()(str(tmp_path / "in.jsonl"), tmp_path / "out", quiet=True)
     assert m["kept"] == 2
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    from datasel.pipeline import load_config
+
+    for path in sorted(Path("configs").glob("*.yaml")):
+        pipeline, config = load_config(path)
+        assert pipeline.steps and config["input"] and config["output"], path

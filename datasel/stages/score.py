@@ -61,15 +61,13 @@ class ScoreFastText(_FastTextColumn):
     label: str = param(help="label whose probability becomes the column, e.g. __label__hq")
     column: str | None = param(None, help="name of the new column (default: fasttext_<label>)")
 
-    def __post_init__(self):
-        if not Path(self.model).is_file():
-            raise ValueError(f"{self.model}: no such fastText model file")
-
     @property
     def out_column(self) -> str:
         return self.column or "fasttext_" + self.label.removeprefix("__label__")
 
     def model_and_label(self) -> tuple[str, str]:
+        if not Path(self.model).is_file():
+            raise DataselError(f"{self.model}: no such fastText model file")
         return self.model, self.label
 
 
