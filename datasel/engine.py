@@ -243,10 +243,12 @@ def _clear(dst: Path) -> None:
 
 
 class LocalExecutor:
-    """Runs functions over argument tuples: in this process, or in a pool of `workers` processes."""
+    """Runs functions over argument tuples: in this process, or in a pool of `workers` processes
+    forked once per step (after `fit`, so workers inherit what it learned and warmed up)."""
 
     def __init__(self, workers: int):
         self.workers = workers
+        self.pool: ProcessPoolExecutor | None = None
 
     def map_unordered(self, fn: Callable, args: list[tuple], stage: Stage | None = None):
         """Yield (position, result) as each call finishes. `stage` names the stage whose model
@@ -256,18 +258,23 @@ class LocalExecutor:
             for k, a in enumerate(args):
                 yield k, fn(*a)
             return
-        with ProcessPoolExecutor(
-            max_workers=min(self.workers, len(args)), mp_context=_mp_context()
-        ) as pool:
-            futures = {pool.submit(fn, *a): k for k, a in enumerate(args)}
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_mp_context())
+        futures = {self.pool.submit(fn, *a): k for k, a in enumerate(args)}
+        try:
             for fut in as_completed(futures):
                 yield futures[fut], fut.result()
+        finally:
+            for fut in futures:
+                fut.cancel()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
-        pass
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
 
 
 def make_executor(engine: str, workers: int):

@@ -57,7 +57,8 @@ def string_buffer(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return data, offsets - offsets[0]
 
 
-def _grow_powers(n: int) -> None:
+def grow_powers(n: int) -> None:
+    """Precompute the hash powers for a batch of up to `n` bytes (shared by forked workers)."""
     global _powers, _inv_powers
     if len(_powers) > n:
         return
@@ -100,7 +101,7 @@ def hash_texts(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # a space after every text, so that no word or token runs across two documents
     data, offsets = string_buffer(pc.binary_join_element_wise(texts, "", " "))
     n_docs, n = len(offsets) - 1, len(data)
-    _grow_powers(n)
+    grow_powers(n)
     prefix = np.zeros(n + 1, dtype=np.uint64)
     x = prefix[1:]
     x[:] = data

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from datasel.errors import DataselError
 from datasel.ops.minhash import EMPTY, band_keys, lsh_params, shingle_hashes, signatures
 from datasel.ops.unionfind import components
-from datasel.ops.words import hash_texts, normalize
+from datasel.ops.words import grow_powers, hash_texts, normalize
 from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register
 
 
@@ -80,6 +80,11 @@ class Dedup(Stage):
 
     def narrow_columns(self, ctx: Context) -> list[str]:
         return [self.keep[4:]] if self.keep.startswith("max:") else []
+
+    def fit(self, ctx: Context) -> None:
+        # warm the per-process caches before workers fork, so that each inherits them
+        _ = self.bands_rows
+        grow_powers(4 << 20)
 
     # ------------------------------------------------------------------ map
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
