@@ -85,20 +85,18 @@ class ScorePreselect(_FastTextColumn):
     scorer: str = param(help="folder written by `datasel preselect fit` (model.bin + card.json)")
     column: str = param("preselect_score", help="name of the new column")
 
-    def __post_init__(self):
-        card = Path(self.scorer) / "card.json"
-        if not card.is_file():
-            raise ValueError(
-                f"{self.scorer}: not a PreSelect scorer (no card.json); fit one with `datasel preselect fit`"
-            )
-        self.card = json.loads(card.read_text())
-
     @property
     def out_column(self) -> str:
         return self.column
 
     def model_and_label(self) -> tuple[str, str]:
-        return str(Path(self.scorer) / self.card["model_file"]), self.card["score_label"]
+        card = Path(self.scorer) / "card.json"
+        if not card.is_file():
+            raise DataselError(
+                f"{self.scorer}: not a PreSelect scorer (no card.json); fit one with `datasel preselect fit`"
+            )
+        meta = json.loads(card.read_text())
+        return str(Path(self.scorer) / meta["model_file"]), meta["score_label"]
 
 
 def read_columns_and_texts(
