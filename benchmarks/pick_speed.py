@@ -5,7 +5,7 @@
 
 Data: self-instruct-8way.jsonl (shared data). Prompt = instruction (+ input) in a plain
 template, candidates = the 8 model responses; each candidate's score is log p(response |
-prompt). Model: the random-weight GPT-2 4x256 of score_speed.py. Same process, same data;
+prompt). Model: the random-weight GPT-2 4x256 of score_speed.py with a 4096-token context. Same process, same data;
 prints candidates/s, tokens/s, peak RSS and the ratio, and checks both give the same scores
 and the same pick per instruction.
 """
@@ -99,7 +99,7 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_bench_lm(Path(tmp) / "m", load_docs(3000, seed=1), n_positions=2048)
+        path = build_bench_lm(Path(tmp) / "m", load_docs(3000, seed=1), n_positions=4096)
         lm = load_lm(str(path), device="cpu")
     name = "gpt2 4x256 (8k vocab)"
     score_conditional(lm, prompts[:8], responses[:8])  # warm-up

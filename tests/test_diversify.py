@@ -1,0 +1,300 @@
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+import datasel
+from datasel.cli import app, register_stages
+from datasel.ops.quotas import allocate, kids_weights
+from datasel.stages.diversify import Diversify
+from datasel.stages.embed import Embed
+from tests.conftest import read_dataset, read_removed, sample_rows, write_parquet
+
+register_stages()
+runner = CliRunner()
+K = 20
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    """The bundled sample (2,250 real documents, 7 domains) with 64-dim hashing embeddings."""
+    root = tmp_path_factory.mktemp("div")
+    write_parquet(root / "raw.parquet", sample_rows())
+    datasel.run(Embed(dim=64), root / "raw.parquet", root / "emb", quiet=True)
+    table = read_dataset(root / "emb")
+    rng = np.random.default_rng(0)
+    extra = {
+        "score": rng.random(table.num_rows),
+        "fb": (np.array(table.column("domain").to_pylist()) == "math_word_problems") * 1.0,
+        "selected": rng.random(table.num_rows) < 0.1,
+    }
+    for name, values in extra.items():
+        table = table.append_column(name, pa.array(values))
+    pq.write_table(table, root / "scored.parquet")
+    return root
+
+
+def run(stage, src, dst, **kw):
+    return datasel.run(stage, src, dst, quiet=True, **kw)
+
+
+def output(folder) -> tuple[pa.Table, pa.Table]:
+    return read_dataset(folder), read_removed(folder)
+
+
+def per_cluster(table: pa.Table, k: int = K) -> np.ndarray:
+    return np.bincount(table.column("cluster").to_numpy(), minlength=k)
+
+
+def test_selects_the_budget_and_writes_cluster_columns(embedded, tmp_path):
+    m = run(Diversify(k=K, fraction=0.1), embedded / "emb", tmp_path / "o")
+    kept, removed = output(tmp_path / "o")
+    assert (
+        m["rows_in"] == 2250 == m["kept"] + m["removed_total"] == kept.num_rows + removed.num_rows
+    )
+    assert kept.num_rows == 225
+    assert set(removed.column("reason").to_pylist()) == {"diversify:not_sampled"}
+    assert kept.schema.field("cluster").type == pa.int32()
+    assert kept.schema.field("cluster_dist").type == pa.float32()
+    assert "cluster" in removed.schema.names
+    x = np.stack(kept.column("embedding").to_numpy(zero_copy_only=False))
+    c = kept.column("cluster").to_numpy()
+    # every row's cluster is its nearest centroid: the rows of a cluster are closer to their
+    # own mean than to the mean of any other cluster, on average
+    means = np.stack([x[c == j].mean(0) for j in np.unique(c)])
+    assert (np.argmax(x @ means.T, axis=1) == np.searchsorted(np.unique(c), c)).mean() > 0.8
+    stats = json.loads((tmp_path / "o" / "_manifest.json").read_text())["stats"]
+    assert stats["k"] == K and sum(stats["largest_clusters"]["picked"]) == 225
+    assert sum(stats["groups"]["picked"]) == 225
+
+
+@pytest.mark.parametrize("quota", ["equal", "proportional"])
+def test_quotas_per_cluster(embedded, tmp_path, quota):
+    stage = Diversify(k=K, size=300, levels=1, quota=quota, max_similarity=1.0)
+    run(stage, embedded / "emb", tmp_path / "o")
+    kept, removed = output(tmp_path / "o")
+    sizes = per_cluster(kept) + per_cluster(removed)
+    want = allocate(sizes, 300, sizes if quota == "proportional" else None)
+    np.testing.assert_array_equal(per_cluster(kept), want)
+    if quota == "equal":  # small clusters are taken whole, the rest share the leftover equally
+        assert np.all((want == sizes) | (want >= want[want < sizes].min()))
+        assert want[want < sizes].max() - want[want < sizes].min() <= 1
+
+
+def test_levels_2_balances_groups_exactly(embedded, tmp_path):
+    run(Diversify(k=K, size=300, max_similarity=1.0), embedded / "emb", tmp_path / "o")
+    g = json.loads((tmp_path / "o" / "_manifest.json").read_text())["stats"]["groups"]
+    assert g["count"] >= 2
+    assert g["picked"] == allocate(np.array(g["size"]), 300).tolist()
+
+
+def test_seed_determinism_and_cached_map(embedded, tmp_path, monkeypatch):
+    ids = lambda f: sorted(read_dataset(f).column("id").to_pylist())  # noqa: E731
+    run(Diversify(k=K, size=200, seed=3), embedded / "emb", tmp_path / "a", workers=2)
+    run(Diversify(k=K, size=200, seed=3), embedded / "emb", tmp_path / "b", workers=1)
+    run(Diversify(k=K, size=200, seed=4), embedded / "emb", tmp_path / "c")
+    assert ids(tmp_path / "a") == ids(tmp_path / "b") != ids(tmp_path / "c")
+    # a new --size reuses the cached clusters: no k-means, no map
+    import datasel.ops.kmeans as km
+
+    monkeypatch.setattr(km, "fit_kmeans", lambda *a, **k: pytest.fail("k-means refitted"))
+    monkeypatch.setattr(Diversify, "map", lambda *a: pytest.fail("map rerun"))
+    run(Diversify(k=K, size=150, seed=3), embedded / "emb", tmp_path / "a", overwrite=True)
+    assert len(ids(tmp_path / "a")) == 150
+
+
+def test_weight_by_samples_by_score(embedded, tmp_path):
+    stage = Diversify(
+        k=K, size=300, levels=1, weight_by="score", temperature=1e-4, max_similarity=1.0
+    )
+    run(stage, embedded / "scored.parquet", tmp_path / "o")
+    kept, removed = output(tmp_path / "o")
+    # a near-zero temperature: the highest-scored rows of each cluster
+    for c in range(K):
+        mine = kept.filter(pa.compute.equal(kept.column("cluster"), c)).column("score")
+        rest = removed.filter(pa.compute.equal(removed.column("cluster"), c)).column("score")
+        if len(mine) and len(rest):
+            assert pa.compute.min(mine).as_py() > pa.compute.max(rest).as_py()
+    stats = json.loads((tmp_path / "o" / "_manifest.json").read_text())["stats"]
+    assert stats["mean_score"]["picked"] > stats["mean_score"]["all"] + 0.2
+
+
+def test_near_duplicates_are_not_picked_twice(tmp_path):
+    rows = sample_rows(400)
+    dups = [
+        {**rows[i], "id": f"{rows[i]['id']}-copy{j}", "text": rows[i]["text"] + f" copy {j}"}
+        for i in range(0, 400, 10)
+        for j in range(4)
+    ]
+    write_parquet(tmp_path / "in.parquet", rows + dups)
+
+    def repeated(folder) -> int:
+        base = [i.split("-copy")[0] for i in read_dataset(folder).column("id").to_pylist()]
+        return len(base) - len(set(base))
+
+    stage = Diversify(k=K, size=150, dim=64, reduce="random", max_similarity=1.0)
+    run(stage, tmp_path / "in.parquet", tmp_path / "a")
+    stage = Diversify(k=K, size=150, dim=64, reduce="random")
+    run(stage, tmp_path / "in.parquet", tmp_path / "b")
+    assert read_dataset(tmp_path / "b").num_rows == 150
+    assert repeated(tmp_path / "a") >= 3 and repeated(tmp_path / "b") == 0
+
+
+def test_kids_feedback_shifts_the_next_round(embedded, tmp_path):
+    t = 0.5
+    stage = Diversify(
+        k=K, size=400, levels=1, feedback="fb", feedback_temperature=t, max_similarity=1.0
+    )
+    run(stage, embedded / "scored.parquet", tmp_path / "o")
+    kept, removed = output(tmp_path / "o")
+    table = pa.concat_tables(
+        [kept.drop_columns(["diversify_round"]), removed.drop_columns(["reason"])]
+    )
+    cluster = table.column("cluster").to_numpy()
+    fb = table.column("fb").to_numpy()
+    before = table.column("selected").to_numpy(zero_copy_only=False)
+    new = (
+        np.isin(
+            table.column("id").to_numpy(zero_copy_only=False),
+            kept.column("id").to_numpy(zero_copy_only=False),
+        )
+        & ~before
+    )
+    assert kept.num_rows == before.sum() + 400 and new.sum() == 400
+    ids = table.column("id").to_pylist()
+    rounds = dict(
+        zip(kept.column("id").to_pylist(), kept.column("diversify_round").to_pylist(), strict=True)
+    )
+    assert {rounds[i] for i, b in zip(ids, before, strict=True) if b} == {0}
+    # reference weights: softmax over clusters of the mean feedback of previously picked rows
+    mean = np.array([fb[before & (cluster == c)].mean() for c in range(K)])
+    w = np.exp(mean / t) / np.exp(mean / t).sum()
+    np.testing.assert_allclose(kids_weights(cluster, fb, before, K, t), w)
+    avail = np.bincount(cluster[~before], minlength=K)
+    got = np.bincount(cluster[new], minlength=K)
+    np.testing.assert_array_equal(got, allocate(avail, 400, w))
+    # clusters not capped by their rows get the budget left by the capped ones in proportion
+    # to their weights, to within rounding
+    free = got < avail
+    share = (400 - got[~free].sum()) * w[free] / w[free].sum()
+    assert np.abs(got[free] - share).max() < 1
+    # the math clusters (feedback 1) have e^(1/T) = 7.4x the weight of the others
+    math = np.bincount(cluster, weights=fb, minlength=K) > 0.5 * np.bincount(cluster, minlength=K)
+    assert 0 < math.sum() < K
+    in_math = np.isin(cluster, np.flatnonzero(math))
+    assert (new & in_math).sum() / 400 > (before & in_math).sum() / before.sum() + 0.15
+
+
+def test_kids_rounds_inside_one_selection(embedded, tmp_path):
+    src = tmp_path / "in.parquet"
+    pq.write_table(pq.read_table(embedded / "scored.parquet").drop_columns(["selected"]), src)
+    stage = Diversify(
+        k=K,
+        size=301,
+        levels=1,
+        feedback="fb",
+        rounds=2,
+        feedback_temperature=0.5,
+        max_similarity=1.0,
+    )
+    run(stage, src, tmp_path / "o")
+    kept, removed = output(tmp_path / "o")
+    sizes = per_cluster(kept) + per_cluster(removed)
+    r = kept.column("diversify_round").to_numpy()
+    c = kept.column("cluster").to_numpy()
+    first = np.bincount(c[r == 1], minlength=K)
+    np.testing.assert_array_equal(first, allocate(sizes, 151))  # round 1: plain kMQ
+    labels = np.concatenate([c, removed.column("cluster").to_numpy()])
+    fb = np.concatenate([kept.column("fb").to_numpy(), removed.column("fb").to_numpy()])
+    mask = np.concatenate([r == 1, np.zeros(removed.num_rows, bool)])
+    w = kids_weights(labels, fb, mask, K, 0.5)
+    np.testing.assert_array_equal(
+        np.bincount(c[r == 2], minlength=K), allocate(sizes - first, 150, w)
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--k", "5000", "--size", "10"], "--k 5000 is larger than the number of rows (2250)"),
+        (["--size", "10", "--weight-by", "nope"], "--weight-by: no column 'nope'"),
+        (["--size", "10", "--feedback", "nope", "--rounds", "2"], "--feedback: no column 'nope'"),
+        (["--size", "10", "--feedback", "fb"], "--feedback needs a previous selection"),
+        (["--size", "10", "--model", "column", "--embedding-column", "vec"], "no column 'vec'"),
+        (["--size", "10", "--fraction", "0.1"], "exactly one of --size and --fraction"),
+        (["--size", "10", "--levels", "2", "--quota", "proportional"], "use --levels 1"),
+        (["--size", "10", "--rounds", "3"], "rounds > 1 needs --feedback"),
+        (["--size", "5000"], "cannot select 5000 rows: only 2250"),
+    ],
+)
+def test_errors(embedded, tmp_path, args, message):
+    src = embedded / "scored.parquet"
+    if "fb" in args:
+        src = tmp_path / "nosel.parquet"
+        pq.write_table(pq.read_table(embedded / "scored.parquet").drop_columns(["selected"]), src)
+    r = runner.invoke(app, ["diversify", str(src), str(tmp_path / "o"), "--quiet", *args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_mixed_dimension_embeddings(tmp_path):
+    rows = [
+        {"id": str(i), "text": "t", "embedding": [1.0] * (4 if i % 2 else 5)} for i in range(40)
+    ]
+    write_parquet(tmp_path / "in.parquet", rows)
+    r = runner.invoke(
+        app,
+        [
+            "diversify",
+            str(tmp_path / "in.parquet"),
+            str(tmp_path / "o"),
+            "--k",
+            "2",
+            "--size",
+            "5",
+            "--quiet",
+        ],
+    )
+    assert r.exit_code == 2 and "mixes vectors of dimensions 4, 5" in r.output, r.output
+
+
+# --- the kernels behind --levels 2 and --max-similarity -----------------------------------------
+
+
+def test_spectral_groups_recover_blocks_of_unequal_spread():
+    from datasel.ops.kmeans import cluster_graph, spectral_groups
+
+    # 3 "domains" of 12, 3 and 5 clusters: dense links inside a domain, a few across
+    rng = np.random.default_rng(0)
+    domain = np.repeat([0, 1, 2], [12, 3, 5])
+    a = rng.integers(0, 20, 20_000)  # each row's nearest cluster ...
+    b = rng.integers(0, 20, a.size)  # ... and second-nearest: 99% in the same domain
+    same = rng.random(a.size) < 0.99
+    b[same] = [rng.choice(np.flatnonzero(domain == domain[x])) for x in a[same]]
+    groups = spectral_groups(cluster_graph(a, b, 20))
+    assert groups.max() + 1 == 3
+    assert all(len(set(groups[domain == d])) == 1 for d in range(3))
+
+
+def test_sample_distinct_is_sample_within_without_duplicates():
+    from datasel.ops.quotas import sample_distinct, sample_within
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 6, 500)
+    x = rng.standard_normal((500, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    scores = rng.random(500)
+    q = allocate(np.bincount(labels), 120)
+    want = sample_within(labels, q, 7, scores, 0.5, exclude=np.arange(10))
+    got = sample_distinct(
+        labels, lambda s: allocate(s, 120), 7, lambda r: x[r], 0.99, scores, 0.5, np.arange(10)
+    )
+    np.testing.assert_array_equal(got, want)
+    # now 100 copies of row 0: at most one copy is picked, and the budget is still met
+    x[400:] = x[0]
+    labels[400:] = labels[0]
+    got = sample_distinct(labels, lambda s: allocate(s, 120), 7, lambda r: x[r], 0.95)
+    assert got.size == 120 and np.isin(got, np.r_[0, 400:500]).sum() <= 1
