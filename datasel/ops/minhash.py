@@ -113,17 +113,17 @@ def lsh_params(threshold: float, num_perm: int, fn_weight: float = 0.5) -> tuple
     false positives (Jaccard below `threshold` yet a candidate) and false negatives (above it,
     missed), as datasketch's MinHashLSH does."""
 
-    lo = np.linspace(0.0, threshold, 200)
-    hi = np.linspace(threshold, 1.0, 200)
-    best, best_cost = (1, num_perm), math.inf
-    for b in range(1, num_perm + 1):
-        for r in range(1, num_perm // b + 1):
-            fp = np.trapezoid(1 - (1 - lo**r) ** b, lo)
-            fn = np.trapezoid((1 - hi**r) ** b, hi)
-            cost = (1 - fn_weight) * fp + fn_weight * fn
-            if cost < best_cost:
-                best, best_cost = (b, r), cost
-    return best
+    pairs = np.array(
+        [(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)],
+        dtype=np.float64,
+    )
+    b, r = pairs[:, :1], pairs[:, 1:]
+    lo = np.linspace(0.0, threshold, 200)[None, :]
+    hi = np.linspace(threshold, 1.0, 200)[None, :]
+    fp = np.trapezoid(1 - (1 - lo**r) ** b, lo, axis=1)
+    fn = np.trapezoid((1 - hi**r) ** b, hi, axis=1)
+    best = pairs[np.argmin((1 - fn_weight) * fp + fn_weight * fn)]
+    return int(best[0]), int(best[1])
 
 
 def estimate_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:

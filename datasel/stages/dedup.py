@@ -84,7 +84,7 @@ class Dedup(Stage):
     def fit(self, ctx: Context) -> None:
         # warm the per-process caches before workers fork, so that each inherits them
         _ = self.bands_rows
-        grow_powers(4 << 20)
+        grow_powers(1 << 20)
 
     # ------------------------------------------------------------------ map
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
