@@ -63,7 +63,9 @@ class Pick(Stage):
     prompt_template: str | None = param(
         None, help="plain template with {instruction} and {input} (default: Alpaca's)"
     )
-    batch_tokens: int = param(16384, help="padded tokens per forward pass")
+    batch_tokens: int | None = param(
+        None, help="padded tokens per forward pass (default: 16384 on GPU, 2048 on CPU)"
+    )
     device: str = param("auto", help="auto | cpu | cuda")
 
     def __post_init__(self):

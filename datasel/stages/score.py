@@ -203,7 +203,9 @@ class ScorePpl(Stage):
         help="local Hugging Face model folder, a .gguf file, or a hub name (needs network)"
     )
     column: str = param("ppl", help="column prefix: adds <column>_bpb and <column>_tokens")
-    batch_tokens: int = param(16384, help="padded tokens per forward pass")
+    batch_tokens: int | None = param(
+        None, help="padded tokens per forward pass (default: 16384 on GPU, 2048 on CPU)"
+    )
     max_tokens: int | None = param(
         None, help="context window for long documents (default: the model's)"
     )
