@@ -39,6 +39,21 @@ def param(default: Any = dataclasses.MISSING, *, help: str, **extra) -> Any:
     return field(default=default, metadata=meta)
 
 
+def check_budget(size: int | None, fraction: float | None) -> None:
+    """Validate a selection budget given as --size or --fraction (exactly one)."""
+    if (size is None) == (fraction is None):
+        raise ValueError("give exactly one of --size and --fraction")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if size is not None and size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
+
+
+def budget(n: int, size: int | None, fraction: float | None) -> int:
+    """Rows to select out of `n`."""
+    return min(n, size if size is not None else int(round(fraction * n)))
+
+
 @dataclass
 class MapResult:
     """What `map` returns for one batch.

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from datasel.errors import DataselError
-from datasel.stage import Context, Decision, MapResult, Staged, param, register
+from datasel.stage import Context, Decision, MapResult, Staged, check_budget, param, register
 from datasel.stages.embed import _Embedding, check_backend, fit_embedder, read_embeddings
 
 QUOTAS = ("equal", "proportional")
@@ -112,12 +112,7 @@ class Diversify(_Embedding):
     batch_size: int = param(64, help="neural models: texts per forward pass")
 
     def __post_init__(self):
-        if (self.size is None) == (self.fraction is None):
-            raise ValueError("give exactly one of --size and --fraction")
-        if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
-        if self.size is not None and self.size < 0:
-            raise ValueError(f"size must be >= 0, got {self.size}")
+        check_budget(self.size, self.fraction)
         if self.k < 1:
             raise ValueError(f"k must be at least 1, got {self.k}")
         if self.quota not in QUOTAS:

@@ -9,7 +9,17 @@ import pyarrow as pa
 
 from datasel.errors import DataselError
 from datasel.io import Columns, plan_units, read_unit
-from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register
+from datasel.stage import (
+    Context,
+    Decision,
+    MapResult,
+    Stage,
+    Staged,
+    budget,
+    check_budget,
+    param,
+    register,
+)
 
 
 def row_texts(
@@ -61,19 +71,14 @@ class _Shift(Stage):
     seed: int = param(0, help="seed for sampling")
 
     def __post_init__(self):
-        if (self.size is None) == (self.fraction is None):
-            raise ValueError("give exactly one of --size and --fraction")
-        if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
-        if self.size is not None and self.size < 0:
-            raise ValueError(f"size must be >= 0, got {self.size}")
+        check_budget(self.size, self.fraction)
 
     @property
     def needs_text(self) -> bool:
         return self.template is None
 
     def budget(self, n: int) -> int:
-        return min(n, self.size if self.size is not None else int(round(self.fraction * n)))
+        return budget(n, self.size, self.fraction)
 
     def texts(self, batch, ctx: Context) -> list[str]:
         return row_texts(batch, ctx.columns.text or "text", self.template)
