@@ -114,3 +114,30 @@ def test_shipped_configs_load():
     for path in sorted(Path("configs").glob("*.yaml")):
         pipeline, config = load_config(path)
         assert pipeline.steps and config["input"] and config["output"], path
+
+
+@pytest.mark.parametrize("point", ["_stage_unit:1", "select", "_apply_unit:0"])
+def test_killed_pipeline_resumes_to_identical_output(tmp_path, point):
+    import os
+
+    rows = [{"text": r["text"], "len": len(r["text"])} for r in sample_rows(600)]
+    for k in range(3):
+        write_jsonl(tmp_path / "in" / f"f{k}.jsonl", rows[k::3])
+    (tmp_path / "p.yaml").write_text(
+        "input: in\noutput: out\nsteps:\n  - stage: dedup\n  - stage: filter\n    top_fraction: ['len=0.5']\n"
+    )
+    code = "import sys; from datasel.cli import main; sys.argv = ['datasel', 'run', 'p.yaml', '--quiet', '--workers', '1', '--output', sys.argv[1]]; main()"
+    subprocess.run([sys.executable, "-c", code, "ref"], cwd=tmp_path, check=True)
+    env = dict(os.environ, DATASEL_KILL_AT=point)
+    assert (
+        subprocess.run([sys.executable, "-c", code, "out"], cwd=tmp_path, env=env).returncode == -9
+    )
+    env.pop("DATASEL_KILL_AT")
+    subprocess.run([sys.executable, "-c", code, "out"], cwd=tmp_path, env=env, check=True)
+    for step in ("01-dedup", "02-filter"):
+        ref = sorted((tmp_path / "ref" / step).rglob("*.parquet"))
+        out = sorted((tmp_path / "out" / step).rglob("*.parquet"))
+        assert [p.relative_to(tmp_path / "ref") for p in ref] == [
+            p.relative_to(tmp_path / "out") for p in out
+        ]
+        assert all(a.read_bytes() == b.read_bytes() for a, b in zip(ref, out, strict=True))
