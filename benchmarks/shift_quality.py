@@ -33,22 +33,24 @@ def passages(text: str, words: int = 60) -> list[str]:
 
 
 def build(
-    corpus: Path, domain: str, share: float, seed: int, tmp: Path
+    corpus: Path, domain: str, share: float, seed: int, tmp: Path, unit: str = "passage"
 ) -> tuple[Path, Path, int, int]:
     rng = random.Random(seed)
     docs = [json.loads(line) for line in gzip.open(corpus, "rt")]
     in_domain = [d for d in docs if d["domain"] == domain]
     rng.shuffle(in_domain)
-    held_out, kept_domain = in_domain[:200], in_domain[200:]
-    target = [p for d in held_out for p in passages(d["text"])]
+    cut = passages if unit == "passage" else (lambda text: [text])
+    held = 200 if unit == "passage" else 300
+    held_out, kept_domain = in_domain[:held], in_domain[held:]
+    target = [p for d in held_out for p in cut(d["text"])]
     target = rng.sample(target, min(300, len(target)))
     other = [
         {"text": p, "domain": d["domain"]}
         for d in docs
         if d["domain"] != domain
-        for p in passages(d["text"])
+        for p in cut(d["text"])
     ]
-    ours = [{"text": p, "domain": domain} for d in kept_domain for p in passages(d["text"])]
+    ours = [{"text": p, "domain": domain} for d in kept_domain for p in cut(d["text"])]
     n_domain = int(share * len(other) / (1 - share))
     pool = other + rng.sample(ours, min(n_domain, len(ours)))
     rng.shuffle(pool)
@@ -76,17 +78,26 @@ def main() -> None:
     ap.add_argument("--domain", default="python_docs")
     ap.add_argument("--share", type=float, default=0.03)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--methods", default="dsir,gotd")
+    ap.add_argument("--methods", default="dsir,dsir-100k,gotd")
+    ap.add_argument(
+        "--unit",
+        choices=["passage", "doc"],
+        default="passage",
+        help="pool items: 60-word passages (>= 100k) or whole documents",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        pool, target, n, k = build(args.corpus, args.domain, args.share, args.seed, Path(tmp))
-        print(
-            f"pool {n:,} passages, {k:,} ({k / n:.1%}) from {args.domain}; target 300 held-out passages; select {k:,}"
+        pool, target, n, k = build(
+            args.corpus, args.domain, args.share, args.seed, Path(tmp), args.unit
         )
-        print(f"{'method':<8} {'precision':>9} {'seconds':>8}  shift")
-        print(f"{'random':<8} {k / n:9.3f} {'':>8}")
+        print(
+            f"pool {n:,} {args.unit}s, {k:,} ({k / n:.1%}) from {args.domain}; target 300 held-out {args.unit}s; select {k:,}"
+        )
+        print(f"{'method':<10} {'precision':>9} {'seconds':>8}  shift")
+        print(f"{'random':<10} {k / n:9.3f} {'':>8}")
         stages = {
             "dsir": ShiftDsir(target=str(target), size=k),
+            "dsir-100k": ShiftDsir(target=str(target), size=k, buckets=100_000),
             "gotd": ShiftGotd(target=str(target), size=k),
         }
         for name in args.methods.split(","):
@@ -97,11 +108,11 @@ def main() -> None:
             s = m["stats"]
             shift = (
                 f"KL {s['kl_before']:.3f} -> {s['kl_after']:.3f}"
-                if name == "dsir"
+                if name.startswith("dsir")
                 else f"OT cost {s['ot_before']:.3f} -> {s['ot_after']:.3f}"
             )
             print(
-                f"{name:<8} {sum(d == args.domain for d in dom) / len(dom):9.3f} {sec:8.1f}  {shift}"
+                f"{name:<10} {sum(d == args.domain for d in dom) / len(dom):9.3f} {sec:8.1f}  {shift}"
             )
 
 
