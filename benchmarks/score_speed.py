@@ -196,7 +196,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         name = f"gpt2-{args.layers}x{args.dim}"
-        path = build_bench_lm(Path(tmp) / name, load_docs(3000, seed=1), n_layer=args.layers, n_embd=args.dim)
+        path = build_bench_lm(
+            Path(tmp) / name, load_docs(3000, seed=1), n_layer=args.layers, n_embd=args.dim
+        )
         lm = load_lm(str(path), device="cpu")
         rows += bench_lm(lm, docs, f"{name} (8k vocab)", batch_tokens=args.batch_tokens)
     if args.smollm2:

@@ -10,7 +10,6 @@ P[sig_a[k] == sig_b[k]] = Jaccard(a, b), as with `num_perm` independent permutat
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np
