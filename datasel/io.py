@@ -240,7 +240,7 @@ def _explain_bad_block(path: str, block: bytes, first_line: int, err: Exception)
     return DataselError(f"{path} (lines from {first_line + 1}): {msg}")
 
 
-def _read_jsonl(unit: Unit, schema: pa.Schema | None) -> Iterator[tuple[pa.Table, int]]:
+def _read_jsonl(unit: Unit) -> Iterator[tuple[pa.Table, int]]:
     for block, first_line in _jsonl_blocks(unit):
         try:
             opts = pa_json.ReadOptions(block_size=len(block) + 1, use_threads=False)
@@ -284,7 +284,7 @@ def read_unit(
 ) -> Iterator[pa.RecordBatch]:
     """Stream one unit as record batches that carry a string `id` column and the text column."""
     if unit.fmt == "jsonl":
-        tables = _read_jsonl(unit, None)
+        tables = _read_jsonl(unit)
     elif unit.fmt == "parquet":
         tables = _read_parquet(unit)
     else:
@@ -354,12 +354,6 @@ def _with_id(table: pa.Table, unit: Unit, columns: Columns, rows) -> pa.Table:
     numbers = rows if isinstance(rows, list) else range(rows, rows + table.num_rows)
     ids = pa.array([f"{unit.source}:{n}" for n in numbers], pa.string())
     return table.add_column(0, "id", ids)
-
-
-def read_columns(paths: list[Path], names: list[str]) -> pa.Table:
-    """Read a few narrow columns of our own Parquet shards, in shard order."""
-    tables = [pq.read_table(p, columns=names) for p in paths]
-    return pa.concat_tables(tables) if tables else pa.table({n: [] for n in names})
 
 
 # --------------------------------------------------------------------------- writing

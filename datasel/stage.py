@@ -143,19 +143,6 @@ class Staged:
     def array(self, name: str, i: int, mmap: bool = True) -> np.ndarray:
         return np.load(self.work / f"{name}-{i:05d}.npy", mmap_mode="r" if mmap else None)
 
-    def take_column(self, name: str, index: np.ndarray) -> pa.Array:
-        """Values of a column at global row positions, reading one shard at a time."""
-        index = np.asarray(index, dtype=np.int64)
-        out = [None] * len(index)
-        shard_of = np.searchsorted(self.offsets, index, side="right") - 1
-        for i in np.unique(shard_of):
-            sel = np.flatnonzero(shard_of == i)
-            col = pq.read_table(self.shard(int(i)), columns=[name]).column(0)
-            values = col.take(pa.array(index[sel] - self.offsets[i])).to_pylist()
-            for j, v in zip(sel, values, strict=True):
-                out[j] = v
-        return pa.array(out)
-
 
 @dataclass(kw_only=True)
 class Stage:
