@@ -143,6 +143,11 @@ class Staged:
     def array(self, name: str, i: int, mmap: bool = True) -> np.ndarray:
         return np.load(self.work / f"{name}-{i:05d}.npy", mmap_mode="r" if mmap else None)
 
+    def concat(self, name: str, empty_dtype=np.float64) -> np.ndarray:
+        """One side array of every non-empty shard, concatenated in shard order."""
+        parts = [np.asarray(self.array(name, i)) for i, n in enumerate(self.rows) if n]
+        return np.concatenate(parts) if parts else np.zeros(0, empty_dtype)
+
 
 @dataclass(kw_only=True)
 class Stage:

@@ -22,10 +22,10 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
+from datasel.ops.words import mix64
+
 TOKEN_RE = re.compile(r"\w+|[^\w\s]+")
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 
 CountsLike = sp.spmatrix | sp.sparray | np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -33,15 +33,6 @@ CountsLike = sp.spmatrix | sp.sparray | np.ndarray | tuple[np.ndarray, np.ndarra
 def tokenize(text: str) -> list[str]:
     """Lower-case and split into word and punctuation runs (nltk ``WordPunctTokenizer``)."""
     return TOKEN_RE.findall(text.lower())
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser (uint64 -> uint64, wrapping arithmetic)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * _M1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _M2
-    return x ^ (x >> np.uint64(31))
 
 
 def _token_hashes(vocab: Iterable[str]) -> np.ndarray:
@@ -123,7 +114,7 @@ def hashed_ngram_counts(
         table[first] = _token_hashes(vocab)
         h = table[ids]
         uni = h % np.uint64(buckets)
-        bi = _mix64(h[pos] * _GOLDEN + h[pos + 1]) % np.uint64(buckets)
+        bi = mix64(h[pos] * _GOLDEN + h[pos + 1]) % np.uint64(buckets)
     else:
         table = np.zeros(max(n_tok, 1), dtype=np.int64)
         table[first] = [_sha256_bucket(w, buckets) for w in vocab]

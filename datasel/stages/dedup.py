@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datasel.engine import LocalExecutor
 from datasel.errors import DataselError
 from datasel.ops.minhash import EMPTY, band_keys, lsh_params, shingle_hashes, signatures
 from datasel.ops.unionfind import components
@@ -115,7 +116,7 @@ class Dedup(Stage):
             b, _ = self.bands_rows
             store.empty()  # computed once here, shipped with the store
             args = [(store, band, self.accept) for band in range(b)]
-            executor = ctx.executor or _Sequential()
+            executor = ctx.executor or LocalExecutor(1)
             edges += [
                 e for _, e in sorted(executor.map_unordered(_band_edges, args), key=lambda x: x[0])
             ]
@@ -249,11 +250,6 @@ def _group_edges(keys: np.ndarray, n_old: int, skip: np.ndarray | None = None):
     u, v = head[member], order[member]
     fresh = v >= n_old
     return u[fresh], v[fresh]
-
-
-class _Sequential:
-    def map_unordered(self, fn, args, stage=None):
-        return ((k, fn(*a)) for k, a in enumerate(args))
 
 
 def _band_edges(store: _Store, band: int, accept: float) -> tuple[np.ndarray, np.ndarray]:

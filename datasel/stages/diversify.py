@@ -158,18 +158,10 @@ class Diversify(_Embedding):
         if self._backend == "column":
             x = read_embeddings(sample.column(self.embedding_column), self.embedding_column)
         else:
-            self._embedder = fit_embedder(
-                self._backend,
-                ctx,
-                dim=self.dim,
-                reduce=self.reduce,
-                seed=self.seed,
-                device=self.device,
-                batch_size=self.batch_size,
-                fit_sample=HASHING_FIT,
-                sample=sample,
+            self._embedder = None  # fit anew on this input's sample
+            x = self.embedder(ctx, sample).encode(
+                sample.column(ctx.columns.text).fill_null("").to_pylist()
             )
-            x = self._embedder.encode(sample.column(ctx.columns.text).fill_null("").to_pylist())
         if self.k > len(x):
             where = (
                 "rows" if len(x) < self.fit_sample else f"rows of --fit-sample {self.fit_sample}"
@@ -214,8 +206,9 @@ class Diversify(_Embedding):
             )
         return _unit(x)
 
-    def embedder(self, ctx: Context | None = None):
-        if getattr(self, "_embedder", None) is None:  # a torch model, reloaded in this process
+    def embedder(self, ctx: Context | None = None, sample: pa.Table | None = None):
+        # fitted in `fit` on its sample; a torch model is reloaded in the process that maps
+        if getattr(self, "_embedder", None) is None:
             self._embedder = fit_embedder(
                 self._backend,
                 ctx,
@@ -225,6 +218,7 @@ class Diversify(_Embedding):
                 device=self.device,
                 batch_size=self.batch_size,
                 fit_sample=HASHING_FIT,
+                sample=sample,
             )
         return self._embedder
 
@@ -255,7 +249,7 @@ class Diversify(_Embedding):
             sample_within,
         )
 
-        labels = _concat(staged, "cluster")
+        labels = staged.concat("cluster", np.int32)
         n, k = len(labels), self.k
         scores = _floats(staged, self.weight_by, fill="min") if self.weight_by else None
         feedback = _floats(staged, self.feedback, fill="nan") if self.feedback else None
@@ -270,7 +264,7 @@ class Diversify(_Embedding):
 
         groups = np.zeros(k, np.int64)
         if self.levels == 2:
-            graph = cluster_graph(labels, _concat(staged, "cluster2"), k)
+            graph = cluster_graph(labels, staged.concat("cluster2", np.int32), k)
             groups = spectral_groups(graph, self.groups or None)
         rng = np.random.default_rng(self.seed)
         vectors = _Vectors(staged) if self.max_similarity < 1 else None
@@ -413,11 +407,6 @@ def _all_staged(ctx: Context) -> bool:
 def _unit(x: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
-
-
-def _concat(staged: Staged, name: str) -> np.ndarray:
-    parts = [np.asarray(staged.array(name, i)) for i in range(len(staged.rows)) if staged.rows[i]]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
 
 def _floats(staged: Staged, col: str, fill: str) -> np.ndarray:

@@ -89,14 +89,7 @@ class Filter(Stage):
         n = staged.total
         alive = np.ones(n, dtype=bool)
         reason = np.full(n, None, dtype=object)
-        chars = np.concatenate(
-            [
-                np.asarray(staged.array("chars", i))
-                for i in range(len(staged.rows))
-                if staged.rows[i]
-            ]
-            or [np.zeros(0, np.int64)]
-        )
+        chars = staged.concat("chars", np.int64)
         stats = {}
         for kind, col, v in self.rules:
             values = _numeric(staged, col)

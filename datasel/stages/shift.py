@@ -134,7 +134,7 @@ class ShiftDsir(_Shift):
         from datasel.ops.ngrams import hashed_kl
         from datasel.ops.topk import gumbel_topk, topk
 
-        logw = _concat(staged, "dsir_logw")
+        logw = staged.concat("dsir_logw")
         k = self.budget(len(logw))
         idx = topk(logw, k) if self.deterministic else gumbel_topk(logw, k, self.seed)
         keep = np.zeros(len(logw), dtype=bool)
@@ -169,11 +169,6 @@ def _bucket_totals(staged: Staged, keep: np.ndarray, buckets: int) -> tuple[np.n
         sel = keep[staged.offsets[i] + doc]
         chosen += np.bincount(pairs[sel, 0], weights=pairs[sel, 1], minlength=buckets)
     return chosen, pool
-
-
-def _concat(staged: Staged, name: str) -> np.ndarray:
-    parts = [np.asarray(staged.array(name, i)) for i, n in enumerate(staged.rows) if n]
-    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 @register
@@ -239,9 +234,7 @@ class ShiftGotd(_Shift):
         from datasel.ops.sinkhorn import gotd_gradient, sinkhorn
         from datasel.ops.topk import topk
 
-        x = np.concatenate(
-            [np.asarray(staged.array("gotd_emb", i)) for i, n in enumerate(staged.rows) if n]
-        )
+        x = staged.concat("gotd_emb", np.float32)
         ot = sinkhorn(
             x,
             self.target_points,
