@@ -36,6 +36,7 @@ from datasel.io import (
     digest,
     find_files,
     fingerprint,
+    input_bytes,
     plan_units,
     read_unit,
     shard_name,
@@ -89,7 +90,6 @@ def run(
     options = options or RunOptions(**kw)
     dst = Path(dst)
     t0 = time.time()
-    units = plan_units(src, shard_bytes=options.shard_bytes, shard_rows=options.shard_rows)
     columns = Columns(options.text_column if stage.needs_text else None, options.id_column)
     plan = {
         "stage": stage.name,
@@ -100,8 +100,6 @@ def run(
         "shard_rows": options.shard_rows,
     }
     key = digest(plan)
-    if _known_rows(units) == 0:
-        raise DataselError(f"empty input: no rows in {src}")
     say = (lambda *a: None) if options.quiet else _say
     done = _prepare_output(dst, key, stage.name, options.overwrite)
     if done is not None:
@@ -110,6 +108,16 @@ def run(
         )
         return done
     work = dst / WORK
+    if (
+        work / "plan.json"
+    ).exists():  # resuming: the units of the first attempt, whatever --workers
+        units = [Unit(**u) for u in json.loads((work / "plan.json").read_text())["units"]]
+    else:
+        units = plan_units(
+            src, shard_bytes=_unit_bytes(src, stage, options), shard_rows=options.shard_rows
+        )
+    if _known_rows(units) == 0:
+        raise DataselError(f"empty input: no rows in {src}")
     work.mkdir(parents=True, exist_ok=True)
     write_json({**plan, "key": key, "units": [unit_dict(u) for u in units]}, work / "plan.json")
 
@@ -185,6 +193,19 @@ def run(
 
         print_summary(manifest)
     return manifest
+
+
+# With several workers, units are cut to about a quarter of each worker's share of the input, so
+# that uneven files keep every worker busy to the end, but not below this (each unit costs ~10 ms
+# and a shard, and a unit that starts inside a Parquet row group decodes the rows before it).
+MIN_UNIT_BYTES = 8 << 20
+
+
+def _unit_bytes(src, stage: Stage, options: RunOptions) -> int:
+    if stage.single_process or options.workers <= 1:
+        return options.shard_bytes
+    share = input_bytes(src) // (4 * options.workers)
+    return min(options.shard_bytes, max(MIN_UNIT_BYTES, share))
 
 
 def _kill_point(name: str) -> None:
@@ -305,6 +326,8 @@ def _parallel(
                 progress.advance(results[i]["rows_in"])
         else:
             todo.append(i)
+    # largest units first (longest-processing-time order), so the last to finish are small
+    todo.sort(key=lambda i: -max((a.nbytes for a in tasks[i] if isinstance(a, Unit)), default=0))
     for k, result in executor.map_unordered(fn, [tasks[i] for i in todo], stage):
         i = todo[k]
         results[i] = result

@@ -1,8 +1,8 @@
 """Find inputs, read any supported format into Arrow batches, write shards atomically.
 
 Inputs are planned into *units*: a plain JSONL file is cut at line boundaries every
-`shard_bytes`, a Parquet file at row-group boundaries every `shard_rows`, and a compressed
-JSONL or Arrow file is one unit. Unit `i` becomes output shard `part-{i:05d}.parquet`.
+`shard_bytes`, a Parquet file at row-group boundaries every `shard_rows` rows or `shard_bytes`
+(a bigger row group is cut into row ranges), and a compressed JSONL or Arrow file is one unit. Unit `i` becomes output shard `part-{i:05d}.parquet`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.json as pa_json
@@ -28,6 +29,7 @@ JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".jsonl
 PARQUET_SUFFIXES = (".parquet",)
 ARROW_SUFFIXES = (".arrow",)
 BLOCK_BYTES = 32 << 20  # JSONL is parsed in blocks of ~32 MB
+PARQUET_BATCH_ROWS = 8192
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Unit:
     stop: int = -1  # byte offset or row group after the last; -1 = to the end
     first_row: int = 0  # line or row number of the first row in the file
     rows: int = -1  # -1 when unknown before reading (compressed JSONL)
+    nbytes: int = -1  # bytes to read (uncompressed Parquet, on disk otherwise): the larger go first
 
 
 def _suffix_kind(name: str) -> str | None:
@@ -129,26 +132,65 @@ def plan_units(src, *, shard_bytes: int = 128 << 20, shard_rows: int = 250_000) 
         kind = _suffix_kind(path.name)
         low = path.name.lower()
         if kind == "parquet":
-            units += _parquet_units(path, source, shard_rows)
+            units += _parquet_units(path, source, shard_rows, shard_bytes)
         elif kind == "jsonl" and not low.endswith((".gz", ".zst")):
             units += _jsonl_units(path, source, shard_bytes)
         else:
-            units.append(Unit(str(path), source, kind))
+            units.append(Unit(str(path), source, kind, nbytes=path.stat().st_size))
     return units
 
 
-def _parquet_units(path: Path, source: str, shard_rows: int) -> list[Unit]:
+def _parquet_units(path: Path, source: str, shard_rows: int, shard_bytes: int) -> list[Unit]:
+    """Whole row groups up to `shard_rows` rows or `shard_bytes` (uncompressed) per unit; a row
+    group bigger than `shard_bytes` is cut into row ranges, so a few big files still spread
+    over all workers."""
     try:
         meta = pq.ParquetFile(path).metadata
     except pa.ArrowException as e:
         raise DataselError(f"{path}: not a readable Parquet file ({e})") from None
-    units, start, rows, first = [], 0, 0, 0
+    units: list[Unit] = []
+    pending: list[tuple[int, int, int]] = []  # (row group, rows, bytes) not yet in a unit
+    row = 0
+
+    def flush():
+        if pending:
+            g0, rows, size = pending[0][0], sum(p[1] for p in pending), sum(p[2] for p in pending)
+            units.append(
+                Unit(str(path), source, "parquet", g0, pending[-1][0] + 1, row - rows, rows, size)
+            )
+            pending.clear()
+
     for g in range(meta.num_row_groups):
-        rows += meta.row_group(g).num_rows
-        if rows >= shard_rows or g == meta.num_row_groups - 1:
-            units.append(Unit(str(path), source, "parquet", start, g + 1, first, rows))
-            start, first, rows = g + 1, first + rows, 0
-    return units or [Unit(str(path), source, "parquet", 0, 0, 0, 0)]
+        n, size = meta.row_group(g).num_rows, meta.row_group(g).total_byte_size
+        if size > shard_bytes and n > 1:
+            flush()
+            cuts = np.linspace(0, n, -(-size // shard_bytes) + 1).round().astype(np.int64)
+            for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+                part = (int(lo), int(hi - lo), size * int(hi - lo) // n)
+                units.append(Unit(str(path), source, "parquet", g, g + 1, row + part[0], *part[1:]))
+            row += n
+            continue
+        pending.append((g, n, size))
+        row += n
+        if sum(p[1] for p in pending) >= shard_rows or sum(p[2] for p in pending) >= shard_bytes:
+            flush()
+    flush()
+    return units or [Unit(str(path), source, "parquet", 0, 0, 0, 0, 0)]
+
+
+def input_bytes(src) -> int:
+    """Bytes of text to read: uncompressed Parquet data, other files' sizes on disk."""
+    total = 0
+    for path in find_files(src)[0]:
+        if _suffix_kind(path.name) == "parquet":
+            try:
+                meta = pq.ParquetFile(path).metadata
+            except pa.ArrowException as e:
+                raise DataselError(f"{path}: not a readable Parquet file ({e})") from None
+            total += sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+        else:
+            total += path.stat().st_size
+    return total
 
 
 def _jsonl_units(path: Path, source: str, shard_bytes: int) -> list[Unit]:
@@ -167,10 +209,12 @@ def _jsonl_units(path: Path, source: str, shard_bytes: int) -> list[Unit]:
                 rest = f.readline()  # finish the current line
                 pos += len(rest)
                 line += rest.endswith(b"\n")
-                units.append(Unit(str(path), source, "jsonl", start, pos, first, line - first))
+                units.append(
+                    Unit(str(path), source, "jsonl", start, pos, first, line - first, pos - start)
+                )
                 start, first = pos, line
     tail_rows = line - first + (1 if size and not _ends_with_newline(path) else 0)
-    units.append(Unit(str(path), source, "jsonl", start, size, first, tail_rows))
+    units.append(Unit(str(path), source, "jsonl", start, size, first, tail_rows, size - start))
     return units
 
 
@@ -303,11 +347,25 @@ def read_unit(
 
 def _read_parquet(unit: Unit) -> Iterator[tuple[pa.Table, int]]:
     f = pq.ParquetFile(unit.path)
-    row = unit.first_row
-    for g in range(unit.start, unit.stop):
-        table = f.read_row_group(g)
-        yield table, row
-        row += table.num_rows
+    if unit.stop <= unit.start:
+        return
+    row = sum(f.metadata.row_group(g).num_rows for g in range(unit.start))
+    skip, left = unit.first_row - row, unit.rows
+    # batch by batch, without threads: a unit that is part of a row group decodes only up to
+    # its end, and parallel workers do not fight over pyarrow's thread pool
+    groups = list(range(unit.start, unit.stop))
+    for batch in f.iter_batches(
+        batch_size=PARQUET_BATCH_ROWS, row_groups=groups, use_threads=False
+    ):
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        batch = batch.slice(skip, left)
+        yield pa.Table.from_batches([batch]), row + skip
+        row += skip + batch.num_rows
+        skip, left = 0, left - batch.num_rows
+        if left <= 0:
+            return
 
 
 def _read_arrow(unit: Unit) -> Iterator[tuple[pa.Table, int]]:

@@ -71,3 +71,24 @@ def test_sigkill_then_resume_gives_identical_output(tmp_path, point):
     assert output_bytes(tmp_path / "out") == output_bytes(tmp_path / "ref")
     m = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert m["rows_in"] == m["kept"] + m["removed_total"]
+
+
+def test_units_cut_for_workers_and_resume_keeps_the_first_plan(tmp_path):
+    """With several workers, files are cut into more units than files (balance); a run killed
+    with 2 workers and resumed with 1 keeps the first plan, and the rows are those of 1 worker."""
+    src = make_input(tmp_path, n_files=2)
+    ref = datasel.run(datasel.Dedup(), src, tmp_path / "ref", workers=1, quiet=True)
+    code = (
+        "import sys, datasel, datasel.engine; datasel.engine.MIN_UNIT_BYTES = 20_000; "
+        f"datasel.run(datasel.Dedup(), {str(src)!r}, {str(tmp_path / 'out')!r}, "
+        "workers=int(sys.argv[1]), quiet=True)"
+    )
+    env = dict(os.environ, DATASEL_KILL_AT="_stage_unit:2")
+    assert subprocess.run([sys.executable, "-c", code, "2"], env=env).returncode == -9
+    env.pop("DATASEL_KILL_AT")
+    subprocess.run([sys.executable, "-c", code, "1"], env=env, check=True)
+    m = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert len(list((tmp_path / "out").glob("part-*.parquet"))) > 2
+    assert m["kept"] == ref["kept"] and m["removed"] == ref["removed"]
+    kept = sorted(read_dataset(tmp_path / "out").column("id").to_pylist())
+    assert kept == sorted(read_dataset(tmp_path / "ref").column("id").to_pylist())

@@ -67,6 +67,21 @@ def test_parquet_split_by_row_groups(tmp_path):
     )
 
 
+def test_big_parquet_row_groups_cut_into_row_ranges(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    import datasel.io
+
+    monkeypatch.setattr(datasel.io, "PARQUET_BATCH_ROWS", 7)  # ranges start and end mid-batch
+    rows = sample_rows(120)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "x.parquet", row_group_size=50)
+    whole = read_all(tmp_path / "x.parquet")
+    units = plan_units(tmp_path / "x.parquet", shard_bytes=5_000)
+    assert len(units) > 6 and sum(u.rows for u in units) == 120
+    assert [u.first_row for u in units] == sorted({u.first_row for u in units})
+    assert read_all(tmp_path / "x.parquet", shard_bytes=5_000).equals(whole)
+
+
 @pytest.mark.parametrize(
     "content, message",
     [

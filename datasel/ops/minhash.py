@@ -81,19 +81,32 @@ def signatures(
     empty[~has] = False
     rows, cols = np.nonzero(empty)
     if rows.size:
-        donors = sig.copy()
-        probes = _probe_table(num_perm, seed)
-        for t in range(_PROBES):
-            val = donors[rows, probes[t, cols]]
-            ok = val != EMPTY
-            sig[rows[ok], cols[ok]] = val[ok]
-            rows, cols = rows[~ok], cols[~ok]
-            if not rows.size:
-                break
-        if rows.size:  # ~1e-7 per bin for a one-shingle document: use its only value
-            masked = np.where(donors[rows] == EMPTY, 0, donors[rows])
-            sig[rows, cols] = masked.max(axis=1)
+        sig[rows, cols] = _densify(sig, rows, cols, _probe_table(num_perm, seed))
     return sig
+
+
+def _densify(sig: np.ndarray, rows: np.ndarray, cols: np.ndarray, probes: np.ndarray) -> np.ndarray:
+    """The value of each empty bin (rows, cols): that of the first non-empty bin of its row in
+    the bin's probe sequence. Probes are tried in rounds of doubling width, so a document
+    needs a dozen rounds at most, whatever its number of empty bins."""
+    fill = np.zeros(len(rows), dtype=np.uint32)
+    flat = sig.reshape(-1)
+    base = rows * sig.shape[1]
+    todo = np.arange(len(rows))
+    start, width = 0, 2
+    while todo.size and start < len(probes):
+        stop = min(len(probes), start + width)
+        cand = flat.take(base[todo, None] + probes[start:stop].T[cols[todo]])
+        ok = cand != EMPTY
+        first = ok.argmax(axis=1)
+        hit = ok[np.arange(len(todo)), first]
+        fill[todo[hit]] = cand[hit, first[hit]]
+        todo = todo[~hit]
+        start, width = stop, width * 2
+    if todo.size:  # ~1e-7 per bin for a one-shingle document: use its only value
+        r = rows[todo]
+        fill[todo] = np.where(sig[r] == EMPTY, 0, sig[r]).max(axis=1)
+    return fill
 
 
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
