@@ -5,7 +5,8 @@
 
 Data: self-instruct-8way.jsonl (shared data). Prompt = instruction (+ input) in a plain
 template, candidates = the 8 model responses; each candidate's score is log p(response |
-prompt). Model: the random-weight GPT-2 4x256 of score_speed.py with a 4096-token context. Same process, same data;
+prompt). Models: the random-weight bench models of score_speed.py (BENCH_MODELS) with a
+4096-token context. Same process, same data;
 prints candidates/s, tokens/s, peak RSS and the ratio, and checks both give the same scores
 and the same pick per instruction.
 """
@@ -24,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from score_speed import (  # noqa: E402
+    BENCH_MODELS,
     ROOT,
     build_bench_lm,
     data_file,
@@ -85,11 +87,14 @@ def main() -> None:
     ap.add_argument("--instructions", type=int, default=32, help="0 = all 252")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     ap.add_argument("--batch-tokens", type=int, default=None, help="default: scorers.lm's")
+    ap.add_argument(
+        "--models", default="tiny,gpt2-4x256", help=f"bench models: {', '.join(BENCH_MODELS)}"
+    )
     args = ap.parse_args()
 
     import torch
 
-    from scorers.lm import load_lm, score_conditional
+    from scorers.lm import load_lm
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     prompts, responses, group = load_pairs(args.instructions or None)
@@ -98,14 +103,26 @@ def main() -> None:
         f"{group.max() + 1} instructions, {len(responses)} candidates, "
         f"torch threads {torch.get_num_threads()}"
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = build_bench_lm(Path(tmp) / "m", load_docs(3000, seed=1), n_positions=4096)
-        lm = load_lm(str(path), device="cpu")
-    name = "gpt2 4x256 (8k vocab)"
-    score_conditional(lm, prompts[:8], responses[:8])  # warm-up
+    rows = []
+    corpus = load_docs(3000, seed=1)
+    for name in args.models.split(","):
+        shape = BENCH_MODELS[name]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = build_bench_lm(Path(tmp) / name, corpus, n_positions=4096, **shape)
+            lm = load_lm(str(path), device="cpu")
+        label = (
+            f"{name} ({shape['n_layer']}x{shape['n_embd']}, {shape['vocab_size'] // 1000}k vocab)"
+        )
+        rows += bench_pick(lm, label, prompts, responses, group, args.batch_tokens)
+    print_table_cands(rows)
 
+
+def bench_pick(lm, name, prompts, responses, group, batch_tokens) -> list:
+    from scorers.lm import score_conditional
+
+    score_conditional(lm, prompts[:8], responses[:8])  # warm-up
     t0 = time.perf_counter()
-    lp, n = score_conditional(lm, prompts, responses, batch_tokens=args.batch_tokens)
+    lp, n = score_conditional(lm, prompts, responses, batch_tokens=batch_tokens)
     t_b = time.perf_counter() - t0
     rss_b = peak_rss_mb()
     t0 = time.perf_counter()
@@ -116,7 +133,7 @@ def main() -> None:
     rel = np.max(np.abs(lp - lp0) / np.maximum(np.abs(lp0), 1e-9))
     same_pick = (group_argmax(lp, group) == group_argmax(lp0, group)).mean()
     c = len(responses)
-    rows = [
+    return [
         ("score_conditional", name, c, int(n.sum()), t_b, c / t_b, rss_b),
         ("naive loop", name, c, int(n0.sum()), t_n, c / t_n, peak_rss_mb()),
         (
@@ -129,7 +146,6 @@ def main() -> None:
             f"max rel diff {rel:.1e}, same pick {same_pick:.0%}",
         ),
     ]
-    print_table_cands(rows)
 
 
 def print_table_cands(rows: list) -> None:

