@@ -24,6 +24,7 @@ points took 0.01 / 0.05 / 0.42 s with 124 / 581 / 1,590 MiB GPU peak (POT dense:
 
     python benchmarks/shift_speed.py                    # CPU: pools up to 100k, a few minutes
     python benchmarks/shift_speed.py --max-pool 1000000 --skip-dsir   # on a GPU
+    python benchmarks/shift_speed.py --skip-dsir --skip-gotd --stage-path  # 1M x 384 vs 10k, CPU
 """
 
 from __future__ import annotations
@@ -234,6 +235,40 @@ def bench_gotd(args) -> None:
     print(f"  process peak RSS {rss_mib():,.0f} MiB")
 
 
+def bench_gotd_stage_path(args) -> None:
+    """The issue's scale on this machine: a 1,000,000 x 384 pool against a 10,000-point target,
+    through the stage's own path (target summary sized for the device, Sinkhorn, gradient,
+    top-k), with time and peak memory; and, at 100k, how far the summary moves the pick."""
+    from datasel.stages.shift import _summarise, target_points
+
+    rng = np.random.default_rng(1)
+    dim = 384
+    centers = 2.0 * rng.standard_normal((50, dim)).astype(np.float32) / np.sqrt(dim)
+    tclust = np.arange(5)
+    target, _ = synth(10_000, centers, tclust, rng)
+    print(f"GOT-D stage path: 384 dims, 10,000-point target, eps {args.gotd_eps}, cosine cost")
+    for n in (100_000, args.stage_pool):
+        pool, lab = synth(n, centers, np.arange(50), rng)
+        is_t = np.isin(lab, tclust)
+        k = int(is_t.sum())
+        t0 = time.perf_counter()
+        m = target_points(n, 5_000, args.device)
+        points, mass = _summarise(target, m, seed=0)
+        t_sum = time.perf_counter() - t0
+        res = sinkhorn(pool, points, b=mass, eps=args.gotd_eps, cost="cosine", device=args.device)
+        sel = topk(gotd_gradient(res.f), k, largest=False)
+        t = time.perf_counter() - t0
+        print(f"  pool {n:>9,}: target summarised to {len(points):,} points in {t_sum:.1f} s; "
+              f"{res.n_iter} iterations; {t:.1f} s in all; precision {is_t[sel].mean():.3f}; "
+              f"peak RSS {rss_mib():,.0f} MiB")  # fmt: skip
+        if n == 100_000:  # the unsummarised target, for comparison
+            full = sinkhorn(pool, target, eps=args.gotd_eps, cost="cosine", device=args.device)
+            sel_full = topk(gotd_gradient(full.f), k, largest=False)
+            print(f"  pool {n:>9,}: full 10,000-point target: precision {is_t[sel_full].mean():.3f}, "
+                  f"top-k overlap with the summarised pick {len(np.intersect1d(sel, sel_full)) / k:.3f}")  # fmt: skip
+        del pool, lab
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", default=DATA)
@@ -243,6 +278,9 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=0.05)
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--stage-path", action="store_true", help="also: 1M x 384 vs a 10k target through the stage's path")  # fmt: skip
+    ap.add_argument("--stage-pool", type=int, default=1_000_000)
+    ap.add_argument("--gotd-eps", type=float, default=0.1, help="eps of the stage-path run (the stage's default)")  # fmt: skip
     ap.add_argument("--peer-mem", type=float, default=4e9, help="bytes the dense POT peer may use")  # fmt: skip
     ap.add_argument("--full-target-budget", type=float, default=None, help="largest n*m for the unsummarised 30k target (default 0 on CPU, 3e10 on CUDA)")  # fmt: skip
     ap.add_argument("--skip-dsir", action="store_true")
@@ -262,6 +300,8 @@ def main() -> None:
         if args.full_target_budget is None:
             args.full_target_budget = 3e10 if cuda else 0
         bench_gotd(args)
+    if args.stage_path:
+        bench_gotd_stage_path(args)
 
 
 if __name__ == "__main__":

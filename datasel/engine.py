@@ -447,7 +447,10 @@ def _apply_unit(dst: Path, i: int, stage: Stage, unit: Unit, ctx: Context, batch
         d = decision.slice(offset, batch.num_rows)
         offset += batch.num_rows
         keep = d.column("keep")
-        kept = _with_decision_columns(table.filter(keep), d.filter(keep), "kept:")
+        every = pa.compute.all(keep).as_py()  # the common case: no copy of the rows
+        kept = _with_decision_columns(
+            table if every else table.filter(keep), d if every else d.filter(keep), "kept:"
+        )
         schema = kept.schema
         if kept.num_rows:
             kept_out.write(kept)

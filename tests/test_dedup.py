@@ -128,3 +128,24 @@ def test_precision_and_recall_on_injected_duplicates(tmp_path):
     assert len(should) > 150
     recall = np.mean([k in gone for k in should])
     assert recall >= 0.95, recall
+
+
+def test_bands_spread_over_workers_give_the_same_result(tmp_path, monkeypatch):
+    import datasel.stages.dedup as dedup_mod
+
+    rng = random.Random(3)
+    docs = long_docs(90)
+    rows = [{"id": r["id"], "text": r["text"]} for r in docs]
+    rows += [
+        {"id": f"n{i}", "text": edit_words(d["text"], 0.02, rng)} for i, d in enumerate(docs[:20])
+    ]
+    for i in range(3):
+        write_jsonl(tmp_path / "in" / f"f{i}.jsonl", rows[i::3])
+    one = datasel.run(Dedup(), tmp_path / "in", tmp_path / "one", workers=1, quiet=True)
+    monkeypatch.setattr(dedup_mod, "PARALLEL_BANDS_FROM", 0)
+    two = datasel.run(Dedup(), tmp_path / "in", tmp_path / "two", workers=2, quiet=True)
+    assert one["removed"] == two["removed"] and one["removed"]["near"] >= 15
+    pairs = lambda out: sorted(  # noqa: E731
+        (r["id"], r["duplicate_of"]) for r in read_removed(out).to_pylist()
+    )
+    assert pairs(tmp_path / "one") == pairs(tmp_path / "two")

@@ -26,6 +26,8 @@ from datasel.ops.unionfind import components
 from datasel.ops.words import grow_powers, hash_texts, normalize
 from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register
 
+PARALLEL_BANDS_FROM = 200_000  # documents (indexed + new) from which select spreads bands
+
 
 @register
 @dataclass(kw_only=True)
@@ -116,7 +118,9 @@ class Dedup(Stage):
             b, _ = self.bands_rows
             store.empty()  # computed once here, shipped with the store
             args = [(store, band, self.accept) for band in range(b)]
-            executor = ctx.executor or LocalExecutor(1)
+            # a band of a small corpus takes less time than shipping it to a worker and back
+            big = n_all >= PARALLEL_BANDS_FROM
+            executor = ctx.executor if big and ctx.executor else LocalExecutor(1)
             edges += [
                 e for _, e in sorted(executor.map_unordered(_band_edges, args), key=lambda x: x[0])
             ]
@@ -226,9 +230,10 @@ def _utf8_lengths(texts: pa.Array) -> np.ndarray:
     return pa.compute.binary_length(pa.compute.fill_null(texts, "")).to_numpy().astype(np.int64)
 
 
-def _chunks(lengths: np.ndarray, target: int = 512 << 10):
-    """Row ranges of ~512 KB of text: the hashing arrays (8 bytes per text byte) then stay in
-    cache, which here made hashing 2x faster than whole 16 MB batches."""
+def _chunks(lengths: np.ndarray, target: int = 256 << 10):
+    """Row ranges of ~256 KB of text: the hashing arrays (8 bytes per text byte) then stay in
+    cache, which here made hashing 2x faster than whole 16 MB batches, and two workers slow
+    each other less than with 512 KB (they share the memory bus)."""
     ends = np.cumsum(lengths)
     cuts = np.searchsorted(
         ends, np.arange(target, ends[-1] if len(ends) else 0, target), side="right"

@@ -197,7 +197,8 @@ class ShiftGotd(_Shift):
     )
     eps: float = param(0.1, help="entropic regularisation of the OT (in cosine-cost units)")
     max_target: int = param(
-        5_000, help="a larger target is summarised by this many k-means centroids with their masses"
+        5_000,
+        help="a larger target is summarised by this many k-means centroids with their masses (on CPU fewer, to keep pool x target under 1e9 pairs, at least 300)",
     )
     device: str = param("auto", help="auto | cpu | cuda")
 
@@ -209,8 +210,7 @@ class ShiftGotd(_Shift):
                 "shift gotd: an input `embedding` column needs target embeddings too; embed the target with the same model (not supported yet: drop the column or use --model)"
             )
         self.embedder = self._embedder(ctx, target)
-        y = self.embedder.encode(target).astype(np.float32)
-        self.target_points, self.target_mass = _summarise(y, self.max_target, self.seed)
+        self.target_emb = self.embedder.encode(target).astype(np.float32)
 
     def _embedder(self, ctx, target):
         from scorers.embed import HashingEmbedder, load_embedder
@@ -235,37 +235,26 @@ class ShiftGotd(_Shift):
         from datasel.ops.topk import topk
 
         x = staged.concat("gotd_emb", np.float32)
-        ot = sinkhorn(
-            x,
-            self.target_points,
-            b=self.target_mass,
-            eps=self.eps,
-            cost="cosine",
-            device=self.device,
+        points, mass = _summarise(
+            self.target_emb, target_points(len(x), self.max_target, self.device), self.seed
         )
+
+        def solve(pool):
+            return sinkhorn(pool, points, b=mass, eps=self.eps, cost="cosine", device=self.device)
+
+        ot = solve(x)
         grad = gotd_gradient(ot.f)
         k = self.budget(len(grad))
         keep = np.zeros(len(grad), dtype=bool)
         keep[topk(grad, k, largest=False)] = True
-        after = (
-            sinkhorn(
-                x[keep],
-                self.target_points,
-                b=self.target_mass,
-                eps=self.eps,
-                cost="cosine",
-                device=self.device,
-            )
-            if k
-            else ot
-        )
+        after = solve(x[keep]) if k else ot
         ctx.stats.update(
             {
                 "selected": int(k),
                 "ot_before": round(float(ot.cost), 5),
                 "ot_after": round(float(after.cost), 5),
                 "sinkhorn_iterations": int(ot.n_iter),
-                "target_points": int(len(self.target_points)),
+                "target_points": int(len(points)),
             }
         )
         column = pa.array(grad, pa.float64())
@@ -275,6 +264,21 @@ class ShiftGotd(_Shift):
             kept_columns={"gotd_grad": column},
             removed_columns={"gotd_grad": column},
         )
+
+
+# Pool x target pairs one Sinkhorn iteration may cost on a CPU (~10 s at 1e9 on 2 cores, for
+# 256-384 dims): a bigger target is summarised by fewer support points there.
+CPU_PAIR_BUDGET = 1e9
+MIN_TARGET_POINTS = 300
+
+
+def target_points(n_pool: int, max_target: int, device: str) -> int:
+    """How many support points the target may keep against a pool of `n_pool` documents."""
+    from datasel.ops.sinkhorn import _pick_device, _torch
+
+    if _pick_device(_torch(), device).type != "cpu":
+        return max_target
+    return min(max_target, max(MIN_TARGET_POINTS, int(CPU_PAIR_BUDGET // max(1, n_pool))))
 
 
 def _summarise(y: np.ndarray, max_points: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
