@@ -53,9 +53,13 @@ def _normalise(y: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Hashed TF-IDF
 
-_WORD = np.zeros(256, np.int8)  # word bytes: [0-9a-z_] after ASCII lower-casing, and all non-ASCII
+# byte classes: 1 = word ([0-9a-z_] after ASCII lower-casing, and all non-ASCII), 2 = punctuation
+# (any other ASCII but whitespace), 0 = whitespace; a token is a run of one non-zero class
+_WORD = np.zeros(256, np.int8)
 _WORD[np.frombuffer(b"0123456789abcdefghijklmnopqrstuvwxyz_", np.uint8)] = 1
 _WORD[128:] = 1
+_WORD_PUNCT = np.where(_WORD == 1, 1, 2).astype(np.int8)
+_WORD_PUNCT[np.frombuffer(b" \t\n\v\f\r", np.uint8)] = 0
 _MASK = np.array([(1 << (8 * i)) - 1 for i in range(8)] + [2**64 - 1], dtype=np.uint64)
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 _CHUNK_BYTES = 8 << 20  # tokenise ~8 MB of text at a time: ~300 MB of temporaries
@@ -71,12 +75,14 @@ def _mix(h: np.ndarray) -> np.ndarray:
     return h
 
 
-def hash_tokens(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def hash_tokens(texts: list[str], punct: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Stable 64-bit hashes of the lower-cased word tokens of ``texts``, all at once.
 
     A token is a run of ``[0-9A-Za-z_]`` or non-ASCII bytes of the UTF-8 text (ASCII is
-    lower-cased; other scripts keep their case). Each token is hashed from its bytes read as
-    little-endian 8-byte words, so the cost is per token, not per byte.
+    lower-cased; other scripts keep their case); with `punct`, also a run of other non-space
+    ASCII (``::``, ``()``, ``-->``), as nltk's ``WordPunctTokenizer`` splits. Each token is
+    hashed from its bytes read as little-endian 8-byte words, so the cost is per token, not
+    per byte.
 
     Returns
     -------
@@ -88,9 +94,10 @@ def hash_tokens(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     # leading space so a first-byte token has a rising edge; 8 spaces of tail for the word loads
     s = b" " + b" ".join(enc).lower() + b" " * 9
     buf = np.frombuffer(s, np.uint8)
-    edge = np.diff(_WORD[buf])
-    starts = np.flatnonzero(edge == 1) + 1
-    lens = np.flatnonzero(edge == -1) + 1 - starts
+    cls = (_WORD_PUNCT if punct else _WORD)[buf]
+    change = cls[1:] != cls[:-1]
+    starts = np.flatnonzero(change & (cls[1:] != 0)) + 1
+    lens = np.flatnonzero(change & (cls[:-1] != 0)) + 1 - starts
     words = np.ndarray(shape=(buf.size - 7,), dtype="<u8", buffer=s, strides=(1,))
     h = words[starts] & _MASK[np.minimum(lens, 8)]
     h ^= lens.astype(np.uint64) * _GOLD
@@ -107,8 +114,9 @@ def hash_tokens(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return h, doc
 
 
-def hashed_counts(texts: list[str], n_features: int = 1 << 18):
-    """Unigram + bigram counts of ``texts`` hashed into ``n_features`` buckets.
+def hashed_counts(texts: list[str], n_features: int = 1 << 18, punct: bool = False):
+    """Unigram + bigram counts of ``texts`` hashed into ``n_features`` buckets (tokens as in
+    `hash_tokens`).
 
     Returns a canonical ``scipy.sparse.csc_matrix`` of shape ``(len(texts), n_features)``
     (CSC because multiplying it by a dense projection then streams the projection once, ~4x
@@ -120,7 +128,7 @@ def hashed_counts(texts: list[str], n_features: int = 1 << 18):
     shift = np.uint64(64 - (n_features.bit_length() - 1))
     if n == 0:
         return sp.csc_matrix((0, n_features), dtype=np.float32)
-    h, doc = hash_tokens(texts)
+    h, doc = hash_tokens(texts, punct)
     feats = np.empty((h.size, 2), np.uint64)  # [unigram, bigram starting here], doc-ordered
     feats[:, 0] = h
     feats[:-1, 1] = h[:-1] * _GOLD + h[1:]
@@ -188,7 +196,8 @@ def _orthonormalise(y: np.ndarray) -> np.ndarray:
 class HashingEmbedder:
     """Hashed word unigram+bigram TF-IDF, reduced to ``dim`` by a random projection or SVD.
 
-    Lower-cased word tokens and adjacent pairs are hashed (stable splitmix64) into
+    Lower-cased word tokens (and punctuation runs, with ``punct``: they tell code and markup
+    from prose) and adjacent pairs are hashed (stable splitmix64) into
     ``n_features`` buckets; a document's vector is ``1 + log(tf)`` times the idf fitted on a
     sample, projected to ``dim`` by a seeded Gaussian matrix (``reduce="random"``, default) or
     by the top right-singular vectors of the sample's TF-IDF matrix (``reduce="svd"``, LSA:
@@ -209,6 +218,7 @@ class HashingEmbedder:
     n_features: int = 1 << 18
     reduce: str = "random"
     seed: int = 0
+    punct: bool = False
     idf: np.ndarray | None = None
     svd_rows: np.ndarray | None = None  # SVD only: buckets seen in the fit sample ...
     svd_components: np.ndarray | None = None  # ... and their (len(svd_rows), dim) loadings
@@ -229,7 +239,7 @@ class HashingEmbedder:
     def fit(self, texts: list[str]) -> HashingEmbedder:
         """Fit idf (smoothed, as scikit-learn: ``log((1+n)/(1+df)) + 1``) and, for SVD, the
         projection, on a sample of texts (10,000-50,000 is plenty)."""
-        x = hashed_counts(texts, self.n_features)
+        x = hashed_counts(texts, self.n_features, self.punct)
         df = np.diff(x.indptr)
         self.idf = (np.log((1 + len(texts)) / (1 + df)) + 1).astype(np.float32)
         self._proj = None
@@ -279,7 +289,7 @@ class HashingEmbedder:
             while j < len(texts) and (j == i or size < _CHUNK_BYTES):
                 size += len(texts[j])
                 j += 1
-            out[i:j] = self._tf(hashed_counts(texts[i:j], self.n_features)) @ proj
+            out[i:j] = self._tf(hashed_counts(texts[i:j], self.n_features, self.punct)) @ proj
             i = j
         return _normalise(out)
 
@@ -291,7 +301,7 @@ class HashingEmbedder:
         arrays = {"idf": self.idf}
         if self.reduce == "svd":
             arrays |= {"svd_rows": self.svd_rows, "svd_components": self.svd_components}
-        meta = np.array([self.dim, self.n_features, self.seed], np.int64)
+        meta = np.array([self.dim, self.n_features, self.seed, self.punct], np.int64)
         with open(path, "wb") as f:  # a file object: np.savez would append .npz to a str path
             np.savez(f, meta=meta, reduce=np.array(self.reduce), **arrays)
 
@@ -299,11 +309,12 @@ class HashingEmbedder:
     def load(cls, path: str | os.PathLike) -> HashingEmbedder:
         """Load an embedder written by :meth:`save`."""
         with np.load(path) as z:
-            dim, n_features, seed = (int(v) for v in z["meta"])
+            dim, n_features, seed, *punct = (int(v) for v in z["meta"])  # no flag: before punct
             return cls(
                 dim=dim,
                 n_features=n_features,
                 seed=seed,
+                punct=bool(punct and punct[0]),
                 reduce=str(z["reduce"]),
                 idf=z["idf"],
                 svd_rows=z["svd_rows"] if "svd_rows" in z else None,

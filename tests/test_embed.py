@@ -56,6 +56,19 @@ def test_hash_tokens_matches_regex_tokeniser():
     assert len({next(iter(v)) for v in by_token.values()}) == len(by_token)  # and distinct
 
 
+def test_hash_tokens_with_punctuation_runs():
+    texts = ["os.path.join(a, b) -> str", "``code`` :: x_1", "naïve — ok!", "", "-->"]
+    pattern = rb"[0-9a-z_\x80-\xff]+|[^0-9a-z_\x80-\xff \t\n\v\f\r]+"
+    toks = [(i, t) for i, x in enumerate(texts) for t in re.findall(pattern, x.encode().lower())]
+    h, doc = hash_tokens(texts, punct=True)
+    assert len(h) == len(toks) and doc.tolist() == [i for i, _ in toks]
+    words, _ = hash_tokens(texts)
+    assert set(words.tolist()) < set(h.tolist())  # word tokens hash as without punct
+    by_token = {}
+    for (_, t), v in zip(toks, h.tolist(), strict=True):
+        assert by_token.setdefault(t, v) == v
+
+
 def test_hash_tokens_distinguishes_long_tokens_and_is_stable():
     words = [f"{'a' * n}{c}" for n in range(30) for c in "bc"] + ["ba", "a" * 9, "b" * 8 + "a"]
     h, _ = hash_tokens([" ".join(words)])
@@ -140,6 +153,11 @@ def test_hashing_svd(tmp_path):
     assert sim[same].mean() > sim[~same].mean() + 0.5
     emb.save(tmp_path / "svd.npz")
     np.testing.assert_array_equal(HashingEmbedder.load(tmp_path / "svd.npz").encode(texts[:20]), y)
+    punct = HashingEmbedder(dim=8, reduce="svd", n_features=1 << 12, punct=True).fit(texts)
+    punct.save(tmp_path / "punct.npz")
+    again = HashingEmbedder.load(tmp_path / "punct.npz")
+    assert again.punct and not HashingEmbedder.load(tmp_path / "svd.npz").punct
+    np.testing.assert_array_equal(again.encode(texts[:20]), punct.encode(texts[:20]))
 
 
 def test_hashing_errors():
