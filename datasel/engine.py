@@ -108,9 +108,8 @@ def run(
         )
         return done
     work = dst / WORK
-    if (
-        work / "plan.json"
-    ).exists():  # resuming: the units of the first attempt, whatever --workers
+    # resuming: the units of the first attempt, whatever --workers says now
+    if (work / "plan.json").exists():
         units = [Unit(**u) for u in json.loads((work / "plan.json").read_text())["units"]]
     else:
         units = plan_units(

@@ -2,7 +2,8 @@
 
 Inputs are planned into *units*: a plain JSONL file is cut at line boundaries every
 `shard_bytes`, a Parquet file at row-group boundaries every `shard_rows` rows or `shard_bytes`
-(a bigger row group is cut into row ranges), and a compressed JSONL or Arrow file is one unit. Unit `i` becomes output shard `part-{i:05d}.parquet`.
+(a bigger row group is cut into row ranges), and a compressed JSONL or Arrow file is one unit.
+Unit `i` becomes output shard `part-{i:05d}.parquet`.
 """
 
 from __future__ import annotations
@@ -165,9 +166,11 @@ def _parquet_units(path: Path, source: str, shard_rows: int, shard_bytes: int) -
         if size > shard_bytes and n > 1:
             flush()
             cuts = np.linspace(0, n, -(-size // shard_bytes) + 1).round().astype(np.int64)
-            for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
-                part = (int(lo), int(hi - lo), size * int(hi - lo) // n)
-                units.append(Unit(str(path), source, "parquet", g, g + 1, row + part[0], *part[1:]))
+            for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+                rows = hi - lo
+                units.append(
+                    Unit(str(path), source, "parquet", g, g + 1, row + lo, rows, size * rows // n)
+                )
             row += n
             continue
         pending.append((g, n, size))
