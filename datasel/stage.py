@@ -101,22 +101,64 @@ class Context:
         return {**self.__dict__, "executor": None}
 
     def sample(self, n: int, columns: list[str] | None = None) -> pa.Table:
-        """Up to `n` rows spread evenly over the input's units (deterministic)."""
-        from datasel.io import read_unit
+        """Up to `n` rows spread evenly over the input (deterministic), in input order.
 
-        per_unit = max(1, -(-n // max(1, len(self.units))))
-        parts = []
-        for unit in self.units:
-            got = 0
-            for batch in read_unit(unit, self.columns):
-                batch = batch.slice(0, per_unit - got)
-                parts.append(batch.select(columns) if columns else batch)
-                got += batch.num_rows
-                if got >= per_unit:
-                    break
+        Rows are taken at even steps through each unit, from at most SAMPLE_UNITS units spread
+        over the input, so files sorted by source, domain or date are sampled through, not
+        only at their heads; those units are read whole.
+        """
+        units = self.units
+        if len(units) > SAMPLE_UNITS:
+            units = [units[i] for i in np.linspace(0, len(units) - 1, SAMPLE_UNITS).astype(int)]
+        per_unit = max(1, -(-n // max(1, len(units))))
+        parts = [_even_rows(unit, self.columns, per_unit, columns) for unit in units]
+        parts = [t for t in parts if t.num_rows]
         if not parts:
             raise DataselError("empty input: no rows to learn from")
-        return pa.Table.from_batches(parts).slice(0, n)
+        return _even(pa.concat_tables(parts, promote_options="permissive"), n)
+
+    def first_rows(self, n: int = 1) -> pa.Table:
+        """The first `n` rows of the first unit that has any: a cheap look at the columns."""
+        from datasel.io import read_unit
+
+        for unit in self.units:
+            for batch in read_unit(unit, self.columns):
+                return pa.Table.from_batches([batch.slice(0, n)])
+        raise DataselError("empty input: no rows to learn from")
+
+
+SAMPLE_UNITS = 64  # units read for a sample: bounds its cost on a large input
+
+
+def _even(table: pa.Table, n: int) -> pa.Table:
+    """`n` rows at even steps through `table` (all of it when it has no more)."""
+    if table.num_rows <= n:
+        return table
+    return table.take((np.arange(n, dtype=np.int64) * table.num_rows) // n)
+
+
+def _even_rows(unit, columns, n: int, names: list[str] | None) -> pa.Table:
+    """`n` rows at even steps through one unit, whose length need not be known beforehand:
+    keep every `stride`-th row, doubling the stride (and halving what is kept) whenever more
+    than 2n are kept, so memory stays O(n)."""
+    from datasel.io import read_unit
+
+    kept: list[pa.Table] = []
+    count, stride, pos = 0, 1, 0
+    for batch in read_unit(unit, columns):
+        if names:
+            batch = batch.select(names)
+        first = (-pos) % stride
+        kept.append(pa.Table.from_batches([batch]).take(np.arange(first, batch.num_rows, stride)))
+        count += kept[-1].num_rows
+        pos += batch.num_rows
+        while count > 2 * n:
+            table = pa.concat_tables(kept)
+            kept = [table.take(np.arange(0, table.num_rows, 2))]
+            count, stride = kept[0].num_rows, stride * 2
+    if not kept:
+        return pa.table({})
+    return _even(pa.concat_tables(kept), n)
 
 
 class Staged:

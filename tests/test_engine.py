@@ -92,3 +92,26 @@ def test_units_cut_for_workers_and_resume_keeps_the_first_plan(tmp_path):
     assert m["kept"] == ref["kept"] and m["removed"] == ref["removed"]
     kept = sorted(read_dataset(tmp_path / "out").column("id").to_pylist())
     assert kept == sorted(read_dataset(tmp_path / "ref").column("id").to_pylist())
+
+
+def test_sample_spreads_through_sorted_files(tmp_path):
+    """A file sorted by source is sampled through, not at its head, whatever its format."""
+    import gzip
+
+    from datasel.io import Columns, plan_units
+    from datasel.stage import Context
+
+    rows = [
+        {"id": f"{s}{i}", "text": f"{s} text {i}", "src": s} for s in "abc" for i in range(1000)
+    ]
+    write_jsonl(tmp_path / "sorted.jsonl", rows)
+    with gzip.open(tmp_path / "sorted.jsonl.gz", "wt") as f:  # length unknown until read
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    for name in ("sorted.jsonl", "sorted.jsonl.gz"):
+        ctx = Context(columns=Columns("text"), work=tmp_path, units=plan_units(tmp_path / name))
+        sample = ctx.sample(300)
+        assert sample.num_rows == 300
+        counts = {s: sample.column("src").to_pylist().count(s) for s in "abc"}
+        assert counts == {"a": 100, "b": 100, "c": 100}, name
+        assert sample.equals(ctx.sample(300))  # deterministic
+        assert ctx.first_rows().column("id").to_pylist() == ["a0"]

@@ -149,7 +149,7 @@ class Diversify(_Embedding):
 
     def fit(self, ctx: Context) -> None:
         if _all_staged(ctx):  # map output cached from a run with the same map_params
-            self._check_columns(ctx.sample(1).schema.names)
+            self._check_columns(ctx.first_rows().schema.names)
             return
         sample = ctx.sample(self.fit_sample)
         names = sample.schema.names

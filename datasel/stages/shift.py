@@ -219,7 +219,7 @@ class ShiftGotd(_Shift):
 
     def fit(self, ctx: Context) -> None:
         target = self.target_texts(ctx)
-        self.use_column = "embedding" in ctx.sample(1).column_names
+        self.use_column = "embedding" in ctx.first_rows().column_names
         if self.use_column:
             raise DataselError(
                 "shift gotd: an input `embedding` column needs target embeddings too; embed the target with the same model (not supported yet: drop the column or use --model)"
