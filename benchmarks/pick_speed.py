@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,9 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from score_speed import (  # noqa: E402
     BENCH_MODELS,
     ROOT,
-    build_bench_lm,
+    bench_models,
     data_file,
-    load_docs,
     peak_rss_mb,
 )
 
@@ -94,8 +92,6 @@ def main() -> None:
 
     import torch
 
-    from scorers.lm import load_lm
-
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     prompts, responses, group = load_pairs(args.instructions or None)
     group = np.array(group)
@@ -104,15 +100,7 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}"
     )
     rows = []
-    corpus = load_docs(3000, seed=1)
-    for name in args.models.split(","):
-        shape = BENCH_MODELS[name]
-        with tempfile.TemporaryDirectory() as tmp:
-            path = build_bench_lm(Path(tmp) / name, corpus, **{**shape, "n_positions": 4096})
-            lm = load_lm(str(path), device="cpu")
-        label = (
-            f"{name} ({shape['n_layer']}x{shape['n_embd']}, {shape['vocab_size'] // 1000}k vocab)"
-        )
+    for label, lm in bench_models(args.models, n_positions=4096):
         rows += bench_pick(lm, label, prompts, responses, group, args.batch_tokens)
     print_table_cands(rows)
 

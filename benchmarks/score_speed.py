@@ -105,6 +105,20 @@ BENCH_MODELS = {
 }
 
 
+def bench_models(names: str, **overrides):
+    """Yield (label, LM) for each comma-separated name of BENCH_MODELS, built and loaded on the CPU
+    with its tokenizer trained on a seeded corpus sample; `overrides` change the config."""
+    from scorers.lm import load_lm
+
+    corpus = load_docs(3000, seed=1)
+    for name in names.split(","):
+        shape = {**BENCH_MODELS[name], **overrides}
+        with tempfile.TemporaryDirectory() as tmp:
+            lm = load_lm(str(build_bench_lm(Path(tmp) / name, corpus, **shape)), device="cpu")
+        vocab = shape["vocab_size"] // 1000
+        yield f"{name} ({shape['n_layer']}x{shape['n_embd']}, {vocab}k vocab)", lm
+
+
 def naive_score_bpb(lm, texts: list[str], *, max_tokens: int | None = None):
     """The usual loop: one document at a time, unpadded, full-vocabulary fp32 log-softmax,
     HF sliding windows (stride max_tokens // 2). Returns (nll, n_tokens)."""
@@ -212,14 +226,7 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}"
     )
     rows = []
-    corpus = load_docs(3000, seed=1)
-    for name in args.models.split(","):
-        shape = BENCH_MODELS[name]
-        with tempfile.TemporaryDirectory() as tmp:
-            lm = load_lm(str(build_bench_lm(Path(tmp) / name, corpus, **shape)), device="cpu")
-        label = (
-            f"{name} ({shape['n_layer']}x{shape['n_embd']}, {shape['vocab_size'] // 1000}k vocab)"
-        )
+    for label, lm in bench_models(args.models):
         rows += bench_lm(lm, docs, label, batch_tokens=args.batch_tokens)
     if args.smollm2:
         gguf = smollm2_path()

@@ -141,14 +141,18 @@ def plan_units(src, *, shard_bytes: int = 128 << 20, shard_rows: int = 250_000) 
     return units
 
 
+def _parquet_metadata(path: Path) -> pq.FileMetaData:
+    try:
+        return pq.ParquetFile(path).metadata
+    except pa.ArrowException as e:
+        raise DataselError(f"{path}: not a readable Parquet file ({e})") from None
+
+
 def _parquet_units(path: Path, source: str, shard_rows: int, shard_bytes: int) -> list[Unit]:
     """Whole row groups up to `shard_rows` rows or `shard_bytes` (uncompressed) per unit; a row
     group bigger than `shard_bytes` is cut into row ranges, so a few big files still spread
     over all workers."""
-    try:
-        meta = pq.ParquetFile(path).metadata
-    except pa.ArrowException as e:
-        raise DataselError(f"{path}: not a readable Parquet file ({e})") from None
+    meta = _parquet_metadata(path)
     units: list[Unit] = []
     pending: list[tuple[int, int, int]] = []  # (row group, rows, bytes) not yet in a unit
     row = 0
@@ -186,10 +190,7 @@ def input_bytes(src) -> int:
     total = 0
     for path in find_files(src)[0]:
         if _suffix_kind(path.name) == "parquet":
-            try:
-                meta = pq.ParquetFile(path).metadata
-            except pa.ArrowException as e:
-                raise DataselError(f"{path}: not a readable Parquet file ({e})") from None
+            meta = _parquet_metadata(path)
             total += sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
         else:
             total += path.stat().st_size

@@ -111,11 +111,11 @@ class Context:
         if len(units) > SAMPLE_UNITS:
             units = [units[i] for i in np.linspace(0, len(units) - 1, SAMPLE_UNITS).astype(int)]
         per_unit = max(1, -(-n // max(1, len(units))))
-        parts = [_even_rows(unit, self.columns, per_unit, columns) for unit in units]
+        parts = [_unit_sample(unit, self.columns, per_unit, columns) for unit in units]
         parts = [t for t in parts if t.num_rows]
         if not parts:
             raise DataselError("empty input: no rows to learn from")
-        return _even(pa.concat_tables(parts, promote_options="permissive"), n)
+        return spread_rows(pa.concat_tables(parts, promote_options="permissive"), n)
 
     def first_rows(self, n: int = 1) -> pa.Table:
         """The first `n` rows of the first unit that has any: a cheap look at the columns."""
@@ -130,14 +130,15 @@ class Context:
 SAMPLE_UNITS = 64  # units read for a sample: bounds its cost on a large input
 
 
-def _even(table: pa.Table, n: int) -> pa.Table:
-    """`n` rows at even steps through `table` (all of it when it has no more)."""
+def spread_rows(table: pa.Table, n: int) -> pa.Table:
+    """`n` rows at even steps through `table`, first and last included (all of it when it has
+    no more)."""
     if table.num_rows <= n:
         return table
-    return table.take((np.arange(n, dtype=np.int64) * table.num_rows) // n)
+    return table.take(np.linspace(0, table.num_rows - 1, n).round().astype(np.int64))
 
 
-def _even_rows(unit, columns, n: int, names: list[str] | None) -> pa.Table:
+def _unit_sample(unit, columns, n: int, names: list[str] | None) -> pa.Table:
     """`n` rows at even steps through one unit, whose length need not be known beforehand:
     keep every `stride`-th row, doubling the stride (and halving what is kept) whenever more
     than 2n are kept, so memory stays O(n)."""
@@ -158,7 +159,7 @@ def _even_rows(unit, columns, n: int, names: list[str] | None) -> pa.Table:
             count, stride = kept[0].num_rows, stride * 2
     if not kept:
         return pa.table({})
-    return _even(pa.concat_tables(kept), n)
+    return spread_rows(pa.concat_tables(kept), n)
 
 
 class Staged:

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from datasel.errors import DataselError
-from datasel.stage import Context, MapResult, Stage, param, register
+from datasel.stage import Context, MapResult, Stage, param, register, spread_rows
 
 REDUCE = ("svd", "random")
 DEVICES = ("auto", "cpu", "cuda")
@@ -51,7 +51,7 @@ def fit_embedder(
         embedder = HashingEmbedder(dim=dim, reduce=reduce, seed=seed)
         if sample is None:
             sample = ctx.sample(max(fit_sample, min(10 * fit_sample, SPREAD_FROM)))
-        table = _spread(sample, fit_sample)
+        table = spread_rows(sample, fit_sample)
         texts = table.column(ctx.columns.text).fill_null("").to_pylist()
         if reduce == "svd" and len(texts) <= dim:  # tiny inputs: LSA needs more rows than dims
             embedder = HashingEmbedder(dim=dim, reduce="random", seed=seed)
@@ -63,13 +63,6 @@ def fit_embedder(
         return load_embedder(model, dim=dim, device=device, batch_size=batch_size)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError, OSError) as e:
         raise DataselError(f"--model {model}: {str(e).splitlines()[0]}") from None
-
-
-def _spread(table: pa.Table, n: int) -> pa.Table:
-    """`n` rows spread evenly over `table` (a `ctx.sample` is ordered by input file)."""
-    if table.num_rows <= n:
-        return table
-    return table.take(np.linspace(0, table.num_rows - 1, n).round().astype(np.int64))
 
 
 def embedding_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
