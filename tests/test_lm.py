@@ -277,3 +277,30 @@ def test_longest_batch_first_and_padding_multiple(lm):
     b = plan.batch(0, 5, pad_id=0)
     assert b["ids"].shape[1] % 8 == 0 and b["ids"].shape[1] >= plan.length[0]
     assert (b["pos"][:, 0] == 0).all()
+
+
+def test_logits_far_above_the_target_fall_back_exactly(tmp_path, monkeypatch):
+    """The CPU head sums exp(z - z_target); where that overflows (a logit > ~88 nats above the
+    target's) the row is redone with a max-shifted log-sum-exp, and scores stay exact."""
+    big = load_lm(str(make_tiny_lm(tmp_path / "big-logits")), device="cpu")
+    with torch.no_grad():
+        big.model.transformer.wte.weight.mul_(30.0)  # tied: the head's logits grow 30x
+    calls = []
+    exact = lmmod._nll_logsumexp
+    monkeypatch.setattr(lmmod, "_nll_logsumexp", lambda x, *a: calls.append(len(x)) or exact(x, *a))
+    docs = _docs(6, seed=4)
+    ref_nll, _ = naive_score_bpb(big, docs)
+    nll, _ = score_bpb(big, docs, batch_tokens=256)
+    assert calls, "no row overflowed: the fallback was not exercised"
+    _close(nll, ref_nll)
+
+
+def test_fused_gelu_matches_the_plain_transformers_model(lm):
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(lm.model.name_or_path).eval()
+    assert not any(isinstance(m, torch.nn.GELU) for m in plain.modules())
+    assert any(isinstance(m, torch.nn.GELU) for m in lm.model.modules())
+    ids = torch.tensor([[lm.prefix_id] + _ids(lm, tiny_corpus()[0])[:60]])
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(ids).logits, plain(ids).logits, rtol=1e-5, atol=1e-5)
