@@ -47,6 +47,7 @@ _PAD_MULTIPLE = 8
 # 2048 x 128 ran 1.2x faster than 8192 x 128 on a 50k-vocabulary head)
 _VOCAB_BLOCK = 2048
 _TOKEN_CHUNK = 128
+_LOG2E = 1 / math.log(2)
 
 
 def _torch():
@@ -360,7 +361,7 @@ def _nll_vocab_blocked(x, target, head, transform):
     batch would stream hundreds of MB through memory.
 
     The target's logit is one dot product per token, and the matmul itself subtracts it
-    (addmm), so NLL = log sum exp(z - z_target) takes two passes over each block (exp, sum)
+    (addmm), so NLL = log sum exp(z - z_target) takes two passes over each block (exp2, sum)
     where a log-sum-exp takes five. A term overflows only if a logit exceeds the target's by
     more than ~88 nats; such rows are redone by `_nll_logsumexp`, as are models whose logits
     are transformed (scaled, soft-capped) or not fp32."""
@@ -373,17 +374,19 @@ def _nll_vocab_blocked(x, target, head, transform):
         return _nll_logsumexp(x, tgt, weight, bias, transform)
     n, vocab = x.shape[0], weight.shape[0]
     total = torch.zeros(n, dtype=torch.float32, device=x.device)
-    shift = -tgt[:, None]
+    # in base 2: torch's exp2 kernel is ~3x faster than its exp on the CPU
+    x2, shift = x * _LOG2E, (tgt * -_LOG2E)[:, None]
+    bias2 = None if bias is None else bias * _LOG2E
     buf = torch.empty(_TOKEN_CHUNK * _VOCAB_BLOCK, dtype=x.dtype, device=x.device)
     for v in range(0, vocab, _VOCAB_BLOCK):
         wt = weight[v : v + _VOCAB_BLOCK].T
         for t in range(0, n, _TOKEN_CHUNK):
             s = shift[t : t + _TOKEN_CHUNK]
             z = buf[: s.shape[0] * wt.shape[1]].view(s.shape[0], wt.shape[1])
-            if bias is not None:
-                s = s + bias[v : v + _VOCAB_BLOCK]
-            torch.addmm(s, x[t : t + _TOKEN_CHUNK], wt, out=z)
-            total[t : t + _TOKEN_CHUNK] += z.exp_().sum(-1)
+            if bias2 is not None:
+                s = s + bias2[v : v + _VOCAB_BLOCK]
+            torch.addmm(s, x2[t : t + _TOKEN_CHUNK], wt, out=z)
+            total[t : t + _TOKEN_CHUNK] += z.exp2_().sum(-1)
     nll = total.log()
     bad = (~torch.isfinite(nll)).nonzero().squeeze(1)
     if len(bad):
