@@ -125,7 +125,12 @@ def digest(obj) -> str:
     return xxhash.xxh3_64_hexdigest(json.dumps(obj, sort_keys=True, default=str).encode())
 
 
-def plan_units(src, *, shard_bytes: int = 128 << 20, shard_rows: int = 250_000) -> list[Unit]:
+def plan_units(
+    src, *, shard_bytes: int = 128 << 20, shard_rows: int = 250_000, cut_bytes: int | None = None
+) -> list[Unit]:
+    """Units of work over the files at `src`: up to `shard_bytes` / `shard_rows` each. A Parquet
+    row group is cut into row ranges only when it is bigger than `cut_bytes` (default
+    `shard_bytes`): a range decodes the rows before it in its group all the same."""
     files, root = find_files(src)
     units: list[Unit] = []
     for path in files:
@@ -133,7 +138,7 @@ def plan_units(src, *, shard_bytes: int = 128 << 20, shard_rows: int = 250_000) 
         kind = _suffix_kind(path.name)
         low = path.name.lower()
         if kind == "parquet":
-            units += _parquet_units(path, source, shard_rows, shard_bytes)
+            units += _parquet_units(path, source, shard_rows, shard_bytes, cut_bytes or shard_bytes)
         elif kind == "jsonl" and not low.endswith((".gz", ".zst")):
             units += _jsonl_units(path, source, shard_bytes)
         else:
@@ -148,9 +153,11 @@ def _parquet_metadata(path: Path) -> pq.FileMetaData:
         raise DataselError(f"{path}: not a readable Parquet file ({e})") from None
 
 
-def _parquet_units(path: Path, source: str, shard_rows: int, shard_bytes: int) -> list[Unit]:
+def _parquet_units(
+    path: Path, source: str, shard_rows: int, shard_bytes: int, cut_bytes: int
+) -> list[Unit]:
     """Whole row groups up to `shard_rows` rows or `shard_bytes` (uncompressed) per unit; a row
-    group bigger than `shard_bytes` is cut into row ranges, so a few big files still spread
+    group bigger than `cut_bytes` is cut into row ranges, so a few big files still spread
     over all workers."""
     meta = _parquet_metadata(path)
     units: list[Unit] = []
@@ -167,9 +174,9 @@ def _parquet_units(path: Path, source: str, shard_rows: int, shard_bytes: int) -
 
     for g in range(meta.num_row_groups):
         n, size = meta.row_group(g).num_rows, meta.row_group(g).total_byte_size
-        if size > shard_bytes and n > 1:
+        if size > cut_bytes and n > 1:
             flush()
-            cuts = np.linspace(0, n, -(-size // shard_bytes) + 1).round().astype(np.int64)
+            cuts = np.linspace(0, n, -(-size // cut_bytes) + 1).round().astype(np.int64)
             for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
                 rows = hi - lo
                 units.append(
@@ -355,21 +362,32 @@ def _read_parquet(unit: Unit) -> Iterator[tuple[pa.Table, int]]:
         return
     row = sum(f.metadata.row_group(g).num_rows for g in range(unit.start))
     skip, left = unit.first_row - row, unit.rows
-    # batch by batch, without threads: a unit that is part of a row group decodes only up to
-    # its end, and parallel workers do not fight over pyarrow's thread pool
+    # Batch by batch, without threads (parallel workers do not fight over pyarrow's thread
+    # pool). A unit that is part of a row group decodes in small steps, so that it stops soon
+    # after its own rows instead of decoding the whole group (the rows before it are decoded
+    # all the same: Parquet readers cannot seek to a row); its rows are yielded in full batches.
     groups = list(range(unit.start, unit.stop))
-    for batch in f.iter_batches(
-        batch_size=PARQUET_BATCH_ROWS, row_groups=groups, use_threads=False
-    ):
+    part = unit.rows is not None and unit.rows < f.metadata.row_group(unit.start).num_rows
+    step = min(PARQUET_BATCH_ROWS, max(256, unit.rows // 8)) if part else PARQUET_BATCH_ROWS
+    pending: list[pa.RecordBatch] = []
+    first = None
+    for batch in f.iter_batches(batch_size=step, row_groups=groups, use_threads=False):
         if skip >= batch.num_rows:
             skip -= batch.num_rows
+            row += batch.num_rows
             continue
         batch = batch.slice(skip, left)
-        yield pa.Table.from_batches([batch]), row + skip
+        first = row + skip if first is None else first
+        pending.append(batch)
         row += skip + batch.num_rows
         skip, left = 0, left - batch.num_rows
+        if left <= 0 or sum(b.num_rows for b in pending) >= PARQUET_BATCH_ROWS:
+            yield pa.Table.from_batches(pending), first
+            pending, first = [], None
         if left <= 0:
             return
+    if pending:
+        yield pa.Table.from_batches(pending), first
 
 
 def _read_arrow(unit: Unit) -> Iterator[tuple[pa.Table, int]]:

@@ -142,10 +142,12 @@ def test_bands_spread_over_workers_give_the_same_result(tmp_path, monkeypatch):
     for i in range(3):
         write_jsonl(tmp_path / "in" / f"f{i}.jsonl", rows[i::3])
     one = datasel.run(Dedup(), tmp_path / "in", tmp_path / "one", workers=1, quiet=True)
+    threads = datasel.run(Dedup(), tmp_path / "in", tmp_path / "threads", workers=2, quiet=True)
     monkeypatch.setattr(dedup_mod, "PARALLEL_BANDS_FROM", 0)
     two = datasel.run(Dedup(), tmp_path / "in", tmp_path / "two", workers=2, quiet=True)
-    assert one["removed"] == two["removed"] and one["removed"]["near"] >= 15
+    assert one["removed"] == two["removed"] == threads["removed"]
+    assert one["removed"]["near"] >= 15
     pairs = lambda out: sorted(  # noqa: E731
         (r["id"], r["duplicate_of"]) for r in read_removed(out).to_pylist()
     )
-    assert pairs(tmp_path / "one") == pairs(tmp_path / "two")
+    assert pairs(tmp_path / "one") == pairs(tmp_path / "two") == pairs(tmp_path / "threads")

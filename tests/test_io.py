@@ -67,19 +67,26 @@ def test_parquet_split_by_row_groups(tmp_path):
     )
 
 
-def test_big_parquet_row_groups_cut_into_row_ranges(tmp_path, monkeypatch):
+@pytest.mark.parametrize("own_ids", [True, False])
+def test_big_parquet_row_groups_cut_into_row_ranges(tmp_path, monkeypatch, own_ids):
     import pyarrow.parquet as pq
 
     import datasel.io
 
     monkeypatch.setattr(datasel.io, "PARQUET_BATCH_ROWS", 7)  # ranges start and end mid-batch
-    rows = sample_rows(120)
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "x.parquet", row_group_size=50)
+    table = pa.Table.from_pylist(sample_rows(120))
+    if not own_ids:  # ids derived from the row number: each range must count its rows right
+        table = table.drop_columns(["id"])
+    pq.write_table(table, tmp_path / "x.parquet", row_group_size=50)
     whole = read_all(tmp_path / "x.parquet")
     units = plan_units(tmp_path / "x.parquet", shard_bytes=5_000)
     assert len(units) > 6 and sum(u.rows for u in units) == 120
     assert [u.first_row for u in units] == sorted({u.first_row for u in units})
-    assert read_all(tmp_path / "x.parquet", shard_bytes=5_000).equals(whole)
+    split = read_all(tmp_path / "x.parquet", shard_bytes=5_000)
+    assert split.equals(whole)
+    assert split.column("id").to_pylist() == (
+        table.column("id").to_pylist() if own_ids else [f"x.parquet:{i}" for i in range(120)]
+    )
 
 
 @pytest.mark.parametrize(

@@ -19,14 +19,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datasel.engine import LocalExecutor
+from datasel.engine import ThreadExecutor
 from datasel.errors import DataselError
 from datasel.ops.minhash import EMPTY, band_keys, lsh_params, shingle_hashes, signatures
 from datasel.ops.unionfind import components
 from datasel.ops.words import grow_powers, hash_texts, normalize
 from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register
 
-PARALLEL_BANDS_FROM = 200_000  # documents (indexed + new) from which select spreads bands
+PARALLEL_BANDS_FROM = 200_000  # documents (indexed + new) from which select sends bands to
+# worker processes; below it, to threads
 
 
 @register
@@ -118,9 +119,10 @@ class Dedup(Stage):
             b, _ = self.bands_rows
             store.empty()  # computed once here, shipped with the store
             args = [(store, band, self.accept) for band in range(b)]
-            # a band of a small corpus takes less time than shipping it to a worker and back
+            # a band of a small corpus takes less time than shipping it to a worker and back:
+            # threads then (its sorts and gathers release the GIL)
             big = n_all >= PARALLEL_BANDS_FROM
-            executor = ctx.executor if big and ctx.executor else LocalExecutor(1)
+            executor = ctx.executor if big and ctx.executor else ThreadExecutor(ctx.workers)
             edges += [
                 e for _, e in sorted(executor.map_unordered(_band_edges, args), key=lambda x: x[0])
             ]
