@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from datasel.errors import DataselError
 from datasel.stage import Context, Decision, MapResult, Staged, check_budget, param, register
-from datasel.stages.embed import _Embedding, check_backend, fit_embedder, read_embeddings
+from datasel.stages.embed import _Embedding, check_backend, read_embeddings
 
 QUOTAS = ("equal", "proportional")
 TOP_CLUSTERS = 50  # per-cluster statistics kept in the manifest for the largest clusters only
@@ -206,21 +206,8 @@ class Diversify(_Embedding):
             )
         return _unit(x)
 
-    def embedder(self, ctx: Context | None = None, sample: pa.Table | None = None):
-        # fitted in `fit` on its sample; a torch model is reloaded in the process that maps
-        if getattr(self, "_embedder", None) is None:
-            self._embedder = fit_embedder(
-                self._backend,
-                ctx,
-                dim=self.dim,
-                reduce=self.reduce,
-                seed=self.seed,
-                device=self.device,
-                batch_size=self.batch_size,
-                fit_sample=HASHING_FIT,
-                sample=sample,
-            )
-        return self._embedder
+    def _model_spec(self) -> tuple[str, int]:
+        return self._backend, HASHING_FIT
 
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
         from datasel.ops.kmeans import assign

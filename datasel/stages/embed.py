@@ -117,17 +117,25 @@ class _Embedding(Stage):
             state.pop("_embedder", None)
         return state
 
-    def embedder(self, ctx: Context | None = None):
+    def _model_spec(self) -> tuple[str, int]:
+        """The backend `embedder` loads, and the rows a hashing embedder is fitted on."""
+        return self.model, self.fit_sample
+
+    def embedder(self, ctx: Context | None = None, sample: pa.Table | None = None):
+        """This process's embedder, loaded (and for hashing, fitted on `sample` or a sample
+        of the input) on first use; a torch model is reloaded in the process that maps."""
         if getattr(self, "_embedder", None) is None:
+            model, fit_rows = self._model_spec()
             self._embedder = fit_embedder(
-                self.model,
+                model,
                 ctx,
                 dim=self.dim,
                 reduce=self.reduce,
                 seed=self.seed,
                 device=self.device,
                 batch_size=self.batch_size,
-                fit_sample=self.fit_sample,
+                fit_sample=fit_rows,
+                sample=sample,
             )
         return self._embedder
 
