@@ -304,3 +304,17 @@ def test_fused_gelu_matches_the_plain_transformers_model(lm):
     ids = torch.tensor([[lm.prefix_id] + _ids(lm, tiny_corpus()[0])[:60]])
     with torch.no_grad():
         torch.testing.assert_close(lm.model(ids).logits, plain(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_head_with_a_bias(tmp_path):
+    """Some LM heads carry a bias (added to every logit): the blocked CPU head adds it too."""
+    biased = load_lm(str(make_tiny_lm(tmp_path / "biased")), device="cpu")
+    head = biased.model.get_output_embeddings()
+    with torch.no_grad():
+        head.bias = torch.nn.Parameter(
+            torch.randn(head.out_features, generator=torch.Generator().manual_seed(0))
+        )
+    docs = _docs(8, seed=5)
+    ref_nll, _ = naive_score_bpb(biased, docs)
+    nll, _ = score_bpb(biased, docs, batch_tokens=256)
+    _close(nll, ref_nll)
