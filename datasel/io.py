@@ -360,34 +360,28 @@ def _read_parquet(unit: Unit) -> Iterator[tuple[pa.Table, int]]:
     f = pq.ParquetFile(unit.path)
     if unit.stop <= unit.start:
         return
-    row = sum(f.metadata.row_group(g).num_rows for g in range(unit.start))
-    skip, left = unit.first_row - row, unit.rows
+    row = sum(f.metadata.row_group(g).num_rows for g in range(unit.start))  # next row decoded
+    begin, end = unit.first_row, unit.first_row + unit.rows
     # Batch by batch, without threads (parallel workers do not fight over pyarrow's thread
     # pool). A unit that is part of a row group decodes in small steps, so that it stops soon
     # after its own rows instead of decoding the whole group (the rows before it are decoded
     # all the same: Parquet readers cannot seek to a row); its rows are yielded in full batches.
-    groups = list(range(unit.start, unit.stop))
-    part = unit.rows is not None and unit.rows < f.metadata.row_group(unit.start).num_rows
+    part = unit.rows < f.metadata.row_group(unit.start).num_rows
     step = min(PARQUET_BATCH_ROWS, max(256, unit.rows // 8)) if part else PARQUET_BATCH_ROWS
+    groups = list(range(unit.start, unit.stop))
     pending: list[pa.RecordBatch] = []
-    first = None
     for batch in f.iter_batches(batch_size=step, row_groups=groups, use_threads=False):
-        if skip >= batch.num_rows:
-            skip -= batch.num_rows
-            row += batch.num_rows
-            continue
-        batch = batch.slice(skip, left)
-        first = row + skip if first is None else first
-        pending.append(batch)
-        row += skip + batch.num_rows
-        skip, left = 0, left - batch.num_rows
-        if left <= 0 or sum(b.num_rows for b in pending) >= PARQUET_BATCH_ROWS:
-            yield pa.Table.from_batches(pending), first
-            pending, first = [], None
-        if left <= 0:
+        lo, hi = max(begin, row), min(end, row + batch.num_rows)
+        if lo < hi:
+            pending.append(batch.slice(lo - row, hi - lo))
+        row += batch.num_rows
+        if pending and (row >= end or sum(b.num_rows for b in pending) >= PARQUET_BATCH_ROWS):
+            yield pa.Table.from_batches(pending), begin
+            begin, pending = begin + sum(b.num_rows for b in pending), []
+        if row >= end:
             return
     if pending:
-        yield pa.Table.from_batches(pending), first
+        yield pa.Table.from_batches(pending), begin
 
 
 def _read_arrow(unit: Unit) -> Iterator[tuple[pa.Table, int]]:
