@@ -38,6 +38,7 @@ from datasel.io import (
     fingerprint,
     input_bytes,
     plan_units,
+    read_table,
     read_unit,
     shard_name,
     unit_dict,
@@ -447,7 +448,7 @@ def _save_decision(decision: Decision, staged: Staged, work: Path) -> None:
 def _apply_unit(dst: Path, i: int, stage: Stage, unit: Unit, ctx: Context, batch_rows: int) -> dict:
     """Split one staged shard into kept and removed rows by the saved decision, streaming."""
     work = dst / WORK
-    decision = pq.read_table(work / f"decision-{i:05d}.parquet")
+    decision = read_table(work / f"decision-{i:05d}.parquet")
     staging = ctx.staging
     if stage.map_adds_columns:
         batches = pq.ParquetFile(staging / f"staged-{i:05d}.parquet").iter_batches(batch_rows)
@@ -457,7 +458,7 @@ def _apply_unit(dst: Path, i: int, stage: Stage, unit: Unit, ctx: Context, batch
     removed_out = ShardWriter(dst / REMOVED / shard_name(i))
     earlier = staging / f"removed-{i:05d}.parquet"
     if earlier.exists():
-        removed_out.write(pq.read_table(earlier))
+        removed_out.write(read_table(earlier))
     reasons = Counter(json.loads((staging / f"staged-{i:05d}.json").read_text())["map_removed"])
     offset, schema = 0, None
     for batch in batches:
@@ -567,7 +568,7 @@ def apply(stage: Stage, data, *, removed: bool = False, **options):
 
 
 def _read_parts(files: list[Path]) -> pa.Table | None:
-    tables = [pq.read_table(f) for f in files]
+    tables = [read_table(f) for f in files]
     return pa.concat_tables(tables, promote_options="default") if tables else None
 
 

@@ -437,6 +437,12 @@ def shard_name(i: int) -> str:
     return f"part-{i:05d}.parquet"
 
 
+def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file, whole or some columns. `pq.read_table` would import pyarrow.dataset,
+    ~40 ms the first time in each process: that was on every worker's critical path."""
+    return pq.ParquetFile(path).read(columns=columns)
+
+
 def write_table(table: pa.Table, path: Path) -> None:
     """Write a Parquet file atomically: a temp file in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)

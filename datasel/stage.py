@@ -17,10 +17,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from datasel.errors import DataselError
-from datasel.io import Columns
+from datasel.io import Columns, read_table
 
 STAGES: dict[str, type[Stage]] = {}
 
@@ -179,7 +178,7 @@ class Staged:
     def column(self, name: str) -> pa.ChunkedArray:
         """One column of every shard, concatenated (read by projection: only that column)."""
         chunks = [
-            pq.read_table(self.shard(i), columns=[name]).column(0) for i in range(len(self.rows))
+            read_table(self.shard(i), columns=[name]).column(0) for i in range(len(self.rows))
         ]
         return pa.chunked_array([c for ch in chunks for c in ch.chunks], type=chunks[0].type)
 

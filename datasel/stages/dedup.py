@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from datasel.engine import ThreadExecutor
 from datasel.errors import DataselError
+from datasel.io import read_table
 from datasel.ops.minhash import EMPTY, band_keys, lsh_params, shingle_hashes, signatures
 from datasel.ops.unionfind import components
 from datasel.ops.words import grow_powers, hash_texts, normalize
@@ -367,7 +368,7 @@ class _Store:
             local = index[sel] - self.offsets[p]
             kind, i = self.parts[int(p)]
             path = self.old[i] / "ids.parquet" if kind == "old" else self.staged.shard(i)
-            col = pq.read_table(path, columns=["id"]).column(0)
+            col = read_table(path, columns=["id"]).column(0)
             for j, value in zip(sel, col.take(pa.array(local)).to_pylist(), strict=True):
                 out[j] = value
         return out
