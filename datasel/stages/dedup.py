@@ -90,6 +90,8 @@ class Dedup(Stage):
         # warm the per-process caches before workers fork, so that each inherits them
         _ = self.bands_rows
         grow_powers(1 << 20)
+        warm = ["the lazy imports and caches of map (numpy.random, numpy.ma...), once, here"]
+        self.map(pa.record_batch({ctx.columns.text: warm}), ctx)
 
     # ------------------------------------------------------------------ map
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
