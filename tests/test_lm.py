@@ -318,3 +318,14 @@ def test_head_with_a_bias(tmp_path):
     ref_nll, _ = naive_score_bpb(biased, docs)
     nll, _ = score_bpb(biased, docs, batch_tokens=256)
     _close(nll, ref_nll)
+
+
+def test_context_not_a_multiple_of_8(tmp_path):
+    """Rows are padded to a multiple of 8 but never past the model's positions (GPT-2's are
+    learned, 61 here): full 61-token windows score as the naive loop does."""
+    odd = load_lm(str(make_tiny_lm(tmp_path / "ctx61", n_positions=61)), device="cpu")
+    docs = [d for d in _docs(12, seed=6) if len(_ids(odd, d)) > 80][:3]
+    assert docs
+    ref_nll, _ = naive_score_bpb(odd, docs)
+    nll, _ = score_bpb(odd, docs, batch_tokens=512)
+    _close(nll, ref_nll)
