@@ -1,6 +1,6 @@
 """GRAPE picking speed: batched `scorers.lm.score_conditional` vs a naive per-candidate loop.
 
-    python benchmarks/pick_speed.py                    # 32 instructions x 8 responses, ~2 min
+    python benchmarks/pick_speed.py                    # 32 instructions x 8 responses, ~4 min
     python benchmarks/pick_speed.py --instructions 0   # all 252
 
 Data: self-instruct-8way.jsonl (shared data). Prompt = instruction (+ input) in a plain
@@ -93,7 +93,9 @@ def main() -> None:
         help="best of N interleaved runs (a shared machine is noisy)",
     )
     ap.add_argument(
-        "--models", default="tiny,gpt2-4x256", help=f"bench models: {', '.join(BENCH_MODELS)}"
+        "--models",
+        default="tiny,gpt2-4x256,test-size",
+        help=f"bench models: {', '.join(BENCH_MODELS)}",
     )
     args = ap.parse_args()
 
