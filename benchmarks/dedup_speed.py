@@ -2,9 +2,12 @@
 
     python benchmarks/dedup_speed.py [--corpus ../shared/data/dev-corpus.jsonl.gz] [--docs N]
 
-Times are the best of --repeats interleaved runs (3; datatrove 1). Every tool does the same work end to end: read the corpus, normalise, word 5-gram shingles,
-MinHash with 256 permutations, LSH for Jaccard 0.8, cluster, and (datasel, datatrove) write the
-kept documents. Each run is a separate process, so peak memory (max RSS) is its own.
+Times are the best of --repeats interleaved runs (3; datatrove 1). Every tool does the same work
+end to end: read the corpus, normalise, word 5-gram shingles, MinHash with 256 permutations, LSH
+for Jaccard 0.8, cluster, and (datasel, datatrove) write the kept documents. The corpus is written
+as 4 Parquet shards and as 4 JSONL shards: datasel runs on both (1 and 2 workers), datasketch reads
+the Parquet, datatrove the JSONL, and each peer is compared with datasel on the same format.
+Each run is a separate process, so peak memory (max RSS) is its own.
 Needs the `bench` extra for the peers (datasketch; datatrove[processing]).
 """
 
@@ -184,37 +187,40 @@ def main() -> None:
         print(
             f"corpus: {n:,} documents, {mb:.1f} MB of text, {args.shards} shards; {os.cpu_count()} cores"
         )
-        runs = [("datasel", pq_dir, 1), ("datasel", pq_dir, 2)]
+        src = {"parquet": pq_dir, "jsonl": jl_dir}
+        runs = [("datasel", fmt, w) for fmt in ("parquet", "jsonl") for w in (1, 2)]
         peers = [] if args.peers == "none" else list(filter(None, args.peers.split(",")))
-        for peer in peers:
-            runs.append((peer, jl_dir if peer == "datatrove" else pq_dir, 1))
-        # repeats are interleaved (1 worker, 2 workers, a peer, then again), so that a slow
-        # spell of a shared machine does not land on one configuration only
-        best: dict[tuple[str, int], tuple[float, float]] = {}
-        skipped: set[tuple[str, int]] = set()
+        runs += [(peer, "jsonl" if peer == "datatrove" else "parquet", 1) for peer in peers]
+        # repeats are interleaved (each configuration once, then again), so that a slow spell
+        # of a shared machine does not land on one configuration only
+        best: dict[tuple[str, str, int], tuple[float, float]] = {}
+        skipped: set[tuple[str, str, int]] = set()
         for r in range(args.repeats):
-            for tool, src, workers in runs:
-                if (tool, workers) in best and tool == "datatrove" or (tool, workers) in skipped:
+            for run in runs:
+                tool, fmt, workers = run
+                if run in skipped or (tool == "datatrove" and run in best):
                     continue
                 try:
-                    sec, rss = measure(tool, src, tmp / f"out-{tool}-{workers}-{r}", workers)
+                    sec, rss = measure(
+                        tool, src[fmt], tmp / f"out-{tool}-{fmt}-{workers}-{r}", workers
+                    )
                 except (SystemExit, ImportError) as e:
                     print(f"{tool}: skipped ({str(e).splitlines()[-1] if str(e) else e})")
-                    skipped.add((tool, workers))
+                    skipped.add(run)
                     continue
-                best[tool, workers] = min(best.get((tool, workers), (sec, rss)), (sec, rss))
-        results = {}
-        for (tool, workers), (sec, rss) in best.items():
-            results[(tool, workers)] = sec
+                best[run] = min(best.get(run, (sec, rss)), (sec, rss))
+        for (tool, fmt, workers), (sec, rss) in best.items():
             print(
-                f"{tool:<11} workers={workers}  {sec:7.2f} s  {n / sec:9,.0f} docs/s  {mb / sec:6.1f} MB/s  peak {rss:6.0f} MB"
+                f"{tool:<11} {fmt:<8} workers={workers}  {sec:7.2f} s  {n / sec:9,.0f} docs/s  {mb / sec:6.1f} MB/s  peak {rss:6.0f} MB"
             )
-        base = results.get(("datasel", 1))
-        if base and ("datasel", 2) in results:
-            print(f"datasel 2 workers vs 1: {base / results['datasel', 2]:.2f}x faster")
-        for (tool, _), sec in results.items():
+        for fmt in src:
+            one, two = best.get(("datasel", fmt, 1)), best.get(("datasel", fmt, 2))
+            if one and two:
+                print(f"datasel on {fmt}: 2 workers vs 1: {one[0] / two[0]:.2f}x faster")
+        for (tool, fmt, _), (sec, _) in best.items():
+            base = best.get(("datasel", fmt, 1))
             if base and tool != "datasel":
-                print(f"datasel (1 worker) vs {tool} (1 worker): {sec / base:.2f}x faster")
+                print(f"datasel vs {tool} (both on {fmt}, 1 worker): {sec / base[0]:.2f}x faster")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
