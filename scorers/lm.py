@@ -271,8 +271,9 @@ class _Plan:
         whose next token is scored, those targets, and their document index."""
         lens = self.length[lo:hi]
         n = self.n_scored[lo:hi]
-        # padded to a multiple of 8, but never past the context (absolute position embeddings)
-        rows, width = hi - lo, min(_round_up(int(lens.max())), max(self.ctx, int(lens.max())))
+        # padded to a multiple of 8, but never past the context (windows never are; a learned
+        # position embedding has no row beyond it)
+        rows, width = hi - lo, min(_round_up(int(lens.max())), self.ctx)
         ids = np.full((rows, width), pad_id, dtype=np.int64)
         for r in range(rows):
             i = lo + r
