@@ -196,6 +196,7 @@ def load_lm(
         raise ValueError(f"cannot load a causal LM from {where}: {first}") from e
     net.to(device).eval().requires_grad_(False)
     _fuse_gelu(net)
+    _quiet_padding_warning()
     lm = LM(
         model=net,
         tokenizer=tokenizer,
@@ -205,6 +206,21 @@ def load_lm(
     )
     lm.prefix_id  # noqa: B018 - fail at load time, not mid-run, when there is no BOS/EOS
     return lm
+
+
+class _RightPaddingIsSafe(logging.Filter):
+    """transformers warns that padded input ids need an attention mask. Ours are padded on the
+    right of every scored token, which a causal model never lets it see (tested: scores equal
+    those of each text alone), so the warning would only alarm a user for nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "passing in an `attention_mask`" not in record.getMessage()
+
+
+def _quiet_padding_warning() -> None:
+    hf_log = logging.getLogger("transformers.modeling_utils")
+    if not any(isinstance(f, _RightPaddingIsSafe) for f in hf_log.filters):
+        hf_log.addFilter(_RightPaddingIsSafe())
 
 
 def _fuse_gelu(net) -> None:
