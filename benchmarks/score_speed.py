@@ -275,7 +275,11 @@ def main() -> None:
         else:
             lm = load_lm(str(gguf), device="cpu", max_tokens=2048)
             rows += bench_lm(
-                lm, docs[: args.smollm2_docs], "SmolLM2-135M", batch_tokens=args.batch_tokens
+                lm,
+                docs[: args.smollm2_docs],
+                "SmolLM2-135M",
+                batch_tokens=args.batch_tokens,
+                repeats=args.repeats,
             )
     print_table(rows)
 

@@ -2,7 +2,8 @@
 
 Inputs are planned into *units*: a plain JSONL file is cut at line boundaries every
 `shard_bytes`, a Parquet file at row-group boundaries every `shard_rows` rows or `shard_bytes`
-(a bigger row group is cut into row ranges), and a compressed JSONL or Arrow file is one unit.
+(a row group bigger than `cut_bytes` is cut into row ranges), and a compressed JSONL or Arrow
+file is one unit.
 Unit `i` becomes output shard `part-{i:05d}.parquet`.
 """
 
@@ -370,14 +371,16 @@ def _read_parquet(unit: Unit) -> Iterator[tuple[pa.Table, int]]:
     step = min(PARQUET_BATCH_ROWS, max(256, unit.rows // 8)) if part else PARQUET_BATCH_ROWS
     groups = list(range(unit.start, unit.stop))
     pending: list[pa.RecordBatch] = []
+    held = 0  # rows in `pending`
     for batch in f.iter_batches(batch_size=step, row_groups=groups, use_threads=False):
         lo, hi = max(begin, row), min(end, row + batch.num_rows)
         if lo < hi:
             pending.append(batch.slice(lo - row, hi - lo))
+            held += hi - lo
         row += batch.num_rows
-        if pending and (row >= end or sum(b.num_rows for b in pending) >= PARQUET_BATCH_ROWS):
+        if held and (row >= end or held >= PARQUET_BATCH_ROWS):
             yield pa.Table.from_batches(pending), begin
-            begin, pending = begin + sum(b.num_rows for b in pending), []
+            begin, pending, held = begin + held, [], 0
         if row >= end:
             return
     if pending:
@@ -430,17 +433,17 @@ def _with_id(table: pa.Table, unit: Unit, columns: Columns, rows) -> pa.Table:
     return table.add_column(0, "id", ids)
 
 
+def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file, whole or some columns. `pq.read_table` would import pyarrow.dataset,
+    ~40 ms the first time in each process: that was on every worker's critical path."""
+    return pq.ParquetFile(path).read(columns=columns)
+
+
 # --------------------------------------------------------------------------- writing
 
 
 def shard_name(i: int) -> str:
     return f"part-{i:05d}.parquet"
-
-
-def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """One Parquet file, whole or some columns. `pq.read_table` would import pyarrow.dataset,
-    ~40 ms the first time in each process: that was on every worker's critical path."""
-    return pq.ParquetFile(path).read(columns=columns)
 
 
 def write_table(table: pa.Table, path: Path) -> None:

@@ -87,8 +87,8 @@ class Dedup(Stage):
         return [self.keep[4:]] if self.keep.startswith("max:") else []
 
     def fit(self, ctx: Context) -> None:
-        # warm the per-process caches before workers fork, so that each inherits them
-        _ = self.bands_rows
+        # warm the per-process caches (LSH split, hash powers, probe table, lazy imports) before
+        # workers fork, so that each inherits them
         grow_powers(1 << 20)
         warm = ["the lazy imports and caches of map (numpy.random, numpy.ma...), once, here"]
         self.map(pa.record_batch({ctx.columns.text: warm}), ctx)
