@@ -1,13 +1,16 @@
 """Dedup speed: datasel (1 and 2 workers) against datasketch and datatrove on the same corpus.
 
     python benchmarks/dedup_speed.py [--corpus ../shared/data/dev-corpus.jsonl.gz] [--docs N]
+    python benchmarks/dedup_speed.py --copies 4 --peers none   # a 4x bigger corpus, datasel only
 
 Times are the best of --repeats interleaved runs (3; datatrove 1). Every tool does the same work
 end to end: read the corpus, normalise, word 5-gram shingles, MinHash with 256 permutations, LSH
 for Jaccard 0.8, cluster, and (datasel, datatrove) write the kept documents. The corpus is written
 as 4 Parquet shards and as 4 JSONL shards: datasel runs on both (1 and 2 workers), datasketch reads
 the Parquet, datatrove the JSONL, and each peer is compared with datasel on the same format.
-Each run is a separate process, so peak memory (max RSS) is its own.
+Each run is a separate process; peak memory is that of its largest process (main or worker).
+--copies K appends K-1 re-crawled copies of the corpus (each drops ~5% of the words, so they are
+near duplicates of the original, as in a dump that repeats pages), for timings at a larger size.
 Needs the `bench` extra for the peers (datasketch; datatrove[processing]).
 """
 
@@ -17,6 +20,7 @@ import argparse
 import gzip
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -33,11 +37,20 @@ WORD = re.compile(r"[0-9a-z\x80-\U0010ffff]+")
 
 
 def prepare(
-    corpus: Path, docs: int | None, shards: int, tmp: Path
+    corpus: Path, docs: int | None, shards: int, tmp: Path, copies: int = 1
 ) -> tuple[Path, Path, int, float]:
     rows = [json.loads(line) for line in gzip.open(corpus, "rt")]
     rows = rows[:docs] if docs else rows
     rows = [{"id": r["id"], "text": r["text"]} for r in rows]
+    rng = random.Random(0)
+    rows += [
+        {
+            "id": f"{r['id']}-copy{c}",
+            "text": " ".join(w for w in r["text"].split(" ") if rng.random() > 0.05),
+        }
+        for c in range(1, copies)
+        for r in rows
+    ]
     table = pa.Table.from_pylist(rows)
     pq_dir, jl_dir = tmp / "parquet", tmp / "jsonl"
     pq_dir.mkdir()
@@ -146,23 +159,21 @@ WARM = {
 
 
 def measure(tool: str, src: Path, out: Path, workers: int) -> tuple[float, float]:
-    """Run one tool in a child process; return (seconds of its work, peak RSS MB).
+    """Run one tool in a child process; return (seconds of its work, peak RSS MB of its largest
+    process: the main one or a worker, which share the pages they were forked with).
 
     The seconds are timed inside the child around the tool's work (read to write), so the
     interpreter's start and imports (~0.3 s, the same for every tool) are not counted."""
     code = (
-        f"import sys, time; sys.path.insert(0, {str(Path(__file__).parent)!r}); import dedup_speed as b; "
+        f"import sys, time; sys.path.insert(0, {str(Path(__file__).parent)!r}); import dedup_speed as b, memory; "
         f"import {WARM[tool]}; t0 = time.perf_counter(); b.run_{tool}(b.Path({str(src)!r}), b.Path({str(out)!r}), {workers}); "
-        f"print(time.perf_counter() - t0)"
+        f"print(time.perf_counter() - t0, memory.peak_rss_mb())"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{tool} failed:\n{proc.stderr.read().decode()[-2000:]}")
-    seconds = float(proc.stdout.read().decode().split()[-1])
-    return seconds, usage.ru_maxrss / 1024
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{tool} failed:\n{proc.stderr[-2000:]}")
+    seconds, peak = proc.stdout.split()[-2:]
+    return float(seconds), float(peak)
 
 
 def main() -> None:
@@ -176,6 +187,7 @@ def main() -> None:
     )
     ap.add_argument("--docs", type=int, default=None, help="first N documents only")
     ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--copies", type=int, default=1, help="the corpus and K-1 near-copies of it")
     ap.add_argument("--peers", default="datasketch,datatrove", help="comma-separated, or none")
     ap.add_argument(
         "--repeats", type=int, default=3, help="best of N runs (datatrove: 1, it is slow)"
@@ -183,7 +195,7 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="dedup-bench-"))
     try:
-        pq_dir, jl_dir, n, mb = prepare(args.corpus, args.docs, args.shards, tmp)
+        pq_dir, jl_dir, n, mb = prepare(args.corpus, args.docs, args.shards, tmp, args.copies)
         print(
             f"corpus: {n:,} documents, {mb:.1f} MB of text, {args.shards} shards; {os.cpu_count()} cores"
         )

@@ -18,12 +18,14 @@ import gzip
 import json
 import multiprocessing as mp
 import os
-import resource
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory import peak_rss_mb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "dev-corpus.jsonl.gz"
@@ -72,7 +74,7 @@ def run_backend(name: str, fit_docs: list[str], docs: list[str], q: mp.Queue) ->
     y = fn(docs)
     secs, cpu = time.perf_counter() - t, time.process_time() - c
     assert y.shape[0] == len(docs)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb()
     q.put((name, len(docs), secs, cpu, setup, rss, y.shape[1]))
 
 

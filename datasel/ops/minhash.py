@@ -79,21 +79,44 @@ def signatures(
     has[docs] = True
     empty = sig == EMPTY
     empty[~has] = False
-    rows, cols = np.nonzero(empty)
-    if rows.size:
-        sig[rows, cols] = _densify(sig, rows, cols, _probe_table(num_perm, seed))
+    todo = np.flatnonzero(empty.any(axis=1))
+    if todo.size:
+        sig[todo] = _densify(sig[todo], empty[todo], _probe_table(num_perm, seed))
     return sig
 
 
-def _densify(sig: np.ndarray, rows: np.ndarray, cols: np.ndarray, probes: np.ndarray) -> np.ndarray:
-    """The value of each empty bin (rows, cols): that of the first non-empty bin of its row in
-    the bin's probe sequence. Probes are tried in rounds of doubling width, so a document
-    needs a dozen rounds at most, whatever its number of empty bins."""
+# Probes tried for every bin of every document at once (whole-row gathers, cheap per probe);
+# after that few bins are still empty, and those go one by one through the rest of their sequence.
+DENSE_PROBES = 8
+
+
+def _densify(sig: np.ndarray, empty: np.ndarray, probes: np.ndarray) -> np.ndarray:
+    """`sig` with each empty bin given the value of the first non-empty bin of its row in the
+    bin's probe sequence (`probes[:, bin]`)."""
+    out = sig.copy()
+    empty = empty.copy()
+    for k in range(min(DENSE_PROBES, len(probes))):
+        value = np.take(sig, probes[k], axis=1)
+        hit = empty & (value != EMPTY)
+        np.copyto(out, value, where=hit)
+        empty &= ~hit
+    rows, cols = np.nonzero(empty)
+    if rows.size:
+        out[rows, cols] = _probe_rest(sig, rows, cols, probes, DENSE_PROBES)
+    return out
+
+
+def _probe_rest(
+    sig: np.ndarray, rows: np.ndarray, cols: np.ndarray, probes: np.ndarray, start: int
+) -> np.ndarray:
+    """The value of each empty bin (rows, cols) from its probe sequence, from probe `start` on.
+    Probes are tried in rounds of doubling width, so a document needs a dozen rounds at most,
+    whatever its number of empty bins."""
     fill = np.zeros(len(rows), dtype=np.uint32)
     flat = sig.reshape(-1)
     base = rows * sig.shape[1]
     todo = np.arange(len(rows))
-    start, width = 0, 2
+    width = 2
     while todo.size and start < len(probes):
         stop = min(len(probes), start + width)
         cand = flat.take(base[todo, None] + probes[start:stop].T[cols[todo]])
