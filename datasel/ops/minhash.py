@@ -53,6 +53,8 @@ def shingle_hashes(
         parts_d.append(short)
     if not parts_h:
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    if len(parts_h) == 1:  # already in reading order
+        return mix64(parts_h[0]), parts_d[0]
     h, d = np.concatenate(parts_h), np.concatenate(parts_d)
     order = np.argsort(d, kind="stable")
     return mix64(h[order]), d[order]
