@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
@@ -442,6 +443,10 @@ def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
 # --------------------------------------------------------------------------- writing
 
 
+# Strings longer than this on average are written without a dictionary.
+SHORT_STRING = 64
+
+
 def shard_name(i: int) -> str:
     return f"part-{i:05d}.parquet"
 
@@ -455,17 +460,35 @@ def write_table(table: pa.Table, path: Path) -> None:
         tmp,
         compression="zstd",
         row_group_size=64 * 1024,
-        write_statistics=_stat_columns(table.schema),
+        **_column_options(table),
     )
     os.replace(tmp, path)
 
 
-def _stat_columns(schema: pa.Schema) -> list[str]:
-    """Columns worth min/max statistics: not strings (a text column's min and max help no
-    reader, and computing them took ~15% of writing a shard)."""
+def _column_options(table: pa.Table) -> dict:
+    """Min/max statistics and dictionary encoding only where they pay: no statistics for strings
+    (a text column's min and max help no reader, and computing them took ~15% of writing a
+    shard), no dictionary for long strings (texts rarely repeat, and trying took ~25%)."""
+    stats, dictionary = [], []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if _is_string(field.type):
+            if (pc.sum(pc.binary_length(column)).as_py() or 0) <= SHORT_STRING * len(column):
+                dictionary.append(field.name)  # labels, sources, ids: short and often repeated
+        else:
+            dictionary.append(field.name)
+            if not pa.types.is_nested(field.type):
+                stats.append(field.name)
+    return {"write_statistics": stats, "use_dictionary": dictionary}
+
+
+def _is_string(type_: pa.DataType) -> bool:
     t = pa.types
-    skip = (t.is_nested, t.is_string, t.is_large_string, t.is_binary, t.is_large_binary)
-    return [f.name for f in schema if not any(test(f.type) for test in skip)]
+    return (
+        t.is_string(type_)
+        or t.is_large_string(type_)
+        or t.is_binary(type_)
+        or t.is_large_binary(type_)
+    )
 
 
 class ShardWriter:
@@ -486,7 +509,7 @@ class ShardWriter:
                 self.tmp,
                 table.schema,
                 compression=self.compression,
-                write_statistics=_stat_columns(table.schema),
+                **_column_options(table),
             )
         elif table.schema != self.writer.schema:
             table = _conform(table, self.writer.schema, self.path)
