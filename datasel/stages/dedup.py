@@ -114,7 +114,7 @@ class Dedup(Stage):
     def select(self, staged: Staged, ctx: Context) -> Decision:
         index = DedupIndex(Path(self.index), self) if self.index else None
         old = index.segments(exclude=ctx.key) if index else []
-        store = _Store(old, staged, with_sig=not self.exact_only)
+        store = _Store(old, staged, with_sig=not self.exact_only, bands_rows=self.bands_rows)
         n_old, n_all = store.n_old, store.total
         hashes = store.concat("hash")
         edges = [_group_edges(hashes, n_old)]
@@ -283,8 +283,11 @@ def _similar(store: _Store, u: np.ndarray, v: np.ndarray, accept: float) -> np.n
 class _Store:
     """Narrow per-document arrays of the indexed documents then of this run's, in global order."""
 
-    def __init__(self, old: list[Path], staged: Staged, with_sig: bool):
+    def __init__(
+        self, old: list[Path], staged: Staged, with_sig: bool, bands_rows: tuple[int, int]
+    ):
         self.old, self.staged = old, staged
+        self.bands_rows = bands_rows
         self.parts: list[tuple[str, int]] = []  # ("old", segment) or ("new", unit)
         sizes = []
         for i, seg in enumerate(old):
@@ -337,12 +340,11 @@ class _Store:
         return self._empty
 
     def _concat_empty(self) -> np.ndarray:
-        out = np.zeros(self.total, dtype=bool)
-        for p in range(len(self.parts)):
-            lo, hi = self.offsets[p], self.offsets[p + 1]
-            if hi > lo:
-                out[lo:hi] = self._array(p, "sig")[:, 0] == EMPTY
-        return out
+        # an empty signature has a known first band key: reading it touches 8 bytes per
+        # document, where the signature's first value would map its whole 1 KB row in
+        b, r = self.bands_rows
+        empty_key = band_keys(np.full((1, b * r), EMPTY, dtype=np.uint32), b, r)[0, 0]
+        return self.concat_band(0) == empty_key
 
     def rows(self, name: str, index: np.ndarray) -> np.ndarray:
         """Rows of a 2-D array at global positions, reading each part once."""
