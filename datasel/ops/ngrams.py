@@ -3,31 +3,39 @@ Importance Resampling", arXiv:2302.03169).
 
 Documents are lower-cased and split like the reference's nltk ``WordPunctTokenizer``
 (``\\w+|[^\\w\\s]+``); word unigrams and bigrams are hashed into ``buckets``. The reference hashes
-every n-gram string with sha256 in a Python loop; here each distinct token of a batch is hashed once
-(xxh3-64) and bigram hashes are mixed from their two token hashes in numpy, so the per-token Python
-work is only the regex and one dict lookup (6-9x the reference's docs/s on one core, see
-benchmarks/shift_speed.py). ``hashing="sha256"`` reproduces the reference's buckets exactly, with
-stdlib ``re`` semantics as nltk had them before 3.10 (nltk 3.10 compiles with the ``regex`` module,
-whose ``\\w`` also matches combining marks: 3 of 2,000 dev-corpus documents tokenise differently).
+every n-gram string with sha256 in a Python loop. Here (``hashing="fast"``) the tokens are found
+and hashed in numpy over the batch's bytes: a class per byte (word, punctuation, space), runs of
+one class are tokens, each token's hash is two lookups in polynomial prefix hashes, and bigram
+hashes are mixed from their two token hashes. A character's class is what Python's ``re`` says
+(``\\w``, ``\\s`` or neither), looked up once per distinct character of a batch, so the tokens
+are exactly the reference's. ``hashing="sha256"`` also reproduces the
+reference's buckets exactly, with stdlib ``re`` semantics as nltk had them before 3.10 (nltk 3.10 compiles with the ``regex`` module, whose ``\\w`` also matches
+combining marks: 3 of 2,000 dev-corpus documents tokenise differently).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import re
 from collections.abc import Iterable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import scipy.sparse as sp
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from datasel.ops.words import mix64
+from datasel.ops.words import mix64, prefix_hashes, run_hashes, spaced_buffer
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]+")
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+SPACE, WORD, PUNCT = 0, 1, 2
 
-CountsLike = sp.spmatrix | sp.sparray | np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]
+if TYPE_CHECKING:  # scipy is imported only where a sparse matrix is built (~0.15 s)
+    import scipy.sparse as sp
+
+    CountsLike = sp.spmatrix | sp.sparray | np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def tokenize(text: str) -> list[str]:
@@ -35,11 +43,58 @@ def tokenize(text: str) -> list[str]:
     return TOKEN_RE.findall(text.lower())
 
 
-def _token_hashes(vocab: Iterable[str]) -> np.ndarray:
-    import xxhash
+@functools.cache
+def _char_class(cp: int) -> int:
+    ch = chr(cp)
+    return WORD if re.fullmatch(r"\w", ch) else SPACE if re.fullmatch(r"\s", ch) else PUNCT
 
-    h = xxhash.xxh3_64_intdigest
-    return np.fromiter((h(w.encode("utf-8")) for w in vocab), dtype=np.uint64)
+
+_BYTE_CLASS = np.array([_char_class(b) for b in range(128)] + [WORD] * 128, np.uint8)
+
+
+def _byte_classes(data: np.ndarray) -> np.ndarray:
+    """The class of each byte: of its character, as Python's re classes it (\\w, \\s, other)."""
+    cls = _BYTE_CLASS[data]
+    lead = np.flatnonzero(data >= 0xC0)  # first bytes of non-ASCII characters
+    if not lead.size:
+        return cls
+    b0 = data[lead].astype(np.int64)
+    size = 2 + (b0 >= 0xE0) + (b0 >= 0xF0)
+    cp = b0 & np.where(size == 2, 0x1F, np.where(size == 3, 0x0F, 0x07))
+    for k in (1, 2, 3):
+        more = size > k
+        cp[more] = (cp[more] << 6) | (data[lead[more] + k] & 0x3F)
+    chars, inverse = np.unique(cp, return_inverse=True)
+    char_cls = np.array([_char_class(int(c)) for c in chars], np.uint8)[inverse]
+    for k in range(4):
+        more = size > k
+        cls[lead[more] + k] = char_cls[more]
+    return cls
+
+
+def _fast_tokens(texts: list[str] | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Hash of every token in reading order, and the number of tokens of each document."""
+    arr = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
+    arr = pc.fill_null(arr, "")
+    other = pc.invert(pc.string_is_ascii(arr))
+    ascii_only = not pc.any(other).as_py()
+    lowered = pc.ascii_lower(arr)
+    if not ascii_only:  # Python's lower(), as the reference ("İ" is "i̇" there, "i" in Arrow)
+        python = pa.array([t.lower() for t in arr.filter(other).to_pylist()], pa.string())
+        lowered = pc.replace_with_mask(lowered, other, python)
+    data, offsets = spaced_buffer(lowered)
+    if not len(data):
+        return np.zeros(0, np.uint64), np.zeros(len(arr), np.int64)
+    cls = _BYTE_CLASS[data] if ascii_only else _byte_classes(data)
+    # a token starts where a word or punctuation run starts, and ends before the class changes
+    # (every text ends with a space, so every run ends inside the buffer)
+    change = np.empty(len(cls), dtype=bool)
+    change[0] = True
+    np.not_equal(cls[1:], cls[:-1], out=change[1:])
+    edges = np.flatnonzero(change)
+    starts = edges[cls[edges] != SPACE]
+    ends = np.append(edges[1:], len(cls))[cls[edges] != SPACE]
+    return run_hashes(prefix_hashes(data), offsets, starts, ends)
 
 
 def _sha256_bucket(s: str, buckets: int) -> int:
@@ -47,25 +102,26 @@ def _sha256_bucket(s: str, buckets: int) -> int:
 
 
 def hashed_ngram_counts(
-    texts: list[str],
+    texts: list[str] | pa.Array,
     buckets: int = 10_000,
     *,
-    hashing: Literal["xxh3", "sha256"] = "xxh3",
+    hashing: Literal["fast", "sha256"] = "fast",
     canonical: bool = True,
 ) -> sp.csr_matrix:
     """Hashed unigram + bigram counts per document.
 
     Parameters
     ----------
-    texts : list of str
+    texts : list of str, or an Arrow string array
         One batch of documents.
     buckets : int
         Number of hash buckets (columns).
-    hashing : {"xxh3", "sha256"}
-        ``"xxh3"`` (default, fast): unigram bucket ``xxh3_64(token) % buckets``; bigram bucket
+    hashing : {"fast", "sha256"}
+        ``"fast"`` (default): tokens found in numpy (see the module's docstring), unigram bucket
+        ``splitmix64(poly(token bytes)) % buckets``, bigram bucket
         ``splitmix64(h(a) * 0x9E3779B97F4A7C15 + h(b)) % buckets``. ``"sha256"``: exactly the
-        reference's ``int(sha256(ngram).hexdigest(), 16) % buckets`` (bigram string ``"a b"``),
-        ~3x slower.
+        reference's tokens and ``int(sha256(ngram).hexdigest(), 16) % buckets`` (bigram string
+        ``"a b"``), ~10x slower.
     canonical : bool
         Merge repeated buckets within a row (sorted, unique column indices). ``False`` skips that
         sort; such a matrix still gives correct products, sums and ``toarray()``.
@@ -82,13 +138,58 @@ def hashed_ngram_counts(
     >>> int(c.sum())  # 4 tokens ("hello", ",", "world", "!") + 3 bigrams
     7
     """
+    import scipy.sparse as sp
+
+    features, nnz = hashed_ngram_features(texts, buckets, hashing=hashing)
+    indptr = np.zeros(len(nnz) + 1, dtype=np.int64)
+    np.cumsum(nnz, out=indptr[1:])
+    data = np.ones(len(features), dtype=np.int32)
+    out = sp.csr_matrix((data, features.astype(np.int32), indptr), shape=(len(nnz), buckets))
+    if canonical:
+        out.sum_duplicates()
+    return out
+
+
+def hashed_ngram_features(
+    texts: list[str] | pa.Array,
+    buckets: int = 10_000,
+    *,
+    hashing: Literal["fast", "sha256"] = "fast",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The bucket of every unigram and bigram, document after document (each document's
+    unigrams, then its bigrams), and the number of them per document (``2 * n_i - 1``).
+    Buckets are uint16 when they fit, else int32: an unsorted list is smaller than
+    (bucket, count) pairs and needs no sort. See `hashed_ngram_counts` for the parameters."""
     if buckets < 1:
         raise ValueError(f"buckets must be >= 1, got {buckets}")
-    if hashing not in ("xxh3", "sha256"):
-        raise ValueError(f"hashing must be 'xxh3' or 'sha256', got {hashing!r}")
-    n_docs = len(texts)
+    if hashing not in ("fast", "sha256"):
+        raise ValueError(f"hashing must be 'fast' or 'sha256', got {hashing!r}")
+    if hashing == "fast":
+        h, lens = _fast_tokens(texts)
+        pos = _bigram_starts(lens)
+        uni = h % np.uint64(buckets)
+        bi = mix64(h[pos] * _GOLDEN + h[pos + 1]) % np.uint64(buckets)
+    else:
+        uni, bi, lens = _sha256_features(
+            texts.to_pylist() if isinstance(texts, pa.Array) else texts, buckets
+        )
+        pos = _bigram_starts(lens)
+    return _doc_layout(uni, bi, pos, lens, np.uint16 if buckets <= 1 << 16 else np.int32)
+
+
+def _bigram_starts(lens: np.ndarray) -> np.ndarray:
+    """Token positions p such that (p, p+1) is a bigram: all but each document's last token."""
+    n_tok = int(lens.sum())
+    valid = np.ones(max(n_tok - 1, 0), dtype=bool)
+    ends = np.cumsum(lens)[lens > 0] - 1
+    valid[ends[ends < n_tok - 1]] = False
+    return np.flatnonzero(valid)
+
+
+def _sha256_features(texts: list[str], buckets: int):
+    """The reference's unigram and bigram buckets, each distinct n-gram hashed once."""
     toks = [TOKEN_RE.findall(t.lower()) for t in texts]
-    lens = np.fromiter(map(len, toks), dtype=np.int64, count=n_docs)
+    lens = np.fromiter(map(len, toks), dtype=np.int64, count=len(texts))
     n_tok = int(lens.sum())
     # Token id = position of the token's first occurrence in the batch: one C-level dict lookup per
     # token, no Python-level counter.
@@ -100,55 +201,51 @@ def hashed_ngram_counts(
     )
     del toks
     first = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
+    pos = _bigram_starts(lens)
+    table = np.zeros(max(n_tok, 1), dtype=np.int64)
+    table[first] = [_sha256_bucket(w, buckets) for w in vocab]
+    uni = table[ids]
+    words = np.empty(max(n_tok, 1), dtype=object)
+    words[first] = list(vocab)
+    key = ids[pos] * np.int64(max(n_tok, 1)) + ids[pos + 1]
+    ukey, inv = np.unique(key, return_inverse=True)
+    a, b = np.divmod(ukey, max(n_tok, 1))
+    ub = np.fromiter(
+        (_sha256_bucket(f"{x} {y}", buckets) for x, y in zip(words[a], words[b], strict=True)),
+        dtype=np.int64,
+        count=len(ukey),
+    )
+    return uni, ub[inv], lens
 
+
+def _doc_layout(uni, bi, pos, lens, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Features laid out doc-contiguously: doc i holds its n_i unigrams, then its n_i - 1 bigrams."""
+    n_docs, n_tok = len(lens), int(lens.sum())
     off = np.zeros(n_docs + 1, dtype=np.int64)
     np.cumsum(lens, out=off[1:])
-    # Bigram (p, p+1) is valid unless p is the last token of its document.
-    valid = np.ones(max(n_tok - 1, 0), dtype=bool)
-    ends = off[1:][lens > 0] - 1
-    valid[ends[ends < n_tok - 1]] = False
-    pos = np.flatnonzero(valid)
-
-    if hashing == "xxh3":
-        table = np.zeros(max(n_tok, 1), dtype=np.uint64)
-        table[first] = _token_hashes(vocab)
-        h = table[ids]
-        uni = h % np.uint64(buckets)
-        bi = mix64(h[pos] * _GOLDEN + h[pos + 1]) % np.uint64(buckets)
-    else:
-        table = np.zeros(max(n_tok, 1), dtype=np.int64)
-        table[first] = [_sha256_bucket(w, buckets) for w in vocab]
-        uni = table[ids]
-        words = np.empty(max(n_tok, 1), dtype=object)
-        words[first] = list(vocab)
-        key = ids[pos] * np.int64(max(n_tok, 1)) + ids[pos + 1]
-        ukey, inv = np.unique(key, return_inverse=True)
-        a, b = np.divmod(ukey, max(n_tok, 1))
-        ub = np.fromiter(
-            (_sha256_bucket(f"{x} {y}", buckets) for x, y in zip(words[a], words[b], strict=True)),
-            dtype=np.int64,
-            count=len(ukey),
-        )
-        bi = ub[inv]
-
-    # Lay features out doc-contiguously: doc i holds its n_i unigrams, then its n_i - 1 bigrams.
-    n_feat = lens + np.maximum(lens - 1, 0)
-    indptr = np.zeros(n_docs + 1, dtype=np.int64)
-    np.cumsum(n_feat, out=indptr[1:])
+    nnz = lens + np.maximum(lens - 1, 0)
+    start = np.cumsum(nnz) - nnz
     doc_of_tok = np.repeat(np.arange(n_docs), lens)
-    shift = indptr[:-1] - off[:-1]  # output start minus token start, per doc
-    indices = np.empty(int(indptr[-1]), dtype=np.int32)
-    indices[np.arange(n_tok) + shift[doc_of_tok]] = uni
-    indices[pos + shift[doc_of_tok[pos]] + lens[doc_of_tok[pos]]] = bi
-    data = np.ones(len(indices), dtype=np.int32)
-    out = sp.csr_matrix((data, indices, indptr), shape=(n_docs, buckets))
-    if canonical:
-        out.sum_duplicates()
+    shift = start - off[:-1]  # output start minus token start, per doc
+    out = np.empty(int(nnz.sum()), dtype=dtype)
+    out[np.arange(n_tok) + shift[doc_of_tok]] = uni
+    out[pos + shift[doc_of_tok[pos]] + lens[doc_of_tok[pos]]] = bi
+    return out, nnz
+
+
+def doc_sums(values: np.ndarray, nnz: np.ndarray) -> np.ndarray:
+    """Per-document sums of per-feature `values` (laid out as `hashed_ngram_features`)."""
+    out = np.zeros(len(nnz), dtype=np.float64)
+    some = nnz > 0
+    if some.any():
+        out[some] = np.add.reduceat(values, (np.cumsum(nnz) - nnz)[some])
     return out
 
 
 def _as_csr(counts: CountsLike, buckets: int | None = None) -> sp.csr_matrix | np.ndarray:
     if isinstance(counts, tuple):
+        import scipy.sparse as sp
+
         indptr, indices, data = counts
         return sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, buckets))
     return counts
@@ -176,7 +273,7 @@ def fit_distribution(
     total = np.zeros(buckets, dtype=np.float64)
     for batch in count_batches:
         c = _as_csr(batch, buckets)
-        if sp.issparse(c):
+        if not isinstance(c, np.ndarray):  # sparse
             total += np.bincount(c.indices, weights=c.data, minlength=buckets)[:buckets]
         else:
             c = np.asarray(c, dtype=np.float64)

@@ -94,6 +94,32 @@ def _space_bytes(data: np.ndarray) -> np.ndarray:
     return (data == 32) | (data - np.uint8(9) < 5)  # space, \t \n \v \f \r
 
 
+def spaced_buffer(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The bytes of the texts with a space after each (so that no run of non-space bytes goes
+    across two documents), and the offsets of the texts in it."""
+    return string_buffer(pc.binary_join_element_wise(texts, "", " "))
+
+
+def prefix_hashes(data: np.ndarray) -> np.ndarray:
+    """Polynomial hashes of every prefix of `data`: a run's hash is then two lookups."""
+    n = len(data)
+    grow_powers(n)
+    prefix = np.zeros(n + 1, dtype=np.uint64)
+    x = prefix[1:]
+    x[:] = data
+    np.multiply(x, _powers[:n], out=x)
+    np.add.accumulate(x.view(np.int64), out=x.view(np.int64))  # int64 is ~3x faster, same bits
+    return prefix
+
+
+def run_hashes(
+    prefix: np.ndarray, offsets: np.ndarray, starts: np.ndarray, ends: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of the byte runs [starts, ends), and how many runs each document holds."""
+    h = mix64((prefix[ends] - prefix[starts]) * _inv_powers[starts])
+    return h, np.diff(np.searchsorted(starts, offsets))
+
+
 def hash_texts(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hash every text and every word of every text, in one pass over the bytes.
 
@@ -102,25 +128,11 @@ def hash_texts(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     The text hash is of the whitespace-separated tokens in order, so it equals the hash of the
     text with runs of whitespace collapsed and trimmed.
     """
-    # a space after every text, so that no word or token runs across two documents
-    data, offsets = string_buffer(pc.binary_join_element_wise(texts, "", " "))
-    n_docs, n = len(offsets) - 1, len(data)
-    grow_powers(n)
-    prefix = np.zeros(n + 1, dtype=np.uint64)
-    x = prefix[1:]
-    x[:] = data
-    np.multiply(x, _powers[:n], out=x)
-    np.add.accumulate(x.view(np.int64), out=x.view(np.int64))  # int64 is ~3x faster, same bits
-
-    def run_hashes(mask):
-        """Hashes of the runs of True, and how many runs each document holds (no run crosses
-        the space after a text)."""
-        starts, ends = _runs(mask)
-        h = mix64((prefix[ends] - prefix[starts]) * _inv_powers[starts])
-        return h, np.diff(np.searchsorted(starts, offsets))
-
-    words, word_counts = run_hashes(_word_bytes(data))
-    tokens, counts = run_hashes(~_space_bytes(data))
+    data, offsets = spaced_buffer(texts)
+    n_docs = len(offsets) - 1
+    prefix = prefix_hashes(data)
+    words, word_counts = run_hashes(prefix, offsets, *_runs(_word_bytes(data)))
+    tokens, counts = run_hashes(prefix, offsets, *_runs(~_space_bytes(data)))
     first = np.cumsum(counts) - counts
     pos = np.arange(len(tokens), dtype=np.uint64) - np.repeat(first, counts).astype(np.uint64)
     mixed = mix64(tokens ^ mix64(pos + np.uint64(1)))

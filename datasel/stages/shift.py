@@ -101,20 +101,19 @@ class ShiftDsir(_Shift):
 
     Xie et al., "Data Selection for Language Models via Importance Resampling" (NeurIPS 2023).
     Adds `dsir_logw` = log p_target(x) / q_pool(x) under bag-of-hashed-n-gram models; selects
-    without replacement by Gumbel top-k on it (or plain top-k with --deterministic). The weights
-    are cached with the output: rerunning with another --size and --overwrite only redoes the choice.
+    without replacement by Gumbel top-k on it (or plain top-k with --deterministic). Each shard's
+    n-gram buckets are found in parallel and cached with the output; the pool's distribution is
+    then counted over the whole pool (no sample) and the weights are sums over each document's
+    buckets, so a rerun with another --size or --target (and --overwrite) only redoes those sums.
     Both bucket distributions are smoothed with 10,000 pseudo-counts spread over the buckets
     (add-one at the default 10,000; the reference's bare 1e-8 floor picked worse here).
     """
 
     name = "shift-dsir"
     example = "datasel shift dsir pool/ picked/ --target python-docs.jsonl --fraction 0.05"
-    map_params = ("target", "template", "buckets", "pool_sample", "seed")
+    map_params = ("template", "buckets")
 
     buckets: int = param(10_000, help="hash buckets for word unigrams and bigrams")
-    pool_sample: int = param(
-        100_000, help="pool documents to fit the pool's n-gram distribution on"
-    )
     deterministic: bool = param(
         False, help="plain top-k on the weights instead of Gumbel top-k sampling"
     )
@@ -125,35 +124,39 @@ class ShiftDsir(_Shift):
         return PSEUDO_COUNTS / self.buckets
 
     def fit(self, ctx: Context) -> None:
-        from datasel.ops.ngrams import fit_distribution, hashed_ngram_counts
+        from datasel.ops.ngrams import fit_distribution, hashed_ngram_features
 
-        target = hashed_ngram_counts(self.target_texts(ctx), self.buckets)
-        pool = hashed_ngram_counts(self.texts(ctx.sample(self.pool_sample), ctx), self.buckets)
-        self.log_p = np.log(fit_distribution([target], self.buckets, smoothing=self.smoothing))
-        self.log_q = np.log(fit_distribution([pool], self.buckets, smoothing=self.smoothing))
+        target, _ = hashed_ngram_features(self.target_texts(ctx), self.buckets)
+        totals = np.bincount(target, minlength=self.buckets)
+        self.log_p = np.log(fit_distribution([totals], self.buckets, smoothing=self.smoothing))
 
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
-        from datasel.ops.ngrams import hashed_ngram_counts, log_importance
+        from datasel.ops.ngrams import hashed_ngram_features
 
-        counts = hashed_ngram_counts(self.texts(batch, ctx), self.buckets)
-        arrays = {
-            "dsir_logw": log_importance(counts, self.log_p, self.log_q),
-            # each document's (bucket, count) pairs, for the selection's n-gram KL in select
-            "dsir_nnz": np.diff(counts.indptr).astype(np.int32),
-            "dsir_counts": np.stack([counts.indices, counts.data], axis=1).astype(np.int32),
-        }
+        features, nnz = hashed_ngram_features(self.texts(batch, ctx), self.buckets)
+        arrays = {"dsir_features": features, "dsir_nnz": nnz.astype(np.int32)}
         return MapResult(batch, arrays=arrays)
 
     def select(self, staged: Staged, ctx: Context) -> Decision:
-        from datasel.ops.ngrams import hashed_kl
+        from datasel.ops.ngrams import doc_sums, fit_distribution, hashed_kl
         from datasel.ops.topk import gumbel_topk, topk
 
-        logw = staged.concat("dsir_logw")
+        units = [i for i, n in enumerate(staged.rows) if n]
+        pool = sum(
+            np.bincount(staged.array("dsir_features", i), minlength=self.buckets) for i in units
+        )
+        log_q = np.log(fit_distribution([pool], self.buckets, smoothing=self.smoothing))
+        log_ratio = self.log_p - log_q
+        logw = np.zeros(staged.total)
+        for i in units:
+            lo = staged.offsets[i]
+            w = log_ratio[staged.array("dsir_features", i)]
+            logw[lo : lo + staged.rows[i]] = doc_sums(w, staged.array("dsir_nnz", i))
         k = self.budget(len(logw))
         idx = topk(logw, k) if self.deterministic else gumbel_topk(logw, k, self.seed)
         keep = np.zeros(len(logw), dtype=bool)
         keep[idx] = True
-        chosen, pool = _bucket_totals(staged, keep, self.buckets)
+        chosen = _chosen_totals(staged, units, keep, self.buckets)
         p = np.exp(self.log_p)
         a = self.smoothing
         smooth = lambda c: (c + a) / (c.sum() + a * len(c))  # noqa: E731 - as the fit
@@ -173,17 +176,15 @@ class ShiftDsir(_Shift):
         )
 
 
-def _bucket_totals(staged: Staged, keep: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray]:
-    chosen, pool = np.zeros(buckets), np.zeros(buckets)
-    for i, n in enumerate(staged.rows):
-        if not n:
-            continue
-        pairs = np.asarray(staged.array("dsir_counts", i))
-        doc = np.repeat(np.arange(n), np.asarray(staged.array("dsir_nnz", i)))
-        pool += np.bincount(pairs[:, 0], weights=pairs[:, 1], minlength=buckets)
-        sel = keep[staged.offsets[i] + doc]
-        chosen += np.bincount(pairs[sel, 0], weights=pairs[sel, 1], minlength=buckets)
-    return chosen, pool
+def _chosen_totals(staged: Staged, units: list[int], keep: np.ndarray, buckets: int) -> np.ndarray:
+    """Bucket totals of the selected documents."""
+    chosen = np.zeros(buckets)
+    for i in units:
+        n = staged.rows[i]
+        nnz = np.asarray(staged.array("dsir_nnz", i))
+        sel = np.repeat(keep[staged.offsets[i] : staged.offsets[i] + n], nnz)
+        chosen += np.bincount(staged.array("dsir_features", i)[sel], minlength=buckets)
+    return chosen
 
 
 @register
