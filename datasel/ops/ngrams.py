@@ -26,7 +26,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from datasel.ops.words import mix64, prefix_hashes, run_hashes, spaced_buffer
+from datasel.ops.words import (
+    byte_chunks,
+    mix64,
+    prefix_hashes,
+    run_hashes,
+    spaced_buffer,
+    utf8_lengths,
+)
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]+")
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -75,6 +82,13 @@ def _byte_classes(data: np.ndarray) -> np.ndarray:
 def _fast_tokens(texts: list[str] | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Hash of every token in reading order, and the number of tokens of each document."""
     arr = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
+    parts = [_chunk_tokens(arr.slice(lo, hi - lo)) for lo, hi in byte_chunks(utf8_lengths(arr))]
+    if not parts:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    return np.concatenate([h for h, _ in parts]), np.concatenate([n for _, n in parts])
+
+
+def _chunk_tokens(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     arr = pc.fill_null(arr, "")
     other = pc.invert(pc.string_is_ascii(arr))
     ascii_only = not pc.any(other).as_py()

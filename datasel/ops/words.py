@@ -94,6 +94,22 @@ def _space_bytes(data: np.ndarray) -> np.ndarray:
     return (data == 32) | (data - np.uint8(9) < 5)  # space, \t \n \v \f \r
 
 
+def utf8_lengths(texts: pa.Array) -> np.ndarray:
+    return pc.binary_length(pc.fill_null(texts, "")).to_numpy().astype(np.int64)
+
+
+def byte_chunks(lengths: np.ndarray, target: int = 256 << 10) -> list[tuple[int, int]]:
+    """Row ranges of ~256 KB of text: the hashing arrays (8 bytes per text byte) then stay in
+    cache, which here made hashing 2x faster than whole 16 MB batches, and two workers slow
+    each other less than with 512 KB (they share the memory bus)."""
+    ends = np.cumsum(lengths)
+    cuts = np.searchsorted(
+        ends, np.arange(target, ends[-1] if len(ends) else 0, target), side="right"
+    )
+    bounds = np.unique(np.concatenate([[0], cuts, [len(lengths)]]))
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+
+
 def spaced_buffer(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """The bytes of the texts with a space after each (so that no run of non-space bytes goes
     across two documents), and the offsets of the texts in it."""

@@ -24,7 +24,7 @@ from datasel.errors import DataselError
 from datasel.io import read_table
 from datasel.ops.minhash import EMPTY, band_keys, lsh_params, shingle_hashes, signatures
 from datasel.ops.unionfind import components
-from datasel.ops.words import grow_powers, hash_texts, normalize
+from datasel.ops.words import byte_chunks, grow_powers, hash_texts, normalize, utf8_lengths
 from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register
 
 PARALLEL_BANDS_FROM = 200_000  # documents (indexed + new) from which select sends bands to
@@ -96,8 +96,8 @@ class Dedup(Stage):
     # ------------------------------------------------------------------ map
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
         texts = batch.column(ctx.columns.text)
-        lengths = _utf8_lengths(texts)
-        parts = [self._hash_chunk(texts.slice(lo, hi - lo)) for lo, hi in _chunks(lengths)]
+        lengths = utf8_lengths(texts)
+        parts = [self._hash_chunk(texts.slice(lo, hi - lo)) for lo, hi in byte_chunks(lengths)]
         arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         arrays["len"] = lengths
         return MapResult(batch, arrays=arrays)
@@ -229,22 +229,6 @@ def _lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     # at recall (32 bands x 8 rows for 0.8: pairs at 0.8 become candidates 99.7% of the time,
     # pairs at 0.5 12% of the time).
     return lsh_params(max(0.05, threshold - 0.2), num_perm)
-
-
-def _utf8_lengths(texts: pa.Array) -> np.ndarray:
-    return pa.compute.binary_length(pa.compute.fill_null(texts, "")).to_numpy().astype(np.int64)
-
-
-def _chunks(lengths: np.ndarray, target: int = 256 << 10):
-    """Row ranges of ~256 KB of text: the hashing arrays (8 bytes per text byte) then stay in
-    cache, which here made hashing 2x faster than whole 16 MB batches, and two workers slow
-    each other less than with 512 KB (they share the memory bus)."""
-    ends = np.cumsum(lengths)
-    cuts = np.searchsorted(
-        ends, np.arange(target, ends[-1] if len(ends) else 0, target), side="right"
-    )
-    bounds = np.unique(np.concatenate([[0], cuts, [len(lengths)]]))
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def _group_edges(keys: np.ndarray, n_old: int, skip: np.ndarray | None = None):
