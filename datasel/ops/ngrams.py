@@ -8,9 +8,10 @@ and hashed in numpy over the batch's bytes: a class per byte (word, punctuation,
 one class are tokens, each token's hash is two lookups in polynomial prefix hashes, and bigram
 hashes are mixed from their two token hashes. A character's class is what Python's ``re`` says
 (``\\w``, ``\\s`` or neither), looked up once per distinct character of a batch, so the tokens
-are exactly the reference's. ``hashing="sha256"`` also reproduces the
-reference's buckets exactly, with stdlib ``re`` semantics as nltk had them before 3.10 (nltk 3.10 compiles with the ``regex`` module, whose ``\\w`` also matches
-combining marks: 3 of 2,000 dev-corpus documents tokenise differently).
+are exactly the reference's. ``hashing="sha256"`` also reproduces the reference's buckets, with
+stdlib ``re`` semantics as nltk had them before 3.10 (nltk 3.10 compiles with the ``regex``
+module, whose ``\\w`` also matches combining marks: 3 of 2,000 dev-corpus documents tokenise
+differently).
 """
 
 from __future__ import annotations
@@ -97,8 +98,6 @@ def _chunk_tokens(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         python = pa.array([t.lower() for t in arr.filter(other).to_pylist()], pa.string())
         lowered = pc.replace_with_mask(lowered, other, python)
     data, offsets = spaced_buffer(lowered)
-    if not len(data):
-        return np.zeros(0, np.uint64), np.zeros(len(arr), np.int64)
     cls = _BYTE_CLASS[data] if ascii_only else _byte_classes(data)
     # a token starts where a word or punctuation run starts, and ends before the class changes
     # (every text ends with a space, so every run ends inside the buffer)
@@ -233,7 +232,7 @@ def _sha256_features(texts: list[str], buckets: int):
 
 
 def _doc_layout(uni, bi, pos, lens, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Features laid out doc-contiguously: doc i holds its n_i unigrams, then its n_i - 1 bigrams."""
+    """Features laid out doc by doc: doc i holds its n_i unigrams, then its n_i - 1 bigrams."""
     n_docs, n_tok = len(lens), int(lens.sum())
     off = np.zeros(n_docs + 1, dtype=np.int64)
     np.cumsum(lens, out=off[1:])
