@@ -123,8 +123,17 @@ def _stage_command(cls: type[Stage]):
 
 
 def _help(cls: type[Stage]) -> str:
-    doc = inspect.cleandoc(cls.__doc__ or "")
+    doc = "\n\n".join(map(_reflow, inspect.cleandoc(cls.__doc__ or "").split("\n\n")))
     return f"{doc}\n\nExample:\n\n  {cls.example}" if cls.example else doc
+
+
+def _reflow(paragraph: str) -> str:
+    """One line per paragraph, for the terminal to wrap (a docstring's line breaks would stay
+    where they are and cut the help's lines in two); lists and indented blocks are kept."""
+    lines = paragraph.splitlines()
+    if any(line.startswith(("- ", "* ", " ")) for line in lines):
+        return paragraph
+    return " ".join(lines)
 
 
 def register_stages() -> None:
