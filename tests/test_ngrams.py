@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
 from datasel.ops.ngrams import (
     fit_distribution,
     hashed_kl,
@@ -173,7 +174,8 @@ def test_dsir_ranks_target_like_docs_first():
 
 
 def test_features_are_the_counts_unsorted():
-    from datasel.ops.ngrams import doc_sums, hashed_ngram_features
+    from datasel.ops.ngrams import hashed_ngram_features
+    from datasel.ops.words import doc_sums
 
     for buckets, dtype in ((97, np.uint16), (70_000, np.int32)):
         features, nnz = hashed_ngram_features(DOCS, buckets)

@@ -246,15 +246,6 @@ def _doc_layout(uni, bi, pos, lens, dtype) -> tuple[np.ndarray, np.ndarray]:
     return out, nnz
 
 
-def doc_sums(values: np.ndarray, nnz: np.ndarray) -> np.ndarray:
-    """Per-document sums of per-feature `values` (laid out as `hashed_ngram_features`)."""
-    out = np.zeros(len(nnz), dtype=np.float64)
-    some = nnz > 0
-    if some.any():
-        out[some] = np.add.reduceat(values, (np.cumsum(nnz) - nnz)[some])
-    return out
-
-
 def _as_csr(counts: CountsLike, buckets: int | None = None) -> sp.csr_matrix | np.ndarray:
     if isinstance(counts, tuple):
         import scipy.sparse as sp

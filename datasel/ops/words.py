@@ -136,6 +136,16 @@ def run_hashes(
     return h, np.diff(np.searchsorted(starts, offsets))
 
 
+def doc_sums(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per-document sums of `values` laid out document after document, `counts[i]` of them for
+    document i (0 for a document without any), in the values' dtype (uint64 wraps mod 2**64)."""
+    out = np.zeros(len(counts), dtype=values.dtype)
+    some = counts > 0
+    if some.any():
+        out[some] = np.add.reduceat(values, (np.cumsum(counts) - counts)[some])
+    return out
+
+
 def hash_texts(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hash every text and every word of every text, in one pass over the bytes.
 
@@ -151,10 +161,6 @@ def hash_texts(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     tokens, counts = run_hashes(prefix, offsets, *_runs(~_space_bytes(data)))
     first = np.cumsum(counts) - counts
     pos = np.arange(len(tokens), dtype=np.uint64) - np.repeat(first, counts).astype(np.uint64)
-    mixed = mix64(tokens ^ mix64(pos + np.uint64(1)))
-    text = np.zeros(n_docs, dtype=np.uint64)
-    some = counts > 0
-    if some.any():
-        text[some] = np.add.reduceat(mixed, first[some])
+    text = doc_sums(mix64(tokens ^ mix64(pos + np.uint64(1))), counts)
     docs = np.repeat(np.arange(n_docs), word_counts)
     return mix64(text + counts.astype(np.uint64)), words, docs

@@ -138,8 +138,9 @@ class ShiftDsir(_Shift):
         return MapResult(batch, arrays=arrays)
 
     def select(self, staged: Staged, ctx: Context) -> Decision:
-        from datasel.ops.ngrams import doc_sums, fit_distribution, hashed_kl
+        from datasel.ops.ngrams import fit_distribution, hashed_kl
         from datasel.ops.topk import gumbel_topk, topk
+        from datasel.ops.words import doc_sums
 
         units = [i for i, n in enumerate(staged.rows) if n]
         pool = sum(
