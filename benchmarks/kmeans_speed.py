@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+
+from memory import peak_rss_mb  # noqa: E402
 
 from datasel.ops.kmeans import assign, fit_kmeans  # noqa: E402
 
@@ -48,10 +50,6 @@ def mean_cos_dist(x: np.ndarray, centroids: np.ndarray) -> float:
     return float(assign(x, c)[1].mean() / 2)
 
 
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000, help="rows")
@@ -66,7 +64,7 @@ def main() -> None:
     x = make_data(args.n, args.dim, components=2 * args.k)
     print(
         f"data: {args.n:,} x {args.dim} float32 in {time.perf_counter() - t:.1f} s; "
-        f"cores: {os.cpu_count()}; peak RSS {peak_mb():,.0f} MB"
+        f"cores: {os.cpu_count()}; peak RSS {peak_rss_mb():,.0f} MB"
     )
 
     rows = []
@@ -77,7 +75,9 @@ def main() -> None:
     labels, _ = assign(x, c)
     t2 = time.perf_counter()
     rows.append(("datasel (faiss, sample)", t1 - t0, t2 - t1, t2 - t0, mean_cos_dist(x, c)))
-    print(f"ours done: fit {t1 - t0:.1f} s, assign {t2 - t1:.1f} s; peak RSS {peak_mb():,.0f} MB")
+    print(
+        f"ours done: fit {t1 - t0:.1f} s, assign {t2 - t1:.1f} s; peak RSS {peak_rss_mb():,.0f} MB"
+    )
 
     if not args.skip_sklearn:
         from sklearn.cluster import MiniBatchKMeans
@@ -103,7 +103,7 @@ def main() -> None:
             f"\nspeed-up vs MiniBatchKMeans: {rows[1][3] / rows[0][3]:.1f}x; "
             f"1-cos ratio (ours / sklearn): {rows[0][4] / rows[1][4]:.3f}"
         )
-    print(f"peak RSS {peak_mb():,.0f} MB")
+    print(f"peak RSS {peak_rss_mb():,.0f} MB")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -26,6 +25,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from memory import peak_rss_mb  # noqa: E402  (pick_speed imports it from here too)
 
 DATA_DIRS = [Path("/work/shared/data"), ROOT.parent / "shared" / "data", ROOT / "shared" / "data"]
 
@@ -43,10 +44,6 @@ def load_docs(n: int, *, seed: int = 0) -> list[str]:
         texts = [json.loads(line)["text"] for line in f]
     idx = np.random.default_rng(seed).choice(len(texts), size=min(n, len(texts)), replace=False)
     return [texts[i] for i in idx]
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def build_bench_lm(
