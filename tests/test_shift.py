@@ -44,7 +44,9 @@ def test_dsir_selects_the_target_domain_and_reports_kl(mixture, tmp_path):
     assert m["kept"] == n_py and m["rows_in"] == n == m["kept"] + m["removed_total"]
     assert precision(tmp_path / "out") >= 0.9
     assert m["stats"]["kl_after"] < 0.5 * m["stats"]["kl_before"]
-    assert "dsir_logw" in read_removed(tmp_path / "out").column_names
+    removed = read_removed(tmp_path / "out")
+    assert "dsir_logw" in removed.column_names
+    assert set(removed.column("reason").to_pylist()) == {"dsir:not_selected"}
 
 
 def test_dsir_new_size_reuses_cached_weights(mixture, tmp_path):
@@ -68,6 +70,18 @@ def test_dsir_new_size_reuses_cached_weights(mixture, tmp_path):
         first["kept"] == 100
         and set(read_dataset(tmp_path / "again").column("id").to_pylist()) == top100
     )
+
+
+def test_dsir_new_target_reuses_cached_buckets(mixture, tmp_path):
+    tmp, _, _ = mixture
+    datasel.run(ShiftDsir(target=str(tmp / "target.parquet"), size=100), tmp / "pool", tmp_path / "out", quiet=True)  # fmt: skip
+    cache = next((tmp_path / "out" / "_cache").iterdir())
+    stamp = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    other = tmp_path / "other-target.parquet"
+    pq.write_table(pq.read_table(tmp / "pool" / "a.parquet").slice(0, 50), other)
+    m = datasel.run(ShiftDsir(target=str(other), size=100), tmp / "pool", tmp_path / "out", quiet=True, overwrite=True)  # fmt: skip
+    assert m["kept"] == 100
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamp  # not recomputed
 
 
 def test_gotd_selects_the_target_domain(mixture, tmp_path):
