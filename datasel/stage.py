@@ -50,7 +50,9 @@ def check_budget(size: int | None, fraction: float | None) -> None:
 
 def budget(n: int, size: int | None, fraction: float | None) -> int:
     """Rows to select out of `n`."""
-    return min(n, size if size is not None else int(round(fraction * n)))
+    if size is not None and size > n:
+        raise DataselError(f"--size {size:,} is larger than the input ({n:,} rows)")
+    return size if size is not None else int(round(fraction * n))
 
 
 @dataclass
