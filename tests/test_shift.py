@@ -124,6 +124,7 @@ def test_template_joins_columns(tmp_path):
     [
         (["--size", "5", "--fraction", "0.1"], "exactly one of --size and --fraction"),
         (["--size", "5", "--template", "{nope}"], "--template needs column 'nope'"),
+        (["--size", "100000"], "--size 100,000 is larger than the input (1,"),
     ],
 )
 def test_shift_errors(mixture, tmp_path, args, message):
@@ -155,3 +156,14 @@ def test_shift_errors(mixture, tmp_path, args, message):
         ],
     )
     assert result.exit_code == 2 and "nope.parquet: no such file" in result.output
+
+
+def test_gotd_on_a_pool_smaller_than_the_embedding(tmp_path):
+    """Fewer texts than hashing dims: a random projection instead of LSA, not a traceback."""
+    rows = [{"id": str(i), "text": f"document {i} about topic {i % 3}"} for i in range(12)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pool.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[:3]), tmp_path / "target.parquet")
+    stage = ShiftGotd(target=str(tmp_path / "target.parquet"), size=4)
+    m = datasel.run(stage, tmp_path / "pool.parquet", tmp_path / "out", quiet=True)
+    assert m["kept"] == 4 and m["rows_in"] == 12 == m["kept"] + m["removed_total"]
+    assert set(read_removed(tmp_path / "out").column("reason").to_pylist()) == {"gotd:not_selected"}

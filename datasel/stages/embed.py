@@ -29,6 +29,19 @@ def check_backend(model: str, reduce: str, dim: int, device: str) -> None:
         raise ValueError("model must be hashing, minilm, a saved hashing .npz or a model folder")
 
 
+def fit_hashing(texts: list[str], *, dim: int, reduce: str, seed: int, punct: bool = False):
+    """The hashing embedder fitted on `texts`; a random projection where there are too few texts
+    for LSA (it needs more rows than dims)."""
+    from scorers.embed import HashingEmbedder
+
+    if reduce == "svd" and len(texts) <= dim:
+        reduce = "random"
+    try:
+        return HashingEmbedder(dim=dim, reduce=reduce, seed=seed, punct=punct).fit(texts)
+    except ValueError as e:
+        raise DataselError(f"--model hashing: {str(e).splitlines()[0]}") from None
+
+
 def fit_embedder(
     model: str,
     ctx: Context,
@@ -45,20 +58,14 @@ def fit_embedder(
 
     `sample` may be a table already read with `ctx.sample` (its first rows are used).
     """
-    from scorers.embed import HashingEmbedder, load_embedder
+    from scorers.embed import load_embedder
 
     if model == "hashing":
-        embedder = HashingEmbedder(dim=dim, reduce=reduce, seed=seed)
         if sample is None:
             sample = ctx.sample(max(fit_sample, min(10 * fit_sample, SPREAD_FROM)))
         table = spread_rows(sample, fit_sample)
         texts = table.column(ctx.columns.text).fill_null("").to_pylist()
-        if reduce == "svd" and len(texts) <= dim:  # tiny inputs: LSA needs more rows than dims
-            embedder = HashingEmbedder(dim=dim, reduce="random", seed=seed)
-        try:
-            return embedder.fit(texts)
-        except ValueError as e:
-            raise DataselError(f"--model hashing: {str(e).splitlines()[0]}") from None
+        return fit_hashing(texts, dim=dim, reduce=reduce, seed=seed)
     try:
         return load_embedder(model, dim=dim, device=device, batch_size=batch_size)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError, OSError) as e:

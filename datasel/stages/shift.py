@@ -230,12 +230,12 @@ class ShiftGotd(_Shift):
         self.target_emb = self.embedder.encode(target).astype(np.float32)
 
     def _embedder(self, ctx, target):
-        from scorers.embed import HashingEmbedder, load_embedder
+        from datasel.stages.embed import fit_hashing
+        from scorers.embed import load_embedder
 
         if self.model == "hashing":
-            emb = HashingEmbedder(dim=self.dim, reduce="svd", seed=self.seed, punct=True)
-            emb.fit(self.texts(ctx.sample(self.fit_sample), ctx) + target)
-            return emb
+            texts = self.texts(ctx.sample(self.fit_sample), ctx) + target
+            return fit_hashing(texts, dim=self.dim, reduce="svd", seed=self.seed, punct=True)
         try:
             return load_embedder(self.model, device=self.device)
         except (FileNotFoundError, ValueError, ImportError) as e:
