@@ -299,7 +299,8 @@ class LocalExecutor:
 
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+            # every result is in by now: let the workers exit while this process goes on
+            self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
 
 
