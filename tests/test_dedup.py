@@ -151,3 +151,25 @@ def test_bands_spread_over_workers_give_the_same_result(tmp_path, monkeypatch):
         (r["id"], r["duplicate_of"]) for r in read_removed(out).to_pylist()
     )
     assert pairs(tmp_path / "one") == pairs(tmp_path / "two") == pairs(tmp_path / "threads")
+
+
+def test_a_pair_found_in_many_bands_is_verified_once(tmp_path, monkeypatch):
+    import datasel.stages.dedup as dedup_mod
+
+    rng = random.Random(4)
+    docs = long_docs(30)
+    rows = [{"id": r["id"], "text": r["text"]} for r in docs]
+    rows += [{"id": f"n{i}", "text": edit_words(d["text"], 0.01, rng)} for i, d in enumerate(docs)]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    verified = []
+    similar = dedup_mod._similar
+
+    def spy(store, u, v, accept):
+        verified.extend(zip(u.tolist(), v.tolist(), strict=True))
+        return similar(store, u, v, accept)
+
+    monkeypatch.setattr(dedup_mod, "_similar", spy)
+    m = datasel.run(Dedup(), tmp_path / "in.jsonl", tmp_path / "out", workers=1, quiet=True)
+    # each copy shares most of its 32 bands with its original, yet the pair is checked once
+    assert m["removed"]["near"] >= 25
+    assert len(verified) == len(set(verified)) >= 25

@@ -118,17 +118,12 @@ class Dedup(Stage):
         n_old, n_all = store.n_old, store.total
         hashes = store.concat("hash")
         edges = [_group_edges(hashes, n_old)]
-        if not self.exact_only:  # bands are independent: spread them over the engine's workers
-            b, _ = self.bands_rows
-            store.empty()  # computed once here, shipped with the store
-            args = [(store, band, self.accept) for band in range(b)]
+        if not self.exact_only:
             # a band of a small corpus takes less time than shipping it to a worker and back:
             # threads then (its sorts and gathers release the GIL)
             big = n_all >= PARALLEL_BANDS_FROM
             executor = ctx.executor if big and ctx.executor else ThreadExecutor(ctx.workers)
-            edges += [
-                e for _, e in sorted(executor.map_unordered(_band_edges, args), key=lambda x: x[0])
-            ]
+            edges.append(_near_edges(store, self.bands_rows[0], self.accept, executor))
         u = np.concatenate([e[0] for e in edges])
         v = np.concatenate([e[1] for e in edges])
         nodes, label = components(u, v)
@@ -251,16 +246,29 @@ def _group_edges(keys: np.ndarray, n_old: int, skip: np.ndarray | None = None):
     return u[fresh], v[fresh]
 
 
-def _band_edges(store: _Store, band: int, accept: float) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate pairs that share one band's key, kept when their signatures agree enough."""
-    u, v = _group_edges(store.concat_band(band), store.n_old, skip=store.empty())
-    ok = _similar(store, u, v, accept)
+def _near_edges(store: _Store, bands: int, accept: float, executor) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs that share a band's key (the bands spread over `executor`), each pair
+    verified once however many bands it shares, kept when the signatures agree enough."""
+    store.empty()  # computed once here, shipped with the store
+    found = executor.map_unordered(_band_pairs, [(store, band) for band in range(bands)])
+    # near duplicates share most of their bands: verifying each band's pairs on its own read
+    # the same signature rows again and again (~25x for re-crawled pages)
+    pairs = np.unique(np.concatenate([p for _, p in found] + [np.zeros(0, np.int64)]))
+    u, v = np.divmod(pairs, np.int64(max(store.total, 1)))
+    step = max(1 << 16, -(-len(pairs) // (4 * max(1, executor.workers))))
+    chunks = [(store, u[lo : lo + step], v[lo : lo + step], accept) for lo in range(0, len(u), step)]
+    ok = dict(executor.map_unordered(_similar, chunks))
+    ok = np.concatenate([ok[k] for k in range(len(chunks))] + [np.zeros(0, bool)])
     return u[ok], v[ok]
 
 
+def _band_pairs(store: _Store, band: int) -> np.ndarray:
+    """The pairs (as u * total + v) that share this band's key."""
+    u, v = _group_edges(store.concat_band(band), store.n_old, skip=store.empty())
+    return u * np.int64(store.total) + v
+
+
 def _similar(store: _Store, u: np.ndarray, v: np.ndarray, accept: float) -> np.ndarray:
-    if not len(u):
-        return np.zeros(0, dtype=bool)
     return store.jaccard(u, v) >= accept
 
 
@@ -349,7 +357,7 @@ class _Store:
         for lo in range(0, len(u), chunk):
             a = self.rows("sig", u[lo : lo + chunk])
             b = self.rows("sig", v[lo : lo + chunk])
-            out[lo : lo + chunk] = (a == b).mean(axis=1)
+            out[lo : lo + chunk] = np.count_nonzero(a == b, axis=1) / a.shape[1]
         return out
 
     def ids(self, index: np.ndarray) -> list[str]:
