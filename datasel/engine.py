@@ -209,7 +209,8 @@ def _unit_bytes(src, stage: Stage, options: RunOptions) -> tuple[int, int]:
         return options.shard_bytes, options.shard_bytes
     total = input_bytes(src)
     quarter = min(options.shard_bytes, max(MIN_UNIT_BYTES, total // (4 * options.workers)))
-    share = min(options.shard_bytes, max(MIN_UNIT_BYTES, total // options.workers))
+    # rounded up: a file that is all the input must make `workers` pieces, not one more
+    share = min(options.shard_bytes, max(MIN_UNIT_BYTES, -(-total // options.workers)))
     return quarter, share
 
 

@@ -89,6 +89,27 @@ def test_big_parquet_row_groups_cut_into_row_ranges(tmp_path, monkeypatch, own_i
     )
 
 
+@pytest.mark.parametrize("workers", [2, 3, 4])
+def test_one_big_row_group_makes_one_unit_per_worker_read_in_full_batches(
+    tmp_path, monkeypatch, workers
+):
+    import pyarrow.parquet as pq
+
+    import datasel.engine as engine
+    from datasel.stages.dedup import Dedup
+
+    monkeypatch.setattr(engine, "MIN_UNIT_BYTES", 1)
+    rows = [{"text": "word " * (1 + i % 17)} for i in range(3001)]  # an odd number of bytes
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "x.parquet")  # one row group
+    shard, cut = engine._unit_bytes(
+        tmp_path / "x.parquet", Dedup(), engine.RunOptions(workers=workers)
+    )
+    units = plan_units(tmp_path / "x.parquet", shard_bytes=shard, cut_bytes=cut)
+    assert len(units) == workers  # not workers + 1, which leaves one worker two units
+    sizes = [b.num_rows for b in read_unit(units[0], Columns(), batch_rows=500)]
+    assert sizes[0] == 500  # not the small decoding steps of a partial row group
+
+
 @pytest.mark.parametrize(
     "content, message",
     [

@@ -246,7 +246,9 @@ def _group_edges(keys: np.ndarray, n_old: int, skip: np.ndarray | None = None):
     return u[fresh], v[fresh]
 
 
-def _near_edges(store: _Store, bands: int, accept: float, executor) -> tuple[np.ndarray, np.ndarray]:
+def _near_edges(
+    store: _Store, bands: int, accept: float, executor
+) -> tuple[np.ndarray, np.ndarray]:
     """Candidate pairs that share a band's key (the bands spread over `executor`), each pair
     verified once however many bands it shares, kept when the signatures agree enough."""
     store.empty()  # computed once here, shipped with the store
@@ -256,7 +258,9 @@ def _near_edges(store: _Store, bands: int, accept: float, executor) -> tuple[np.
     pairs = np.unique(np.concatenate([p for _, p in found] + [np.zeros(0, np.int64)]))
     u, v = np.divmod(pairs, np.int64(max(store.total, 1)))
     step = max(1 << 16, -(-len(pairs) // (4 * max(1, executor.workers))))
-    chunks = [(store, u[lo : lo + step], v[lo : lo + step], accept) for lo in range(0, len(u), step)]
+    chunks = [
+        (store, u[lo : lo + step], v[lo : lo + step], accept) for lo in range(0, len(u), step)
+    ]
     ok = dict(executor.map_unordered(_similar, chunks))
     ok = np.concatenate([ok[k] for k in range(len(chunks))] + [np.zeros(0, bool)])
     return u[ok], v[ok]
