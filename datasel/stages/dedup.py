@@ -254,15 +254,15 @@ def _near_edges(
     store.empty()  # computed once here, shipped with the store
     found = executor.map_unordered(_band_pairs, [(store, band) for band in range(bands)])
     # near duplicates share most of their bands: verifying each band's pairs on its own read
-    # the same signature rows again and again (~25x for re-crawled pages)
+    # the same signature rows again and again (4x the reads on re-crawled copies of a corpus)
     pairs = np.unique(np.concatenate([p for _, p in found] + [np.zeros(0, np.int64)]))
     u, v = np.divmod(pairs, np.int64(max(store.total, 1)))
     step = max(1 << 16, -(-len(pairs) // (4 * max(1, executor.workers))))
     chunks = [
         (store, u[lo : lo + step], v[lo : lo + step], accept) for lo in range(0, len(u), step)
     ]
-    ok = dict(executor.map_unordered(_similar, chunks))
-    ok = np.concatenate([ok[k] for k in range(len(chunks))] + [np.zeros(0, bool)])
+    verdicts = dict(executor.map_unordered(_similar, chunks))
+    ok = np.concatenate([verdicts[k] for k in range(len(chunks))] + [np.zeros(0, bool)])
     return u[ok], v[ok]
 
 
