@@ -216,7 +216,8 @@ def _jsonl_units(path: Path, source: str, shard_bytes: int) -> list[Unit]:
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         while start < size:
             # the unit ends with the line that holds byte start + shard_bytes
-            stop = size if size - start <= shard_bytes else mm.find(b"\n", start + shard_bytes) + 1
+            end = start + shard_bytes
+            stop = size if size <= end else mm.find(b"\n", end, size) + 1
             stop = stop or size
             rows = _count_lines(mm, start, stop) + (stop == size and mm[size - 1] != 0x0A)
             units.append(Unit(str(path), source, "jsonl", start, stop, first, rows, stop - start))

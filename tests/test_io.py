@@ -57,6 +57,26 @@ def test_jsonl_split_into_units_keeps_rows_and_ids(tmp_path):
     assert whole.column("id").to_pylist() == [r["id"] for r in rows]  # the input's own ids
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"text":"a"}\n{"text":"b"}',
+        b'{"text":"a"}\n{"text":"b"}\n',
+        b'{"text":"a"}\r\n{"text":"b"}\r\n',
+    ],
+)
+@pytest.mark.parametrize("shard_bytes", [1, 5, 100])
+def test_jsonl_cut_at_any_size_keeps_every_line_once(tmp_path, content, shard_bytes):
+    (tmp_path / "x.jsonl").write_bytes(content)
+    units = plan_units(tmp_path / "x.jsonl", shard_bytes=shard_bytes)
+    assert sum(u.rows for u in units) == 2
+    assert [u.first_row for u in units] == ([0, 1] if shard_bytes < 12 else [0])
+    assert read_all(tmp_path / "x.jsonl", shard_bytes=shard_bytes).column("text").to_pylist() == [
+        "a",
+        "b",
+    ]
+
+
 def test_parquet_split_by_row_groups(tmp_path):
     import pyarrow.parquet as pq
 
