@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import pickle
 import shutil
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -285,8 +287,14 @@ class LocalExecutor:
             for k, a in enumerate(args):
                 yield k, fn(*a)
             return
+        _check_picklable(fn, args[0], stage)
         if self.pool is None:
-            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_mp_context())
+            self.pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=_mp_context(),
+                initializer=_die_with_parent,
+                initargs=(os.getpid(),),
+            )
         futures = {self.pool.submit(fn, *a): k for k, a in enumerate(args)}
         try:
             for fut in as_completed(futures):
@@ -300,9 +308,32 @@ class LocalExecutor:
 
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
-            # every result is in by now: let the workers exit while this process goes on
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool.shutdown(cancel_futures=True)
             self.pool = None
+
+
+def _check_picklable(fn: Callable, args: tuple, stage: Stage | None) -> None:
+    """Fail in one line where a task cannot go to a worker: CPython's process pool then waits
+    forever for a task its feeder thread could not send."""
+    try:
+        pickle.dumps((fn, args))
+    except Exception as e:  # pickling can fail in any way, from any object
+        what = f"stage {stage.name}" if stage is not None else fn.__name__
+        raise DataselError(
+            f"{what} cannot be sent to worker processes ({type(e).__name__}: {e}); use --workers 1"
+        ) from None
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: a worker outlives a SIGKILLed run otherwise, waiting for tasks
+    forever (Linux: the kernel kills it with its parent)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
 
 
 class ThreadExecutor:

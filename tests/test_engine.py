@@ -2,6 +2,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +75,22 @@ def test_sigkill_then_resume_gives_identical_output(tmp_path, point):
     assert m["rows_in"] == m["kept"] + m["removed_total"]
 
 
+def _processes_running(marker: str, wait: float = 5.0) -> list[int]:
+    """Pids whose command line holds `marker`, after waiting up to `wait` s for them to end."""
+    deadline = time.time() + wait
+    while True:
+        pids = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+        if not pids or time.time() > deadline:
+            return pids
+        time.sleep(0.1)
+
+
 def test_units_cut_for_workers_and_resume_keeps_the_first_plan(tmp_path):
     """With several workers, files are cut into more units than files (balance); a run killed
     with 2 workers and resumed with 1 keeps the first plan, and the rows are those of 1 worker."""
@@ -85,6 +103,7 @@ def test_units_cut_for_workers_and_resume_keeps_the_first_plan(tmp_path):
     )
     env = dict(os.environ, DATASEL_KILL_AT="_stage_unit:2")
     assert subprocess.run([sys.executable, "-c", code, "2"], env=env).returncode == -9
+    assert not _processes_running(str(tmp_path / "out"))  # its workers died with it
     env.pop("DATASEL_KILL_AT")
     subprocess.run([sys.executable, "-c", code, "1"], env=env, check=True)
     m = json.loads((tmp_path / "out" / "_manifest.json").read_text())
@@ -115,3 +134,10 @@ def test_sample_spreads_through_sorted_files(tmp_path):
         assert counts == {"a": 100, "b": 100, "c": 100}, name
         assert sample.equals(ctx.sample(300))  # deterministic
         assert ctx.first_rows().column("id").to_pylist() == ["a0"]
+
+
+def test_a_task_that_cannot_reach_a_worker_fails_in_one_line():
+    from datasel.engine import LocalExecutor
+
+    with LocalExecutor(2) as ex, pytest.raises(DataselError, match="use --workers 1"):
+        list(ex.map_unordered(lambda x: x, [(1,), (2,)]))  # a lambda cannot be pickled
