@@ -20,8 +20,9 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,7 +156,7 @@ def run(
     workers = 1 if stage.single_process else max(1, min(options.workers, len(units)))
     executor = ctx.executor = make_executor(options.engine, workers)
     progress = Progress(f"{stage.name}", total=_known_rows(units), quiet=options.quiet)
-    with progress, executor:
+    with _resume_hint(say), progress, executor:
         if stage.has_select():
             counts = _parallel(
                 _stage_unit,
@@ -216,12 +217,24 @@ def _unit_bytes(src, stage: Stage, options: RunOptions) -> tuple[int, int]:
     return quarter, share
 
 
+@contextmanager
+def _resume_hint(say: Callable) -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        say(
+            "[yellow]interrupted[/]: finished shards are kept; run the same command again to resume"
+        )
+        raise
+
+
 def _kill_point(name: str) -> None:
-    """Tests set DATASEL_KILL_AT to SIGKILL a real run at a chosen point, then resume it."""
+    """Tests set DATASEL_KILL_AT to SIGKILL a real run at a chosen point, then resume it
+    (DATASEL_KILL_SIGNAL=SIGINT for a Ctrl-C instead)."""
     if os.environ.get("DATASEL_KILL_AT") == name:
         import signal
 
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, os.environ.get("DATASEL_KILL_SIGNAL", "SIGKILL")))
 
 
 def _say(msg: str) -> None:
@@ -306,8 +319,14 @@ class LocalExecutor:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if self.pool is not None:
+            if exc_type is not None:
+                # interrupted (Ctrl-C) or failed: stop the workers now. Left alone, idle ones
+                # wait for tasks that never come and the interpreter's exit waits for them;
+                # whatever they were writing is a temp file, which a rerun redoes.
+                for proc in list(getattr(self.pool, "_processes", {}).values()):
+                    proc.terminate()
             self.pool.shutdown(cancel_futures=True)
             self.pool = None
 

@@ -113,6 +113,24 @@ def test_units_cut_for_workers_and_resume_keeps_the_first_plan(tmp_path):
     assert kept == sorted(read_dataset(tmp_path / "ref").column("id").to_pylist())
 
 
+def test_ctrl_c_stops_the_workers_and_a_rerun_resumes(tmp_path):
+    src = make_input(tmp_path, n_files=2)
+    ref = datasel.run(datasel.Dedup(), src, tmp_path / "ref", workers=1, quiet=True)
+    code = (
+        "import sys, datasel, datasel.engine; datasel.engine.MIN_UNIT_BYTES = 20_000; "
+        f"datasel.run(datasel.Dedup(), {str(src)!r}, {str(tmp_path / 'out')!r}, workers=2)"
+    )
+    env = dict(os.environ, DATASEL_KILL_AT="_stage_unit:1", DATASEL_KILL_SIGNAL="SIGINT")
+    # before: the interrupted run waited forever for its idle workers at exit
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60)
+    assert run.returncode != 0 and b"run the same command again to resume" in run.stderr
+    assert not _processes_running(str(tmp_path / "out"))
+    env.pop("DATASEL_KILL_AT")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+    m = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert m["kept"] == ref["kept"] and m["removed"] == ref["removed"]
+
+
 def test_sample_spreads_through_sorted_files(tmp_path):
     """A file sorted by source is sampled through, not at its head, whatever its format."""
     import gzip
