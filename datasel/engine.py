@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,6 +313,12 @@ class LocalExecutor:
         try:
             for fut in as_completed(futures):
                 yield futures[fut], fut.result()
+        except BrokenProcessPool:
+            raise DataselError(
+                "a worker process died (killed from outside, often by the system for lack of "
+                "memory); finished shards are kept: run the same command again to resume, "
+                "with fewer --workers if memory is short"
+            ) from None
         finally:
             for fut in futures:
                 fut.cancel()

@@ -159,3 +159,10 @@ def test_a_task_that_cannot_reach_a_worker_fails_in_one_line():
 
     with LocalExecutor(2) as ex, pytest.raises(DataselError, match="use --workers 1"):
         list(ex.map_unordered(lambda x: x, [(1,), (2,)]))  # a lambda cannot be pickled
+
+
+def test_a_worker_that_dies_is_a_one_line_error():
+    from datasel.engine import LocalExecutor
+
+    with LocalExecutor(2) as ex, pytest.raises(DataselError, match="a worker process died"):
+        list(ex.map_unordered(os._exit, [(1,), (1,)]))  # as the OOM killer would end it
