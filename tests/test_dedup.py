@@ -173,3 +173,26 @@ def test_a_pair_found_in_many_bands_is_verified_once(tmp_path, monkeypatch):
     # each copy shares most of its 32 bands with its original, yet the pair is checked once
     assert m["removed"]["near"] >= 25
     assert len(verified) == len(set(verified)) >= 25
+
+
+def test_large_string_text_dedups_as_string_text(tmp_path):
+    """Polars writes large_string; past its first 256 KB a batch is hashed in slices, where
+    Arrow's cast to string once gave ascii_lower an array it turned into zeros."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = sample_rows()
+    rows = [{"id": r["id"], "text": r["text"]} for r in rows] + [
+        {"id": f"copy{i}", "text": r["text"].upper()} for i, r in enumerate(rows[::50])
+    ]
+    table = pa.Table.from_pylist(rows)
+    pq.write_table(table, tmp_path / "small.parquet")
+    large = table.set_column(1, "text", table.column("text").cast(pa.large_string()))
+    pq.write_table(large, tmp_path / "large.parquet")
+    out = {}
+    for name in ("small", "large"):
+        datasel.run(Dedup(), tmp_path / f"{name}.parquet", tmp_path / name, quiet=True)
+        out[name] = sorted(
+            (r["id"], r["duplicate_of"]) for r in read_removed(tmp_path / name).to_pylist()
+        )
+    assert out["large"] == out["small"] and len(out["small"]) >= len(rows[::50])

@@ -25,6 +25,8 @@ def normalize(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
     texts = pc.fill_null(texts, "")
+    if pa.types.is_large_string(texts.type):  # as Polars writes
+        texts = _small_string(texts)
     other = pc.invert(pc.string_is_ascii(texts))
     lowered = pc.ascii_lower(texts)  # NFKC leaves ASCII as it is; 5x faster than utf8 kernels
     if not pc.any(other).as_py():
@@ -33,6 +35,17 @@ def normalize(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     # than Arrow's utf8_normalize on real text (typographic quotes in otherwise plain prose)
     nfkc = [unicodedata.normalize("NFKC", t) for t in texts.filter(other).to_pylist()]
     return pc.replace_with_mask(lowered, other, pc.utf8_lower(pa.array(nfkc, pa.string())))
+
+
+def _small_string(texts: pa.Array) -> pa.Array:
+    """A large_string array (no nulls) as a string array whose offsets start at 0. Arrow's cast
+    keeps a slice's first offset, and ascii_lower then returned zeros (pyarrow 26)."""
+    data, offsets = string_buffer(texts)
+    if len(data) >= 1 << 31:
+        raise ValueError("a batch holds over 2 GB of text; use a smaller batch")
+    return pa.StringArray.from_buffers(
+        len(texts), pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)
+    )
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
