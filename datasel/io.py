@@ -346,7 +346,7 @@ def read_unit(
     for table, rows in tables:
         if table.num_rows == 0:
             continue
-        _check_columns(table, unit, columns)
+        table = _check_columns(table, unit, columns)
         if unit.fmt == "jsonl":
             _check_utf8(table, unit.path, rows)
         table = _with_id(table, unit, columns, rows)
@@ -407,17 +407,22 @@ def _read_arrow(unit: Unit) -> Iterator[tuple[pa.Table, int]]:
             row += batch.num_rows
 
 
-def _check_columns(table: pa.Table, unit: Unit, columns: Columns) -> None:
+def _check_columns(table: pa.Table, unit: Unit, columns: Columns) -> pa.Table:
+    """The table, its text column checked (a string_view one is read as string)."""
     if columns.text is None:  # a stage that reads other columns (pick)
-        return
+        return table
     if columns.text not in table.column_names:
         have = ", ".join(table.column_names)
         raise DataselError(
             f"{unit.path}: no text column '{columns.text}'; columns are: {have} (use --text-column)"
         )
     typ = table.schema.field(columns.text).type
+    if pa.types.is_string_view(typ):
+        i = table.column_names.index(columns.text)
+        return table.set_column(i, columns.text, table.column(i).cast(pa.string()))
     if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
         raise DataselError(f"{unit.path}: text column '{columns.text}' holds {typ}, not strings")
+    return table
 
 
 def _with_id(table: pa.Table, unit: Unit, columns: Columns, rows) -> pa.Table:

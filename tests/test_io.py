@@ -153,3 +153,14 @@ def test_missing_and_empty_inputs(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataselError, match="holds no"):
         find_files(tmp_path / "empty")
+
+
+def test_string_view_text_is_read_as_string(tmp_path):
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(ROWS)
+    table = table.set_column(0, "text", table.column("text").cast(pa.string_view()))
+    pq.write_table(table, tmp_path / "v.parquet")
+    got = read_all(tmp_path / "v.parquet")
+    assert got.schema.field("text").type == pa.string()
+    assert got.column("text").to_pylist() == [r["text"] for r in ROWS]
