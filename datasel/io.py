@@ -255,7 +255,7 @@ def _jsonl_blocks(unit: Unit) -> Iterator[tuple[bytes, int]]:
         carry = b""
         while True:
             want = BLOCK_BYTES if left is None else min(BLOCK_BYTES, left)
-            chunk = f.read(want) if want > 0 else b""
+            chunk = _read(f, want, unit.path) if want > 0 else b""
             if left is not None:
                 left -= len(chunk)
             if not chunk:
@@ -270,6 +270,14 @@ def _jsonl_blocks(unit: Unit) -> Iterator[tuple[bytes, int]]:
             block, carry = data[:cut], data[cut:]
             yield block, line
             line += block.count(b"\n")
+
+
+def _read(f, n: int, path: str) -> bytes:
+    try:
+        return f.read(n)
+    except Exception as e:  # a truncated or corrupt .gz / .zst fails in any of several ways
+        msg = (str(e).splitlines() or [""])[0] or type(e).__name__
+        raise DataselError(f"{path}: cannot read it ({msg}); is the file whole?") from None
 
 
 def _explain_bad_block(path: str, block: bytes, first_line: int, err: Exception) -> DataselError:

@@ -164,3 +164,17 @@ def test_string_view_text_is_read_as_string(tmp_path):
     got = read_all(tmp_path / "v.parquet")
     assert got.schema.field("text").type == pa.string()
     assert got.column("text").to_pylist() == [r["text"] for r in ROWS]
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("cut.jsonl.gz", gzip.compress(b'{"text": "a"}\n' * 1000)[:-20]),  # truncated
+        ("plain.jsonl.gz", b'{"text": "not gzip"}\n'),
+        ("plain.jsonl.zst", b'{"text": "not zstd"}\n'),
+    ],
+)
+def test_corrupt_compressed_jsonl_gives_one_line_error(tmp_path, name, content):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataselError, match=f"{name}: cannot read it"):
+        read_all(tmp_path / name)
