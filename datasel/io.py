@@ -276,8 +276,12 @@ def _read(f, n: int, path: str) -> bytes:
     try:
         return f.read(n)
     except Exception as e:  # a truncated or corrupt .gz / .zst fails in any of several ways
-        msg = (str(e).splitlines() or [""])[0] or type(e).__name__
-        raise DataselError(f"{path}: cannot read it ({msg}); is the file whole?") from None
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: str, e: Exception) -> DataselError:
+    msg = (str(e).splitlines() or [""])[0] or type(e).__name__
+    return DataselError(f"{path}: cannot read it ({msg}); is the file whole?")
 
 
 def _explain_bad_block(path: str, block: bytes, first_line: int, err: Exception) -> DataselError:
@@ -378,7 +382,8 @@ def _read_parquet(unit: Unit) -> Iterator[tuple[pa.Table, int]]:
     groups = list(range(unit.start, unit.stop))
     pending: list[pa.RecordBatch] = []
     held = 0  # rows in `pending`
-    for batch in f.iter_batches(batch_size=step, row_groups=groups, use_threads=False):
+    batches = f.iter_batches(batch_size=step, row_groups=groups, use_threads=False)
+    for batch in _checked(batches, unit.path):
         lo, hi = max(begin, row), min(end, row + batch.num_rows)
         if lo < hi:
             pending.append(batch.slice(lo - row, hi - lo))
@@ -398,6 +403,18 @@ def _joined(batches: list[pa.RecordBatch]) -> pa.Table:
     (a copy of ~10 ms per 50 MB; mapping 1,417-row pieces was ~1.3x slower)."""
     table = pa.Table.from_batches(batches)
     return table.combine_chunks() if len(batches) > 1 else table
+
+
+def _checked(batches: Iterator[pa.RecordBatch], path: str) -> Iterator[pa.RecordBatch]:
+    """The batches, where corrupt pages (bad checksum or compressed data) are one line."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (OSError, pa.ArrowException) as e:
+            raise _unreadable(path, e) from None
+        yield batch
 
 
 def _read_arrow(unit: Unit) -> Iterator[tuple[pa.Table, int]]:

@@ -178,3 +178,15 @@ def test_corrupt_compressed_jsonl_gives_one_line_error(tmp_path, name, content):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(DataselError, match=f"{name}: cannot read it"):
         read_all(tmp_path / name)
+
+
+def test_parquet_with_corrupt_pages_gives_one_line_error(tmp_path):
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(sample_rows(300)), tmp_path / "x.parquet")
+    data = bytearray((tmp_path / "x.parquet").read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 2000):  # inside the data, footer intact
+        data[i] ^= 0x5A
+    (tmp_path / "x.parquet").write_bytes(bytes(data))
+    with pytest.raises(DataselError, match="x.parquet: cannot read it"):
+        read_all(tmp_path / "x.parquet")
