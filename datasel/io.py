@@ -422,12 +422,15 @@ def _read_arrow(unit: Unit) -> Iterator[tuple[pa.Table, int]]:
         try:
             reader = ipc.open_stream(source)
         except pa.ArrowInvalid:
-            reader = ipc.open_file(source)
+            try:
+                reader = ipc.open_file(source)
+            except (OSError, pa.ArrowException) as e:
+                raise _unreadable(unit.path, e) from None
             batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
         else:
             batches = iter(reader)
         row = 0
-        for batch in batches:
+        for batch in _checked(batches, unit.path):
             yield pa.Table.from_batches([batch]), row
             row += batch.num_rows
 

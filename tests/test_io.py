@@ -190,3 +190,14 @@ def test_parquet_with_corrupt_pages_gives_one_line_error(tmp_path):
     (tmp_path / "x.parquet").write_bytes(bytes(data))
     with pytest.raises(DataselError, match="x.parquet: cannot read it"):
         read_all(tmp_path / "x.parquet")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.0])  # cut in the middle; not Arrow at all
+def test_broken_arrow_file_gives_one_line_error(tmp_path, keep):
+    table = pa.Table.from_pylist(sample_rows(300))
+    with ipc.new_stream(tmp_path / "x.arrow", table.schema) as w:
+        w.write_table(table)
+    data = (tmp_path / "x.arrow").read_bytes()
+    (tmp_path / "x.arrow").write_bytes(data[: int(len(data) * keep)] or b"not arrow at all")
+    with pytest.raises(DataselError, match="x.arrow: cannot read it"):
+        read_all(tmp_path / "x.arrow")
