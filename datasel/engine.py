@@ -94,6 +94,7 @@ def run(
     """
     options = options or RunOptions(**kw)
     dst = Path(dst)
+    _check_output_place(src, dst)
     t0 = time.time()
     columns = Columns(options.text_column if stage.needs_text else None, options.id_column)
     plan = {
@@ -246,6 +247,22 @@ def _say(msg: str) -> None:
 
 def _known_rows(units: list[Unit]) -> int | None:
     return None if any(u.rows < 0 for u in units) else sum(u.rows for u in units)
+
+
+def _check_output_place(src, dst: Path) -> None:
+    if dst.exists() and not dst.is_dir():
+        raise DataselError(f"{dst}: is a file; the output is a folder")
+    if not (isinstance(src, (str, os.PathLike)) and Path(src).is_dir()):
+        return
+    root, out = Path(src).resolve(), dst.resolve()
+    # folders named _* or .* are not read as input (see io.find_files)
+    if out.is_relative_to(root) and not any(
+        part.startswith(("_", ".")) for part in out.relative_to(root).parts
+    ):
+        raise DataselError(
+            f"{dst}: inside the input folder {src}, so a rerun would read its shards as "
+            "input; write it elsewhere"
+        )
 
 
 def _prepare_output(dst: Path, key: str, stage: str, overwrite: bool) -> dict | None:

@@ -166,3 +166,15 @@ def test_a_worker_that_dies_is_a_one_line_error():
 
     with LocalExecutor(2) as ex, pytest.raises(DataselError, match="a worker process died"):
         list(ex.map_unordered(os._exit, [(1,), (1,)]))  # as the OOM killer would end it
+
+
+def test_output_that_is_a_file_or_inside_the_input_is_refused(tmp_path):
+    src = make_input(tmp_path, n_files=2)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataselError, match="is a file"):
+        datasel.run(datasel.Dedup(), src, tmp_path / "file", quiet=True)
+    with pytest.raises(DataselError, match="inside the input folder"):
+        datasel.run(datasel.Dedup(), src, src / "out", quiet=True)
+    # an _-folder is never read as input: allowed, and a rerun is a no-op
+    first = datasel.run(datasel.Dedup(), src, src / "_out", quiet=True)
+    assert datasel.run(datasel.Dedup(), src, src / "_out", quiet=True) == first
