@@ -153,8 +153,11 @@ def test_bands_spread_over_workers_give_the_same_result(tmp_path, monkeypatch):
     assert pairs(tmp_path / "one") == pairs(tmp_path / "two") == pairs(tmp_path / "threads")
 
 
-def test_a_pair_found_in_many_bands_is_verified_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("compact", [1, 1 << 20])  # repeats dropped band by band, or at the end
+def test_a_pair_found_in_many_bands_is_verified_once(tmp_path, monkeypatch, compact):
     import datasel.stages.dedup as dedup_mod
+
+    monkeypatch.setattr(dedup_mod, "COMPACT_PAIRS", compact)
 
     rng = random.Random(4)
     docs = long_docs(30)

@@ -27,6 +27,7 @@ from datasel.ops.unionfind import components
 from datasel.ops.words import byte_chunks, grow_powers, hash_texts, normalize, utf8_lengths
 from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register
 
+COMPACT_PAIRS = 1 << 20  # band pairs gathered before their repeats are dropped
 PARALLEL_BANDS_FROM = 200_000  # documents (indexed + new) from which select sends bands to
 # worker processes; below it, to threads
 
@@ -254,8 +255,14 @@ def _near_edges(
     store.empty()  # computed once here, shipped with the store
     found = executor.map_unordered(_band_pairs, [(store, band) for band in range(bands)])
     # near duplicates share most of their bands: verifying each band's pairs on its own read
-    # the same signature rows again and again (4x the reads on re-crawled copies of a corpus)
-    pairs = np.unique(np.concatenate([p for _, p in found] + [np.zeros(0, np.int64)]))
+    # the same signature rows again and again (4x the reads on re-crawled copies of a corpus).
+    # Repeats are dropped as the bands come in, so memory stays near the distinct pairs.
+    pairs, pending = np.zeros(0, np.int64), []
+    for _, band_pairs in found:
+        pending.append(band_pairs)
+        if sum(map(len, pending)) > max(len(pairs), COMPACT_PAIRS):
+            pairs, pending = np.unique(np.concatenate([pairs, *pending])), []
+    pairs = np.unique(np.concatenate([pairs, *pending]))
     u, v = np.divmod(pairs, np.int64(max(store.total, 1)))
     step = max(1 << 16, -(-len(pairs) // (4 * max(1, executor.workers))))
     chunks = [
