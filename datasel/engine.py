@@ -49,6 +49,7 @@ from datasel.io import (
     write_json,
     write_table,
 )
+from datasel.lock import FolderLock
 from datasel.progress import Progress
 from datasel.stage import Context, Decision, MapResult, Stage, Staged
 
@@ -56,6 +57,7 @@ MANIFEST = "_manifest.json"
 CACHE = "_cache"
 REMOVED = "_removed"
 WORK = "_work"
+LOCK = "_lock"  # held by the run writing the folder
 
 
 @dataclass(kw_only=True)
@@ -95,6 +97,13 @@ def run(
     options = options or RunOptions(**kw)
     dst = Path(dst)
     _check_output_place(src, dst)
+    find_files(src)  # a bad input fails before the output folder is made
+    dst.mkdir(parents=True, exist_ok=True)
+    with FolderLock(dst / LOCK):
+        return _run(stage, src, dst, options)
+
+
+def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
     t0 = time.time()
     columns = Columns(options.text_column if stage.needs_text else None, options.id_column)
     plan = {
@@ -284,7 +293,7 @@ def _prepare_output(dst: Path, key: str, stage: str, overwrite: bool) -> dict | 
             raise DataselError(
                 f"{dst}: holds an unfinished run with other parameters; use --overwrite"
             )
-    elif dst.exists() and any(p.name != CACHE for p in dst.iterdir()) and not overwrite:
+    elif dst.exists() and any(p.name not in (CACHE, LOCK) for p in dst.iterdir()) and not overwrite:
         raise DataselError(
             f"{dst}: the folder is not empty and is not a datasel output; use another"
         )

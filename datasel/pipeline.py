@@ -25,6 +25,7 @@ import yaml
 from datasel.engine import RunOptions, run
 from datasel.errors import DataselError
 from datasel.io import FileList, digest, find_files, fingerprint, write_json
+from datasel.lock import FolderLock
 from datasel.stage import STAGES, Stage
 
 CONFIG_KEYS = {"input", "output", "steps", "text_column", "id_column", "workers", "description"}
@@ -80,7 +81,7 @@ class Pipeline:
         """
         state, dst = Path(state), Path(dst)
         state.mkdir(parents=True, exist_ok=True)
-        with StateLock(state / "lock"):
+        with FolderLock(state / "lock"):
             seen_path = state / "seen.json"
             seen = json.loads(seen_path.read_text()) if seen_path.exists() else {}
             files, root = find_files(resolve_input(src))
@@ -127,33 +128,6 @@ class Pipeline:
 
 def _file_key(fp: dict) -> str:
     return f"{fp['path']}|{fp['size']}|{fp['mtime_ns']}"
-
-
-class StateLock:
-    """An exclusive lock on a state folder, so two cron runs never interleave. The kernel drops
-    it when the process dies, so a killed run never leaves a stale lock behind."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        import fcntl
-
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(self.fd, 64).decode(errors="replace").strip() or "?"
-            os.close(self.fd)
-            raise DataselError(
-                f"{self.path.parent}: another run holds the lock (pid {holder}); try again later"
-            ) from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, str(os.getpid()).encode())
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.fd)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[Pipeline, dict]:

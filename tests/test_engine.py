@@ -178,3 +178,15 @@ def test_output_that_is_a_file_or_inside_the_input_is_refused(tmp_path):
     # an _-folder is never read as input: allowed, and a rerun is a no-op
     first = datasel.run(datasel.Dedup(), src, src / "_out", quiet=True)
     assert datasel.run(datasel.Dedup(), src, src / "_out", quiet=True) == first
+
+
+def test_two_runs_never_write_one_folder_at_once(tmp_path):
+    from datasel.lock import FolderLock
+
+    src = make_input(tmp_path, n_files=2)
+    (tmp_path / "out").mkdir()
+    with FolderLock(tmp_path / "out" / "_lock"):  # as another process running there would
+        with pytest.raises(DataselError, match="another run holds the lock"):
+            datasel.run(datasel.Dedup(), src, tmp_path / "out", quiet=True)
+    m = datasel.run(datasel.Dedup(), src, tmp_path / "out", quiet=True)  # released: it runs
+    assert m["rows_in"] == m["kept"] + m["removed_total"]

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 import datasel
 from datasel.cli import app, register_stages
-from datasel.pipeline import StateLock
+from datasel.lock import FolderLock
 from tests.conftest import read_dataset, sample_rows, write_jsonl
 
 register_stages()
@@ -65,7 +65,7 @@ def test_cron_runs_equal_one_run_over_everything(tmp_path):
 def test_second_run_on_a_locked_state_exits_with_a_message(tmp_path):
     make_dumps(tmp_path)
     (tmp_path / "state").mkdir()
-    with StateLock(tmp_path / "state" / "lock"):
+    with FolderLock(tmp_path / "state" / "lock"):
         code = (
             f"import sys; from datasel.cli import main; sys.argv = ['datasel', 'run', 'configs/quickstart.yaml', "
             f"'--input', {str(tmp_path / 'dumps')!r}, '--output', {str(tmp_path / 'out')!r}, '--since', {str(tmp_path / 'state')!r}]; main()"
