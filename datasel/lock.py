@@ -10,18 +10,19 @@ from datasel.errors import DataselError
 
 class FolderLock:
     """An exclusive lock on the file `path`, so two runs never write the same folder at once
-    (two cron runs of a pipeline, or two commands given the same output). The kernel drops it
-    when the process dies, so a killed run never leaves a stale lock behind."""
+    (two cron runs of a pipeline, or two commands given the same output); with `wait`, the
+    second waits its turn instead of failing. The kernel drops it when the process dies, so a
+    killed run never leaves a stale lock behind."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, wait: bool = False):
+        self.path, self.wait = path, wait
 
     def __enter__(self):
         import fcntl
 
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = os.read(self.fd, 64).decode(errors="replace").strip() or "?"
             os.close(self.fd)

@@ -199,3 +199,26 @@ def test_large_string_text_dedups_as_string_text(tmp_path):
             (r["id"], r["duplicate_of"]) for r in read_removed(tmp_path / name).to_pylist()
         )
     assert out["large"] == out["small"] and len(out["small"]) >= len(rows[::50])
+
+
+def test_runs_sharing_an_index_take_turns(tmp_path):
+    import threading
+
+    from datasel.lock import FolderLock
+
+    write_jsonl(tmp_path / "in.jsonl", [{"id": r["id"], "text": r["text"]} for r in long_docs(40)])
+    index = tmp_path / "index"
+    index.mkdir()
+    done = {}
+
+    def dedup():
+        stage = Dedup(index=str(index))
+        done["m"] = datasel.run(stage, tmp_path / "in.jsonl", tmp_path / "out", quiet=True)
+
+    with FolderLock(index / "_lock"):  # another run is in its select
+        worker = threading.Thread(target=dedup)
+        worker.start()
+        worker.join(timeout=3)
+        assert worker.is_alive()  # it waits for its turn
+    worker.join(timeout=60)
+    assert done["m"]["kept"] == 40

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from datasel.engine import ThreadExecutor
 from datasel.errors import DataselError
 from datasel.io import read_table
+from datasel.lock import FolderLock
 from datasel.ops.minhash import EMPTY, band_keys, lsh_params, shingle_hashes, signatures
 from datasel.ops.unionfind import components
 from datasel.ops.words import byte_chunks, grow_powers, hash_texts, normalize, utf8_lengths
@@ -113,7 +114,15 @@ class Dedup(Stage):
 
     # ------------------------------------------------------------------ select
     def select(self, staged: Staged, ctx: Context) -> Decision:
-        index = DedupIndex(Path(self.index), self) if self.index else None
+        if not self.index:
+            return self._select(staged, ctx, None)
+        root = Path(self.index)
+        root.mkdir(parents=True, exist_ok=True)
+        # runs that share an index take turns here, so each sees the keepers the other added
+        with FolderLock(root / "_lock", wait=True):
+            return self._select(staged, ctx, DedupIndex(root, self))
+
+    def _select(self, staged: Staged, ctx: Context, index: DedupIndex | None) -> Decision:
         old = index.segments(exclude=ctx.key) if index else []
         store = _Store(old, staged, with_sig=not self.exact_only, bands_rows=self.bands_rows)
         n_old, n_all = store.n_old, store.total
