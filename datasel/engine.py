@@ -12,6 +12,7 @@ where it stopped and produces exactly the output of an uninterrupted run.
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing as mp
 import os
@@ -58,6 +59,7 @@ CACHE = "_cache"
 REMOVED = "_removed"
 WORK = "_work"
 LOCK = "_lock"  # held by the run writing the folder
+_FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 @dataclass(kw_only=True)
@@ -100,7 +102,15 @@ def run(
     find_files(src)  # a bad input fails before the output folder is made
     dst.mkdir(parents=True, exist_ok=True)
     with FolderLock(dst / LOCK):
-        return _run(stage, src, dst, options)
+        try:
+            return _run(stage, src, dst, options)
+        except OSError as e:
+            if e.errno not in _FULL_OR_READ_ONLY:
+                raise
+            raise DataselError(
+                f"{dst}: cannot write ({e.strerror}); finished shards are kept: free space or "
+                "fix permissions, then run the same command again"
+            ) from None
 
 
 def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:

@@ -190,3 +190,25 @@ def test_two_runs_never_write_one_folder_at_once(tmp_path):
             datasel.run(datasel.Dedup(), src, tmp_path / "out", quiet=True)
     m = datasel.run(datasel.Dedup(), src, tmp_path / "out", quiet=True)  # released: it runs
     assert m["rows_in"] == m["kept"] + m["removed_total"]
+
+
+def test_a_full_disk_is_a_one_line_error_and_the_run_resumes(tmp_path, monkeypatch):
+    import errno
+
+    import datasel.io
+
+    src = make_input(tmp_path, n_files=2)
+    write = datasel.io.ShardWriter.write
+
+    def full(self, table):
+        if "part-" in self.path.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(self, table)
+
+    monkeypatch.setattr(datasel.io.ShardWriter, "write", full)
+    with pytest.raises(DataselError, match="No space left on device.*run the same command again"):
+        datasel.run(datasel.Dedup(), src, tmp_path / "out", workers=1, quiet=True)
+    monkeypatch.setattr(datasel.io.ShardWriter, "write", write)
+    ref = datasel.run(datasel.Dedup(), src, tmp_path / "ref", workers=1, quiet=True)
+    m = datasel.run(datasel.Dedup(), src, tmp_path / "out", workers=1, quiet=True)
+    assert (m["kept"], m["removed"]) == (ref["kept"], ref["removed"])
