@@ -107,9 +107,9 @@ def run(
         except OSError as e:
             if e.errno not in _FULL_OR_READ_ONLY:
                 raise
-            raise DataselError(
-                f"{dst}: cannot write ({e.strerror}); finished shards are kept: free space or "
-                "fix permissions, then run the same command again"
+            raise DataselError(  # the file is named when the error comes with one
+                f"{e.filename or dst}: {e.strerror}; finished shards are kept: free space or fix "
+                "permissions, then run the same command again"
             ) from None
 
 
