@@ -298,3 +298,10 @@ def test_sample_distinct_is_sample_within_without_duplicates():
     labels[400:] = labels[0]
     got = sample_distinct(labels, lambda s: allocate(s, 120), 7, lambda r: x[r], 0.95)
     assert got.size == 120 and np.isin(got, np.r_[0, 400:500]).sum() <= 1
+
+
+def test_a_named_embedding_column_that_is_missing_is_an_error(embedded, tmp_path):
+    """--model auto embeds the texts when there is no `embedding` column, but a column the user
+    named (here a typo) must exist rather than be silently replaced by hashing."""
+    with pytest.raises(datasel.DataselError, match="no column 'embeding'"):
+        run(Diversify(k=K, size=100, embedding_column="embeding"), embedded / "emb", tmp_path / "o")

@@ -183,7 +183,11 @@ class Diversify(_Embedding):
             )
 
     def _choose_backend(self, names: list[str]) -> str:
-        if self.model == "column" or (self.model == "auto" and self.embedding_column in names):
+        # a column named on purpose must exist: a typo would silently embed the texts instead
+        named = self.embedding_column != type(self).embedding_column
+        if self.model == "column" or (
+            self.model == "auto" and (named or self.embedding_column in names)
+        ):
             if self.embedding_column not in names:
                 raise DataselError(
                     f"no column '{self.embedding_column}': run `datasel embed` first, or give "
