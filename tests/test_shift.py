@@ -1,3 +1,4 @@
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -5,6 +6,7 @@ from typer.testing import CliRunner
 
 import datasel
 from datasel.cli import app, register_stages
+from datasel.stages.embed import embedding_array
 from datasel.stages.shift import ShiftDsir, ShiftGotd
 from tests.conftest import read_dataset, read_removed, sample_rows
 
@@ -167,3 +169,42 @@ def test_gotd_on_a_pool_smaller_than_the_embedding(tmp_path):
     m = datasel.run(stage, tmp_path / "pool.parquet", tmp_path / "out", quiet=True)
     assert m["kept"] == 4 and m["rows_in"] == 12 == m["kept"] + m["removed_total"]
     assert set(read_removed(tmp_path / "out").column("reason").to_pylist()) == {"gotd:not_selected"}
+
+
+def _with_vectors(path, vectors, **columns):
+    table = pa.table({"embedding": embedding_array(vectors), **columns})
+    pq.write_table(table, path)
+
+
+def test_gotd_uses_the_embedding_columns_of_pool_and_target(tmp_path):
+    """A pool from `datasel embed` is selected on its own vectors (--model auto), against the
+    target's; vectors of two dimensions, or a target without them, are one-line errors."""
+    rng = np.random.default_rng(0)
+    near = rng.normal(size=(20, 8)) * 0.1 + np.eye(8)[0] * 3  # like the target
+    far = rng.normal(size=(180, 8))
+    pool = np.concatenate([near, far]).astype(np.float32)
+    ids = [f"near{i}" for i in range(20)] + [f"far{i}" for i in range(180)]
+    _with_vectors(tmp_path / "pool.parquet", pool, id=ids, text=ids)
+    target = (rng.normal(size=(30, 8)) * 0.1 + np.eye(8)[0] * 3).astype(np.float32)
+    _with_vectors(tmp_path / "target.parquet", target, text=["t"] * 30)
+    stage = ShiftGotd(target=str(tmp_path / "target.parquet"), size=20)
+    datasel.run(stage, tmp_path / "pool.parquet", tmp_path / "out", quiet=True)
+    picked = read_dataset(tmp_path / "out").column("id").to_pylist()
+    assert sum(i.startswith("near") for i in picked) >= 18
+
+    _with_vectors(tmp_path / "wide.parquet", target[:, :4], text=["t"] * 30)
+    with pytest.raises(datasel.DataselError, match="8 dimensions and the target's 4"):
+        datasel.run(
+            ShiftGotd(target=str(tmp_path / "wide.parquet"), size=20),
+            tmp_path / "pool.parquet",
+            tmp_path / "o2",
+            quiet=True,
+        )
+    pq.write_table(pa.table({"text": ["t"] * 30}), tmp_path / "plain.parquet")
+    with pytest.raises(datasel.DataselError, match="no `embedding` column, while the pool has"):
+        datasel.run(
+            ShiftGotd(target=str(tmp_path / "plain.parquet"), size=20),
+            tmp_path / "pool.parquet",
+            tmp_path / "o3",
+            quiet=True,
+        )

@@ -87,6 +87,8 @@ class _Shift(Stage):
         return read_texts(self.target, ctx.columns.text or "text", self.template, "--target")
 
 
+EMBEDDING = "embedding"  # the column `datasel embed` writes
+
 # Smoothing of both bucket distributions, as a total of pseudo-counts whatever the bucket count:
 # on benchmarks/shift_quality.py's 100k-passage pools it beat add-one at 100,000 buckets on every
 # domain tried (python_docs 0.75 -> 0.84, bible 0.88 -> 0.97), and the reference's bare 1e-8
@@ -205,8 +207,8 @@ class ShiftGotd(_Shift):
     map_params = ("target", "template", "model", "dim", "fit_sample", "seed")
 
     model: str = param(
-        "hashing",
-        help="embedding backend: hashing (word and punctuation uni+bigram TF-IDF + SVD, no model) | minilm | a local model folder",
+        "auto",
+        help="embeddings: auto (the `embedding` columns of pool and target when the pool has one, else hashing) | column | hashing (word and punctuation uni+bigram TF-IDF + SVD, no model) | minilm | a local model folder",
     )
     dim: int = param(256, help="embedding size for the hashing backend")
     fit_sample: int = param(
@@ -220,20 +222,40 @@ class ShiftGotd(_Shift):
     device: str = param("auto", help="auto | cpu | cuda")
 
     def fit(self, ctx: Context) -> None:
-        target = self.target_texts(ctx)
-        self.use_column = "embedding" in ctx.first_rows().column_names
+        has_column = EMBEDDING in ctx.first_rows().column_names
+        self.use_column = self.model == "column" or (self.model == "auto" and has_column)
         if self.use_column:
-            raise DataselError(
-                "shift gotd: an input `embedding` column needs target embeddings too; embed the target with the same model (not supported yet: drop the column or use --model)"
-            )
+            if not has_column:
+                raise DataselError(
+                    f"--model column: the pool has no `{EMBEDDING}` column; run `datasel embed` first"
+                )
+            self.target_emb = self._target_embeddings()
+            return
+        target = self.target_texts(ctx)
         self.embedder = self._embedder(ctx, target)
         self.target_emb = self.embedder.encode(target).astype(np.float32)
+
+    def _target_embeddings(self) -> np.ndarray:
+        from datasel.stages.embed import read_embeddings
+
+        parts = []
+        for unit in plan_units(self.target):
+            for batch in read_unit(unit, Columns(text=None)):
+                if EMBEDDING not in batch.schema.names:
+                    raise DataselError(
+                        f"--target {self.target}: no `{EMBEDDING}` column, while the pool has "
+                        "one; embed the target with the pool's model, or give --model hashing"
+                    )
+                parts.append(read_embeddings(batch.column(EMBEDDING), EMBEDDING))
+        if not parts:
+            raise DataselError(f"--target {self.target}: holds no rows")
+        return np.concatenate(parts)
 
     def _embedder(self, ctx, target):
         from datasel.stages.embed import fit_hashing
         from scorers.embed import load_embedder
 
-        if self.model == "hashing":
+        if self.model in ("hashing", "auto"):
             texts = self.texts(ctx.sample(self.fit_sample), ctx) + target
             return fit_hashing(texts, dim=self.dim, reduce="svd", seed=self.seed, punct=True)
         try:
@@ -242,10 +264,20 @@ class ShiftGotd(_Shift):
             raise DataselError(f"--model {self.model}: {str(e).splitlines()[0]}") from None
 
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
-        return MapResult(
-            batch,
-            arrays={"gotd_emb": self.embedder.encode(self.texts(batch, ctx)).astype(np.float32)},
-        )
+        if not self.use_column:
+            x = self.embedder.encode(self.texts(batch, ctx)).astype(np.float32)
+            return MapResult(batch, arrays={"gotd_emb": x})
+        from datasel.stages.embed import read_embeddings
+
+        if EMBEDDING not in batch.schema.names:
+            raise DataselError(f"no column '{EMBEDDING}' in every input file")
+        x = read_embeddings(batch.column(EMBEDDING), EMBEDDING)
+        if x.shape[1] != self.target_emb.shape[1]:
+            raise DataselError(
+                f"the pool's embeddings have {x.shape[1]} dimensions and the target's "
+                f"{self.target_emb.shape[1]}: embed both with the same model"
+            )
+        return MapResult(batch, arrays={"gotd_emb": x})
 
     def select(self, staged: Staged, ctx: Context) -> Decision:
         from datasel.ops.sinkhorn import gotd_gradient, sinkhorn
