@@ -1,4 +1,6 @@
-"""Rebuild datasel/data/sample.parquet from ../shared/data/dev-corpus.jsonl.gz (permissive licences only)."""
+"""Rebuild datasel/data/sample.parquet and target-python-docs.parquet (the quickstart's target for
+`shift dsir`: Python documentation pages not in the sample) from ../shared/data/dev-corpus.jsonl.gz
+(permissive licences only)."""
 
 import gzip
 import json
@@ -18,6 +20,7 @@ QUOTA = {  # domain -> documents; only public-domain, PSF-2.0, MIT and CC-BY-4.0
     "literature_milton": 100,
     "us_speeches": 100,
 }
+TARGET = "python_docs"  # domain of the quickstart's target set
 
 src = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/dev-corpus.jsonl.gz")
 rows = [json.loads(line) for line in gzip.open(src, "rt")]
@@ -27,9 +30,14 @@ for domain, n in QUOTA.items():
     docs = [r for r in rows if r["domain"] == domain]
     picked += rng.sample(docs, min(n, len(docs)))
 picked.sort(key=lambda r: r["id"])
-table = pa.Table.from_pylist(picked).select(
-    ["id", "domain", "subdomain", "source", "license", "text"]
-)
-out = Path(__file__).resolve().parents[1] / "datasel" / "data" / "sample.parquet"
-pq.write_table(table, out, compression="zstd", row_group_size=1000)
-print(f"{out}: {table.num_rows} rows, {out.stat().st_size / 1e6:.1f} MB")
+in_sample = {r["id"] for r in picked}
+target = rng.sample([r for r in rows if r["domain"] == TARGET and r["id"] not in in_sample], 40)
+target.sort(key=lambda r: r["id"])
+data = Path(__file__).resolve().parents[1] / "datasel" / "data"
+for name, docs in (("sample", picked), (f"target-{TARGET.replace('_', '-')}", target)):
+    table = pa.Table.from_pylist(docs).select(
+        ["id", "domain", "subdomain", "source", "license", "text"]
+    )
+    out = data / f"{name}.parquet"
+    pq.write_table(table, out, compression="zstd", row_group_size=1000)
+    print(f"{out}: {table.num_rows} rows, {out.stat().st_size / 1e6:.2f} MB")

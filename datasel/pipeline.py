@@ -33,10 +33,19 @@ STEP_OPTIONS = ("text_column", "id_column")  # a step may read another column th
 
 
 def resolve_input(src: str | os.PathLike) -> str:
-    """`datasel:sample` names the bundled sample; anything else is a path or glob."""
+    """`datasel:NAME` names a bundled file, datasel/data/NAME.parquet (`datasel:sample`, the
+    sample; `datasel:target-python-docs`, the quickstart's target); anything else is a path or
+    glob."""
     from datasel import SAMPLE
 
-    return str(SAMPLE) if str(src) == "datasel:sample" else str(src)
+    name = str(src).removeprefix("datasel:")
+    if name == str(src):
+        return name
+    path = SAMPLE.with_name(f"{name}.parquet")
+    if not path.is_file():
+        bundled = ", ".join(sorted(f"datasel:{p.stem}" for p in SAMPLE.parent.glob("*.parquet")))
+        raise DataselError(f"{src}: no such bundled file; bundled: {bundled}")
+    return str(path)
 
 
 @dataclass

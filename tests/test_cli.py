@@ -74,5 +74,25 @@ def test_quickstart_config(tmp_path):
         app, ["run", "configs/quickstart.yaml", "--output", str(tmp_path / "qs"), "--quiet"]
     )
     assert result.exit_code == 0, result.output
-    m = json.loads((tmp_path / "qs" / "01-dedup" / "_manifest.json").read_text())
-    assert m["rows_in"] == 2250 and m["kept"] + m["removed_total"] == 2250
+    steps = sorted((tmp_path / "qs").glob("0*"))
+    names = [d.name for d in steps]
+    assert names == [
+        "01-dedup",
+        "02-score-heuristics",
+        "03-filter",
+        "04-shift-dsir",
+        "05-diversify",
+    ]
+    manifests = [json.loads((d / "_manifest.json").read_text()) for d in steps]
+    assert manifests[0]["rows_in"] == 2250
+    for i, m in enumerate(manifests):
+        assert m["kept"] + m["removed_total"] == m["rows_in"]
+        assert i == 0 or m["rows_in"] == manifests[i - 1]["kept"]
+    # at least three steps select (remove rows), each for its own reasons
+    selecting = [m["stage"] for m in manifests if m["removed_total"] > 0]
+    assert {"filter", "shift-dsir", "diversify"} <= set(selecting)
+    assert any(r.startswith("filter:gopher_") for r in manifests[2]["removed"])
+    assert manifests[3]["stats"]["kl_after"] < manifests[3]["stats"]["kl_before"]
+    assert manifests[-1]["kept"] == 300
+    report = (tmp_path / "qs" / "report.html").read_text()
+    assert all(f'id="step-{name}"' in report for name in names)

@@ -27,12 +27,20 @@ def make_dumps(tmp_path):
     return b
 
 
+DEDUP_CONFIG = "input: x\noutput: y\nsteps:\n  - stage: dedup\n    threshold: 0.8\n"
+
+
+def dedup_config(tmp_path) -> str:
+    (tmp_path / "dedup.yaml").write_text(DEDUP_CONFIG)
+    return str(tmp_path / "dedup.yaml")
+
+
 def cron(tmp_path, *extra):
     return runner.invoke(
         app,
         [
             "run",
-            "configs/quickstart.yaml",
+            dedup_config(tmp_path),
             "--input",
             str(tmp_path / "dumps"),
             "--output",
@@ -67,7 +75,7 @@ def test_second_run_on_a_locked_state_exits_with_a_message(tmp_path):
     (tmp_path / "state").mkdir()
     with FolderLock(tmp_path / "state" / "lock"):
         code = (
-            f"import sys; from datasel.cli import main; sys.argv = ['datasel', 'run', 'configs/quickstart.yaml', "
+            f"import sys; from datasel.cli import main; sys.argv = ['datasel', 'run', {dedup_config(tmp_path)!r}, "
             f"'--input', {str(tmp_path / 'dumps')!r}, '--output', {str(tmp_path / 'out')!r}, '--since', {str(tmp_path / 'state')!r}]; main()"
         )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -61,7 +61,8 @@ class _Shift(Stage):
     map_adds_columns = False
 
     target: str = param(
-        help="the target set: documents the selection should resemble (any input format)"
+        help="the target set: documents the selection should resemble (any input format; "
+        "datasel:target-python-docs is a bundled one)"
     )
     size: int | None = param(None, help="documents to select")
     fraction: float | None = param(None, help="share of the pool to select (instead of --size)")
@@ -84,7 +85,14 @@ class _Shift(Stage):
         return row_texts(batch, ctx.columns.text or "text", self.template)
 
     def target_texts(self, ctx: Context) -> list[str]:
-        return read_texts(self.target, ctx.columns.text or "text", self.template, "--target")
+        return read_texts(self.target_path, ctx.columns.text or "text", self.template, "--target")
+
+    @property
+    def target_path(self) -> str:
+        """The target as a path (`datasel:NAME` names a bundled file)."""
+        from datasel.pipeline import resolve_input
+
+        return resolve_input(self.target)
 
 
 EMBEDDING = "embedding"  # the column `datasel embed` writes
@@ -239,7 +247,7 @@ class ShiftGotd(_Shift):
         from datasel.stages.embed import read_embeddings
 
         parts = []
-        for unit in plan_units(self.target):
+        for unit in plan_units(self.target_path):
             for batch in read_unit(unit, Columns(text=None)):
                 if EMBEDDING not in batch.schema.names:
                     raise DataselError(
