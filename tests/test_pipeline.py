@@ -149,3 +149,13 @@ def test_killed_pipeline_resumes_to_identical_output(tmp_path, point):
             p.relative_to(tmp_path / "out") for p in out
         ]
         assert all(a.read_bytes() == b.read_bytes() for a, b in zip(ref, out, strict=True))
+
+
+def test_bundled_names_resolve_and_a_wrong_one_lists_them():
+    from datasel.pipeline import resolve_input
+
+    assert resolve_input("datasel:sample") == str(datasel.SAMPLE)
+    assert pq.read_table(resolve_input("datasel:target-python-docs")).num_rows == 40
+    assert resolve_input("data/x.jsonl") == "data/x.jsonl"
+    with pytest.raises(datasel.DataselError, match="datasel:sample, datasel:target-python-docs"):
+        resolve_input("datasel:smaple")
