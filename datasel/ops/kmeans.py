@@ -62,7 +62,7 @@ def fit_kmeans(
     try:
         import faiss
     except ImportError as e:
-        raise ImportError("k-means needs faiss: pip install 'datasel[embed]'") from e
+        raise ImportError("k-means needs faiss, a datasel dependency: pip install faiss-cpu") from e
     km = faiss.Kmeans(
         dim,
         k,
