@@ -333,17 +333,21 @@ def report_cmd(
 def inspect_cmd(
     path: Annotated[str, typer.Argument(help="a dataset folder or file (ours or any input)")],
     rows: Annotated[int, typer.Option(help="example rows to show")] = 3,
+    columns: Annotated[
+        str | None,
+        typer.Option(help="columns to show: all, or a comma list [default: the first 6]"),
+    ] = None,
 ):
-    """Show rows, columns, a few example rows and the manifest summary of a dataset.
+    """Show rows, columns, a few example rows and the manifest summary of any dataset.
 
     Example:
 
-      datasel inspect out/quickstart/01-dedup
+      datasel inspect out/quickstart/03-filter/_removed --columns id,reason,gopher_words
     """
     from datasel.inspect import show
 
     try:
-        show(path, rows)
+        show(path, rows, columns)
     except DataselError as e:
         raise fail(str(e)) from None
 

@@ -5,23 +5,30 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
+from datasel.errors import DataselError
 from datasel.io import Columns, plan_units, read_unit
 from datasel.progress import summary_table
 
+WIDE = 6  # columns shown side by side (and by default); more are shown one row at a time
 
-def show(path: str, rows: int = 3) -> None:
+
+def show(path: str, rows: int = 3, columns: str | None = None) -> None:
+    """Print the row count, the columns, `rows` example rows and the manifest of a dataset.
+
+    `columns`: None (the first 6), "all", or a comma list of names (e.g. "id,reason,duplicate_of").
+    Any dataset works: no text column is needed.
+    """
     console = Console()
     units = plan_units(path)
     total = 0
-    schema = None
     for u in units:
         if u.fmt == "parquet":
             meta = pq.ParquetFile(u.path).metadata
-            schema = schema or meta.schema.to_arrow_schema()
             total += sum(meta.row_group(g).num_rows for g in range(u.start, u.stop))
         else:
             total = -1
@@ -30,41 +37,72 @@ def show(path: str, rows: int = 3) -> None:
         f"[bold]{path}[/]: {len(files)} file(s), {len(units)} shard(s), "
         + (f"{total:,} rows" if total >= 0 else "rows unknown until read")
     )
-    first = next(iter(read_unit(units[0], _any_columns(units[0]))), None)
+    first = _first_batch(units)
     if first is not None:
         schema = first.schema
         console.print("columns: " + ", ".join(f"{f.name} ({f.type})" for f in schema))
-        table = Table(show_lines=True)
-        for name in schema.names[:6]:
-            table.add_column(name, overflow="fold", max_width=60)
-        for row in first.slice(0, rows).to_pylist():
-            table.add_row(*[_short(row[n]) for n in schema.names[:6]])
-        console.print(table)
-    manifest = Path(path) / "_manifest.json"
-    if manifest.exists():
-        m = json.loads(manifest.read_text())
-        console.print(summary_table(m))
-        console.print(f"parameters: {json.dumps(m['params'])}")
-        if m.get("stats"):
-            console.print(f"statistics: {json.dumps(m['stats'])}")
+        names = _pick_columns(schema.names, columns)
+        if len(names) < len(schema.names):
+            console.print(
+                f"[dim]showing {len(names)} of {len(schema.names)} columns; "
+                "--columns all shows every one[/]"
+            )
+        examples = first.select(names).slice(0, rows).to_pylist()
+        if len(names) <= WIDE:
+            table = Table(show_lines=True)
+            for name in names:
+                table.add_column(name, overflow="fold", max_width=60)
+            for row in examples:
+                table.add_row(*[_short(row[n]) for n in names])
+            console.print(table)
+        else:
+            for i, row in enumerate(examples):
+                table = Table(title=f"row {i}", title_justify="left", show_header=False)
+                table.add_column("column", style="bold")
+                table.add_column("value", overflow="fold")
+                for name in names:
+                    table.add_row(name, _short(row[name]))
+                console.print(table)
+    _show_manifest(console, Path(path))
 
 
-def _any_columns(unit) -> Columns:
-    """Read without requiring a particular text column: use the first string column."""
-    import pyarrow as pa
+def _first_batch(units) -> pa.RecordBatch | None:
+    """The first rows of the first unit that has any, read as they are (no text column needed)."""
+    for unit in units:
+        for batch in read_unit(unit, Columns(text=None)):
+            return batch
+    return None
 
-    if unit.fmt == "parquet":
-        schema = pq.ParquetFile(unit.path).schema_arrow
-        text = next(
-            (
-                f.name
-                for f in schema
-                if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-            ),
-            "text",
+
+def _pick_columns(names: list[str], columns: str | None) -> list[str]:
+    if columns is None:
+        return names[:WIDE]
+    if columns.strip() == "all":
+        return names
+    wanted = [c.strip() for c in columns.split(",") if c.strip()]
+    missing = [c for c in wanted if c not in names]
+    if missing or not wanted:
+        raise DataselError(
+            f"--columns: no column '{missing[0] if missing else columns}'; "
+            f"columns are: {', '.join(names)} (or: all)"
         )
-        return Columns(text=text)
-    return Columns()
+    return wanted
+
+
+def _show_manifest(console: Console, path: Path) -> None:
+    """The manifest of a step folder; for its `_removed/` folder, the step's."""
+    manifest = path / "_manifest.json"
+    if not manifest.exists() and path.name == "_removed":
+        manifest = path.parent / "_manifest.json"
+        if manifest.exists():
+            console.print(f"[dim]the rows removed by step {path.parent}:[/]")
+    if not manifest.exists():
+        return
+    m = json.loads(manifest.read_text())
+    console.print(summary_table(m))
+    console.print(f"parameters: {json.dumps(m['params'])}")
+    if m.get("stats"):
+        console.print(f"statistics: {json.dumps(m['stats'])}")
 
 
 def _short(value, width: int = 200) -> str:
