@@ -202,7 +202,7 @@ def run_config(
         manifests = pipeline.run(src, dst, **extra)
     except DataselError as e:
         raise fail(str(e)) from None
-    from datasel.report import build_report, summary_table
+    from datasel.report import build_report, headlines, summary_table
 
     report = build_report(dst)
     if log_json:
@@ -214,6 +214,8 @@ def run_config(
         from rich.console import Console
 
         Console().print(summary_table(dst))
+        for line in headlines(dst):
+            typer.echo(line)
         last = pipeline.step_dirs(Path(dst))[-1]
         typer.echo(
             f"selected: {last} ({manifests[-1]['kept']:,} of {manifests[0]['rows_in']:,} rows)"
@@ -320,10 +322,12 @@ def report_cmd(
     """
     from rich.console import Console
 
-    from datasel.report import build_report, summary_table
+    from datasel.report import build_report, headlines, summary_table
 
     try:
         Console().print(summary_table(path))
+        for line in headlines(path):
+            typer.echo(line)
         typer.echo(f"report: {build_report(path, examples=examples)}")
     except DataselError as e:
         raise fail(str(e)) from None

@@ -62,7 +62,14 @@ class Progress:
 
 
 def summary_table(manifest: dict) -> Table:
-    table = Table(title=f"{manifest['stage']}: {manifest['seconds']:.1f} s", title_justify="left")
+    from datasel.report import headline
+
+    table = Table(
+        title=f"{manifest['stage']}: {manifest['seconds']:.1f} s",
+        title_justify="left",
+        caption=headline(manifest) or None,
+        caption_justify="left",
+    )
     table.add_column("rows")
     table.add_column("count", justify="right")
     table.add_column("share", justify="right")

@@ -58,6 +58,7 @@ class Step:
     manifest: dict
     kept: list[Path] = field(init=False)
     removed: list[Path] = field(init=False)
+    previous: Step | None = None  # the step whose output this one read, in a pipeline
 
     def __post_init__(self):
         self.kept = sorted(self.dir.glob("part-*.parquet"))
@@ -66,6 +67,20 @@ class Step:
     @property
     def name(self) -> str:
         return self.dir.name
+
+    @property
+    def rows_in(self) -> int:
+        """Rows into the step: the previous step's rows out when it read them (a step may count
+        other units: pick counts candidates, several to a row), else its own count."""
+        return self.previous.manifest["kept"] if self.previous else self.manifest["rows_in"]
+
+    @property
+    def rows_in_text(self) -> str:
+        counted = self.manifest["rows_in"]
+        if counted == self.rows_in:
+            return f"{counted:,}"
+        unit = "candidates" if self.manifest.get("stage") == "pick" else "counted by the step"
+        return f"{self.rows_in:,} ({counted:,} {unit})"
 
     @property
     def text_column(self) -> str:
@@ -95,7 +110,12 @@ def find_steps(path: str | os.PathLike) -> list[Step]:
         raise DataselError(
             f"{path}: no {MANIFEST} here or in its sub-folders; is it a datasel output?"
         )
-    return [Step(d, json.loads((d / MANIFEST).read_text())) for d in dirs]
+    steps = [Step(d, json.loads((d / MANIFEST).read_text())) for d in dirs]
+    for before, step in zip(steps, steps[1:], strict=False):
+        inputs = [Path(f["path"]).parent for f in step.manifest.get("inputs") or []]
+        if inputs and all(p == before.dir.resolve() for p in inputs):
+            step.previous = before
+    return steps
 
 
 def summary_table(path: str | os.PathLike) -> Table:
@@ -109,10 +129,10 @@ def summary_table(path: str | os.PathLike) -> Table:
         removed = s.reasons
         table.add_row(
             s.name,
-            f"{m['rows_in']:,}",
+            s.rows_in_text,
             f"{m['kept']:,}",
             _pct(m["kept"], m["rows_in"]),
-            ", ".join(f"{r}: {n:,}" for r, n in removed.items()) or "-",
+            "\n".join(f"{r}: {n:,}" for r, n in removed.items()) or "-",
             f"{m.get('seconds', 0):.1f}",
         )
     if len(steps) > 1:
@@ -126,6 +146,49 @@ def summary_table(path: str | os.PathLike) -> Table:
             f"{sum(s.manifest.get('seconds', 0) for s in steps):.1f}",
         )
     return table
+
+
+def headline(manifest: dict) -> str:
+    """What a step did, in one line, from its manifest's statistics ("" when nothing to say).
+
+    >>> headline({"stage": "shift-dsir", "stats": {"kl_before": 0.36, "kl_after": 0.185}})
+    'KL to the target 0.36 → 0.185'
+    """
+    st = manifest.get("stats") or {}
+
+    def pair(before: str, after: str) -> str:
+        return f"{st[before]:.4g} → {st[after]:.4g}"
+
+    stage = manifest.get("stage")
+    if stage == "dedup" and "clusters" in st:
+        n = st["clusters"]
+        return f"{n:,} cluster{'' if n == 1 else 's'} of duplicates"
+    if stage == "shift-dsir" and "kl_before" in st:
+        return "KL to the target " + pair("kl_before", "kl_after")
+    if stage == "shift-gotd" and "ot_before" in st:
+        return "OT cost to the target " + pair("ot_before", "ot_after")
+    if stage == "diversify" and st.get("cluster_entropy_after") is not None:
+        return (
+            f"cluster entropy {pair('cluster_entropy_before', 'cluster_entropy_after')} nats "
+            f"(max {st['cluster_entropy_max']:.4g}, {st['clusters_picked']:,} of "
+            f"{st['nonempty_clusters']:,} clusters picked from)"
+        )
+    if stage == "pick" and "candidates" in st:
+        return (
+            f"picked {st['picked']:,} of {st['candidates']:,} candidates "
+            f"for {st['instructions']:,} instructions"
+        )
+    cuts = [
+        f"{k.removesuffix(':threshold')} ≥ {v:.4g}"
+        for k, v in st.items()
+        if k.endswith(":threshold")
+    ]
+    return "cut-offs: " + ", ".join(cuts) if stage == "filter" and cuts else ""
+
+
+def headlines(path: str | os.PathLike) -> list[str]:
+    """`step: headline` for each step of the run at `path` that has one."""
+    return [f"{s.name}: {h}" for s in find_steps(path) if (h := headline(s.manifest))]
 
 
 def build_report(path: str | os.PathLike, *, out: Path | None = None, examples: int = 3) -> Path:
@@ -200,7 +263,7 @@ def _funnel_section(steps: list[Step], plt, colors: dict[str, str]) -> str:
         )
         rows.append(
             f'<tr><td><a href="#{_anchor(s.name)}">{html.escape(s.name)}</a></td>'
-            f"<td class=num>{m['rows_in']:,}</td><td class=num>{m['kept']:,}</td>"
+            f"<td class=num>{s.rows_in_text}</td><td class=num>{m['kept']:,}</td>"
             f"<td class=num>{_pct(m['kept'], m['rows_in'])}</td><td>{reasons or '–'}</td>"
             f"<td class=num>{m.get('seconds', 0):,.1f}</td></tr>"
         )
@@ -222,7 +285,7 @@ def _step_section(s: Step, plt, colors: dict, examples: int, prev_schema: pa.Sch
     parts = [
         f'<section id="{_anchor(s.name)}"><h2>{html.escape(s.name)} '
         f"<small>stage {html.escape(str(m.get('stage', '?')))}</small></h2>",
-        f"<p>{m['rows_in']:,} rows in → {m['kept']:,} kept ({_pct(m['kept'], m['rows_in'])}), "
+        f"<p>{s.rows_in_text} rows in → {m['kept']:,} kept ({_pct(m['kept'], m['rows_in'])}), "
         f"{m.get('removed_total', m['rows_in'] - m['kept']):,} removed, "
         f"{m.get('shards', len(s.kept))} shard(s), {m.get('seconds', 0):,.1f} s"
         + (
@@ -588,7 +651,7 @@ def _plot_funnel(plt, steps: list[Step], colors: dict) -> str | None:
     top = max(s.manifest["rows_in"] for s in steps)
     for yi, s in zip(y, steps, strict=True):
         m = s.manifest
-        label = f"{m['kept']:,} of {m['rows_in']:,} kept ({_pct(m['kept'], m['rows_in'])})"
+        label = f"{m['kept']:,} of {s.rows_in_text} kept ({_pct(m['kept'], m['rows_in'])})"
         ax.text(m["rows_in"] + top * 0.01, yi, label, va="center", fontsize=9)
     ax.set_yticks(y, [s.name for s in steps])
     ax.set_xlim(0, top * 1.3)

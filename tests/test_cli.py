@@ -94,5 +94,15 @@ def test_quickstart_config(tmp_path):
     assert any(r.startswith("filter:gopher_") for r in manifests[2]["removed"])
     assert manifests[3]["stats"]["kl_after"] < manifests[3]["stats"]["kl_before"]
     assert manifests[-1]["kept"] == 300
+    div = manifests[-1]["stats"]
+    assert (
+        div["cluster_entropy_before"] < div["cluster_entropy_after"] <= div["cluster_entropy_max"]
+    )
+    from datasel.report import headlines
+
+    lines = headlines(tmp_path / "qs")
+    assert lines[0] == "01-dedup: 1 cluster of duplicates"
+    assert any(line.startswith("04-shift-dsir: KL to the target 0.") for line in lines)
+    assert any(line.startswith("05-diversify: cluster entropy ") for line in lines)
     report = (tmp_path / "qs" / "report.html").read_text()
     assert all(f'id="step-{name}"' in report for name in names)

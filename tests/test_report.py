@@ -214,3 +214,57 @@ def test_screenshot_in_headless_chromium(run, tmp_path):
     # the funnel plot's "kept" bars (#4c78a8) are drawn near the top
     blue = np.all(np.abs(top.astype(int) - [0x4C, 0x78, 0xA8]) <= 6, axis=-1)
     assert blue.sum() > 2000
+
+
+def test_funnel_rows_in_are_the_previous_steps_rows_out(tmp_path):
+    """A step that counts other units (pick: candidates, 8 to a row) shows the rows it read,
+    with its own count beside; a step that read another folder keeps its own count."""
+    first = tmp_path / "run" / "01-dedup"
+    first.mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["a", "b", "c"]}), first / "part-00000.parquet")
+    part = first / "part-00000.parquet"
+
+    def step(name, stage, rows_in, kept, inputs):
+        (tmp_path / "run" / name).mkdir(exist_ok=True)
+        manifest = {"stage": stage, "params": {}, "rows_in": rows_in, "kept": kept,
+                    "removed": {"x": rows_in - kept} if rows_in > kept else {},
+                    "inputs": [{"path": str(p)} for p in inputs]}  # fmt: skip
+        (tmp_path / "run" / name / "_manifest.json").write_text(json.dumps(manifest))
+
+    step("01-dedup", "dedup", 5, 3, [tmp_path / "in.jsonl"])
+    step("02-pick", "pick", 24, 3, [part])
+    step("03-filter", "filter", 7, 2, [tmp_path / "elsewhere" / "part-00000.parquet"])
+    steps = find_steps(tmp_path / "run")
+    assert [s.rows_in for s in steps] == [5, 3, 7]
+    console = Console(record=True, width=200)
+    console.print(summary_table(tmp_path / "run"))
+    text = console.export_text()
+    assert re.search(r"02-pick\s+│\s+3 \(24 candidates\)\s+│\s+3\s+│\s+12.5%", text)
+    assert re.search(r"03-filter\s+│\s+7\s+│\s+2", text)
+    page = build_report(tmp_path / "run").read_text()
+    assert "3 (24 candidates)" in page
+
+
+def test_headline_of_each_stage_from_its_statistics():
+    from datasel.report import headline
+
+    def h(stage, **stats):
+        return headline({"stage": stage, "stats": stats})
+
+    assert h("dedup", clusters=1200) == "1,200 clusters of duplicates"
+    assert h("shift-gotd", ot_before=0.51234, ot_after=0.4) == "OT cost to the target 0.5123 → 0.4"
+    assert h("pick", picked=252, candidates=2016, instructions=252) == (
+        "picked 252 of 2,016 candidates for 252 instructions"
+    )
+    assert h(
+        "diversify",
+        cluster_entropy_before=2.5,
+        cluster_entropy_after=2.9,
+        cluster_entropy_max=3.0,
+        clusters_picked=19,
+        nonempty_clusters=20,
+    ) == ("cluster entropy 2.5 → 2.9 nats (max 3, 19 of 20 clusters picked from)")
+    assert h("filter", **{"top_chars:preselect_score:threshold": 0.73}) == (
+        "cut-offs: top_chars:preselect_score ≥ 0.73"
+    )
+    assert h("filter") == "" and h("score-ppl") == "" and headline({"stage": "dedup"}) == ""

@@ -327,6 +327,10 @@ class Diversify(_Embedding):
             "cluster_size": _summary(size[size > 0]),
             "picked_per_cluster": _summary(got[size > 0]),
             "clusters_picked": int((got > 0).sum()),
+            # nats; ln(nonempty clusters) when every cluster holds the same share
+            "cluster_entropy_before": _entropy(size),
+            "cluster_entropy_after": _entropy(got),
+            "cluster_entropy_max": round(float(np.log(max(1, (size > 0).sum()))), 4),
             "largest_clusters": {
                 "cluster": top.tolist(),
                 "size": size[top].tolist(),
@@ -415,6 +419,15 @@ def _floats(staged: Staged, col: str, fill: str) -> np.ndarray:
         ok = values[~bad]
         values[bad] = {"min": ok.min() if ok.size else 0.0, "nan": np.nan, "zero": 0.0}[fill]
     return values
+
+
+def _entropy(counts: np.ndarray) -> float | None:
+    """Entropy (nats) of the distribution of rows over clusters; None for no rows."""
+    total = counts.sum()
+    if total == 0:
+        return None
+    p = counts[counts > 0] / total
+    return round(float(-(p * np.log(p)).sum()), 4)
 
 
 def _summary(v: np.ndarray) -> dict:
