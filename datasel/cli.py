@@ -40,6 +40,24 @@ RUN_PARAMS = [
 ]
 
 
+def _no_type_on_flags() -> None:
+    """typer 0.2x labels every option with its type, flags too (`--quiet <bool>`); a flag
+    takes no value, so show none."""
+    from typer.core import TyperOption
+
+    show = getattr(TyperOption, "display_type_rich", None)
+    if show is not None and not getattr(show, "_datasel", False):
+
+        def display_type_rich(self, ctx):
+            return None if self.is_flag else show(self, ctx)
+
+        display_type_rich._datasel = True
+        TyperOption.display_type_rich = display_type_rich
+
+
+_no_type_on_flags()
+
+
 def fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(2)
@@ -93,7 +111,10 @@ def _stage_command(cls: type[Stage]):
         )
     for name, tp, default, help_text in RUN_PARAMS:
         opt = typer.Option(
-            "--" + name.replace("_", "-"), help=help_text, rich_help_panel="Run options"
+            "--" + name.replace("_", "-"),
+            help=help_text,
+            rich_help_panel="Run options",
+            show_default=name != "workers",  # this machine's core count: said in the help
         )
         params.append(
             inspect.Parameter(
@@ -162,10 +183,13 @@ def run_config(
         typer.Option("--set", help="override a key: key=value or STEP.key=value"),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="worker processes (default: config, else all cores)")
+        int | None,
+        typer.Option(help="worker processes (default: the config's, else all cores)"),
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace outputs of other runs")] = False,
-    quiet: Annotated[bool, typer.Option(help="no progress bars or summaries")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace outputs of other runs")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars or summaries")] = False,
     engine: Annotated[str, typer.Option(help="local or ray")] = "local",
     since: Annotated[
         Path | None,

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -19,6 +20,17 @@ def test_every_command_has_help_with_an_example():
         result = runner.invoke(app, [*args, "--help"])
         assert result.exit_code == 0, (name, result.output)
         assert "Example" in result.output, name
+
+
+def test_help_shows_flags_as_flags_and_the_workers_default_once():
+    for args in (["run"], ["dedup"], ["shift", "dsir"], ["diversify"], ["inspect"]):
+        result = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        assert "<bool>" not in result.output and "--no-" not in result.output, args
+        lines = [line for line in result.output.splitlines() if "--workers" in line]
+        assert all(line.count("default") == 1 for line in lines), lines
+    result = runner.invoke(app, ["shift", "dsir", "--help"], env={"COLUMNS": "200"})
+    assert re.search(r"--deterministic\s+plain top-k", result.output)
 
 
 def test_dedup_command_and_inspect(tmp_path):
