@@ -288,6 +288,7 @@ def _step_section(s: Step, plt, colors: dict, examples: int, prev_schema: pa.Sch
         f"<p>{s.rows_in_text} rows in → {m['kept']:,} kept ({_pct(m['kept'], m['rows_in'])}), "
         f"{m.get('removed_total', m['rows_in'] - m['kept']):,} removed, "
         f"{m.get('shards', len(s.kept))} shard(s), {m.get('seconds', 0):,.1f} s"
+        + (f"; <b>{html.escape(headline(m))}</b>" if headline(m) else "")
         + (
             f"; adds columns {', '.join('<code>' + html.escape(f.name) + '</code>' for f in added)}"
             if added
@@ -301,6 +302,7 @@ def _step_section(s: Step, plt, colors: dict, examples: int, prev_schema: pa.Sch
     ]
     plots = []
     scores = [f.name for f in added if _is_score(f)]
+    scores += [c for c in _rule_columns(m) if c in kept_schema.names and c not in scores]
     for col in scores:
         kept, n_kept = _sample_column(s.kept, col, MAX_VALUES)
         gone, n_gone = _sample_column(s.removed, col, MAX_VALUES)
@@ -419,6 +421,14 @@ def _added_columns(kept: pa.Schema | None, removed: pa.Schema | None, before: pa
     if before is not None:
         return [f for name, f in fields.items() if name not in set(before.names)]
     return [f for n, f in fields.items() if _is_score(f) or n == "cluster" or n not in kept_names]
+
+
+def _rule_columns(manifest: dict) -> list[str]:
+    """The columns a filter step's rules read (COLUMN=VALUE), in rule order."""
+    if manifest.get("stage") != "filter":
+        return []
+    rules = [r for v in (manifest.get("params") or {}).values() if isinstance(v, list) for r in v]
+    return list(dict.fromkeys(str(r).partition("=")[0].strip() for r in rules))
 
 
 def _is_score(f: pa.Field) -> bool:
@@ -656,7 +666,9 @@ def _plot_funnel(plt, steps: list[Step], colors: dict) -> str | None:
     ax.set_yticks(y, [s.name for s in steps])
     ax.set_xlim(0, top * 1.3)
     ax.set_xlabel("rows")
-    fig.legend(loc="outside lower center", ncols=min(6, 1 + len(colors)), fontsize=8, frameon=False)
+    longest = max([len(f"removed: {r}") for r in colors] + [4])
+    ncols = max(1, min(6, 1 + len(colors), 150 // (longest + 6)))  # ~150 characters a line
+    fig.legend(loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
     return _png(fig)
 
 
@@ -668,12 +680,17 @@ def _plot_hist(plt, col: str, kept: tuple, gone: tuple, cuts) -> str | None:
     both = np.concatenate([kept[0], gone[0]])
     finite = both[np.isfinite(both)]
     bad = both.size - finite.size
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    # a cut-off far past the values (e.g. Gopher's 100,000 words) would squeeze them into a bin
+    far = [(v, label) for v, label in cuts if not lo - (hi - lo) <= v <= hi + (hi - lo)]
+    cuts = [c for c in cuts if c not in far]
+    notes = [f"{bad:,} non-finite values not shown"] if bad else []
+    notes += [f"{label} off the scale" for _, label in far]
     fig = plt(3.0)
-    ax = _axes(fig, col + (f"  ({bad:,} non-finite values not shown)" if bad else ""))
+    ax = _axes(fig, col + (f"  ({'; '.join(notes)})" if notes else ""))
     if finite.size == 0:
         ax.text(0.5, 0.5, "no finite values", ha="center", transform=ax.transAxes)
         return _png(fig)
-    lo, hi = float(finite.min()), float(finite.max())
     for v, _ in cuts:
         lo, hi = min(lo, v), max(hi, v)
     width = (hi - lo) / 50 or 1.0
