@@ -118,3 +118,5 @@ def test_quickstart_config(tmp_path):
     assert any(line.startswith("05-diversify: cluster entropy ") for line in lines)
     report = (tmp_path / "qs" / "report.html").read_text()
     assert all(f'id="step-{name}"' in report for name in names)
+    pytest.importorskip("matplotlib")
+    assert "gopher_alpha_words histogram; thresholds: 0.8" in report  # the filter's rule columns
