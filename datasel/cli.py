@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 GROUPS = {
-    "score": "Add score columns (perplexity, fastText, PreSelect).",
+    "score": "Add score columns (Gopher heuristics, perplexity, fastText, PreSelect).",
     "shift": "Select toward a target distribution (DSIR, GOT-D).",
     "preselect": "Fit PreSelect scorers.",
 }
