@@ -123,7 +123,11 @@ def summary_table(path: str | os.PathLike) -> Table:
     steps = find_steps(path)
     table = Table(title=f"datasel run: {path}", title_justify="left")
     for name in ("step", "rows in", "kept", "kept %", "removed by reason", "seconds"):
-        table.add_column(name, justify="left" if name in ("step", "removed by reason") else "right")
+        table.add_column(
+            name,
+            justify="left" if name in ("step", "removed by reason") else "right",
+            overflow="fold",  # a narrow terminal wraps a reason, never cuts it
+        )
     for s in steps:
         m = s.manifest
         removed = s.reasons
