@@ -120,3 +120,10 @@ def test_quickstart_config(tmp_path):
     assert all(f'id="step-{name}"' in report for name in names)
     pytest.importorskip("matplotlib")
     assert "gopher_alpha_words histogram; thresholds: 0.8" in report  # the filter's rule columns
+
+
+def test_a_stage_command_ends_with_its_headline(tmp_path, capsys):
+    write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in ["a b c", "A  b c", "d e f"]])
+    result = runner.invoke(app, ["dedup", str(tmp_path / "in.jsonl"), str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "1 cluster of duplicates" in result.output + capsys.readouterr().err
