@@ -27,6 +27,15 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 import xxhash
 
+from datasel.bad_rows import (
+    INVALID_UTF8,
+    TYPE_CHANGE,
+    BadLine,
+    arrow_message,
+    arrow_row,
+    find_bad_lines,
+    hint,
+)
 from datasel.errors import DataselError
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")
@@ -284,48 +293,79 @@ def _unreadable(path: str, e: Exception) -> DataselError:
     return DataselError(f"{path}: cannot read it ({msg}); is the file whole?")
 
 
-def _explain_bad_block(path: str, block: bytes, first_line: int, err: Exception) -> DataselError:
-    """Find the first bad line of a block that Arrow refused, for a one-line error."""
-    for i, raw in enumerate(block.split(b"\n")):
-        where = f"{path}:{first_line + i + 1}"
-        if not raw.strip():
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            return DataselError(f"{where}: not valid UTF-8 (byte {e.start} of the line)")
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            return DataselError(f"{where}: malformed JSON: {e.msg} (column {e.colno})")
-        if not isinstance(obj, dict):
-            return DataselError(
-                f"{where}: each line must be a JSON object, got {type(obj).__name__}"
-            )
-    msg = str(err).splitlines()[0].replace("JSON parse error: ", "")
-    return DataselError(f"{path} (lines from {first_line + 1}): {msg}")
+def _arrow_json(block: bytes) -> pa.Table:
+    opts = pa_json.ReadOptions(block_size=len(block) + 1, use_threads=False)
+    return pa_json.read_json(io.BytesIO(block), read_options=opts)
 
 
-def _read_jsonl(unit: Unit) -> Iterator[tuple[pa.Table, int]]:
+Rows = int | list[int]  # line number (from 0) of a table's first row, or of each of its rows
+
+
+def _read_jsonl(
+    unit: Unit, on_bad: str, skipped: list[BadLine] | None
+) -> Iterator[tuple[pa.Table, Rows]]:
+    """The unit's blocks as tables, without their bad lines: they raise a one-line error, or
+    with --on-bad-rows skip go to `skipped`. Types are kept from the unit's first rows on."""
+    skipped = [] if skipped is None else skipped
+    schema = None  # the types of the unit's earlier rows
     for block, first_line in _jsonl_blocks(unit):
         try:
-            opts = pa_json.ReadOptions(block_size=len(block) + 1, use_threads=False)
-            table = pa_json.read_json(io.BytesIO(block), read_options=opts)
+            table = _arrow_json(block)
         except pa.ArrowInvalid as e:
-            raise _explain_bad_block(unit.path, block, first_line, e) from None
-        if b"\n\n" in block or block.startswith(b"\n"):
-            lines = [i for i, raw in enumerate(block.split(b"\n")) if raw.strip()]
-            line_numbers = [first_line + i for i in lines]
+            table, rows = _parse_bad_block(unit.path, block, first_line, e, on_bad, skipped)
         else:
-            line_numbers = None
-        yield table, (first_line if line_numbers is None else line_numbers)
+            if b"\n\n" in block or block.startswith(b"\n"):
+                lines = [i for i, raw in enumerate(block.split(b"\n")) if raw.strip()]
+                rows = [first_line + i for i in lines]
+            else:
+                rows = first_line
+        bad = _bad_utf8_rows(table)
+        if schema is not None and table.num_rows:
+            bad.update(_type_changes(table, schema, set(bad)))
+        if bad:
+            table, rows = _drop_rows(
+                unit.path, block, first_line, table, rows, bad, on_bad, skipped
+            )
+        if schema is not None and table.num_rows:
+            table = _cast_like(table, schema)
+        elif table.num_rows:
+            schema = table.schema
+        yield table, rows
 
 
-def _check_utf8(table: pa.Table, where: str, rows) -> None:
+def _parse_bad_block(
+    path: str, block: bytes, first_line: int, err: Exception, on_bad: str, skipped: list
+) -> tuple[pa.Table, Rows]:
+    """A block Arrow refused: raise on its first bad line, or parse it without its bad lines."""
+    lines = [(first_line + i + 1, raw) for i, raw in enumerate(block.split(b"\n")) if raw.strip()]
+    bad = find_bad_lines(lines)
+    parsed = list(range(len(lines)))  # the lines of the attempt that raised `err`
+    while True:
+        k = arrow_row(err)
+        if k is not None and k < len(parsed) and parsed[k] not in bad:
+            i = parsed[k]  # Arrow saw something the check above did not
+            bad[i] = BadLine(lines[i][0], TYPE_CHANGE, arrow_message(err), lines[i][1])
+        elif not bad or len(parsed) < len(lines):  # nothing more to leave out
+            span = f"{lines[0][0]}-{lines[-1][0]}" if lines else str(first_line + 1)
+            raise DataselError(f"{path}:{span}: {arrow_message(err)}")
+        if on_bad == "error":
+            raise DataselError(hint(path, bad[min(bad)]))
+        parsed = [i for i in range(len(lines)) if i not in bad]
+        try:
+            table = _arrow_json(b"\n".join(lines[i][1] for i in parsed) + b"\n")
+            break
+        except pa.ArrowInvalid as e:
+            err = e
+    skipped.extend(bad.values())
+    return table, [lines[i][0] - 1 for i in parsed]
+
+
+def _bad_utf8_rows(table: pa.Table) -> dict[int, tuple[str, str]]:
+    """Rows with bytes that are not UTF-8 inside a string (Arrow's JSON reader lets them
+    through): {row: (reason, detail)}."""
+    bad = {}
     for name in table.column_names:
         col = table.column(name)
-        if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
-            continue
         try:
             col.validate(full=True)
         except pa.ArrowInvalid:
@@ -333,24 +373,89 @@ def _check_utf8(table: pa.Table, where: str, rows) -> None:
                 try:
                     value.as_py()
                 except UnicodeDecodeError:
-                    row = rows[i] if isinstance(rows, list) else rows + i
-                    raise DataselError(
-                        f"{where}:{row + 1}: column '{name}' is not valid UTF-8"
-                    ) from None
+                    bad.setdefault(i, (INVALID_UTF8, f"column '{name}' is not valid UTF-8"))
+    return bad
+
+
+def _type_changes(table: pa.Table, schema: pa.Schema, known: set[int]) -> dict:
+    """Rows of a later block whose value does not fit a column's type in the unit's earlier
+    rows (Arrow found the types of each block on its own)."""
+    bad = {}
+    for field in schema:
+        if field.name not in table.column_names or pa.types.is_null(field.type):
+            continue
+        col = table.column(field.name)
+        if col.type == field.type or _casts(col, field.type):
+            continue
+        for i in range(table.num_rows):
+            if i not in known and not _casts(col.slice(i, 1), field.type):
+                bad.setdefault(
+                    i,
+                    (
+                        TYPE_CHANGE,
+                        f"type change: '{field.name}' holds {col.type} here, "
+                        f"{field.type} in earlier rows",
+                    ),
+                )
+    return bad
+
+
+def _casts(col, typ: pa.DataType) -> bool:
+    try:
+        col.cast(typ)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return False
+    return True
+
+
+def _cast_like(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A later block with the column types of the earlier rows, where those are known."""
+    for field in schema:
+        if field.name in table.column_names and not pa.types.is_null(field.type):
+            i = table.column_names.index(field.name)
+            if table.schema.field(i).type != field.type:
+                table = table.set_column(i, field, table.column(i).cast(field.type))
+    return table
+
+
+def _drop_rows(
+    path: str,
+    block: bytes,
+    first_line: int,
+    table: pa.Table,
+    rows: Rows,
+    bad: dict[int, tuple[str, str]],
+    on_bad: str,
+    skipped: list,
+) -> tuple[pa.Table, Rows]:
+    numbers = rows if isinstance(rows, list) else list(range(rows, rows + table.num_rows))
+    raw = block.split(b"\n")
+    found = [BadLine(numbers[i] + 1, *bad[i], raw[numbers[i] - first_line]) for i in sorted(bad)]
+    if on_bad == "error":
+        raise DataselError(hint(path, found[0]))
+    skipped.extend(found)
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[sorted(bad)] = False
+    return table.filter(pa.array(keep)), [n for i, n in enumerate(numbers) if keep[i]]
 
 
 @dataclass(frozen=True)
 class Columns:
     text: str | None = "text"  # None: the stage needs no text column
     id: str = "id"
+    on_bad_rows: str = "error"  # JSONL lines that cannot be rows: error | skip (see bad_rows.py)
 
 
 def read_unit(
-    unit: Unit, columns: Columns = Columns(), batch_rows: int = 8192
+    unit: Unit,
+    columns: Columns = Columns(),
+    batch_rows: int = 8192,
+    skipped: list[BadLine] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Stream one unit as record batches that carry a string `id` column and the text column."""
+    """Stream one unit as record batches that carry a string `id` column and the text column.
+    Bad JSONL lines left out under `columns.on_bad_rows == "skip"` are added to `skipped`."""
     if unit.fmt == "jsonl":
-        tables = _read_jsonl(unit)
+        tables = _read_jsonl(unit, columns.on_bad_rows, skipped)
     elif unit.fmt == "parquet":
         tables = _read_parquet(unit)
     else:
@@ -359,8 +464,6 @@ def read_unit(
         if table.num_rows == 0:
             continue
         table = _check_columns(table, unit, columns)
-        if unit.fmt == "jsonl":
-            _check_utf8(table, unit.path, rows)
         table = _with_id(table, unit, columns, rows)
         for batch in table.to_batches(max_chunksize=batch_rows):
             if batch.num_rows:
