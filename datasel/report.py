@@ -112,7 +112,7 @@ def summary_table(path: str | os.PathLike) -> Table:
             f"{m['rows_in']:,}",
             f"{m['kept']:,}",
             _pct(m["kept"], m["rows_in"]),
-            ", ".join(f"{r}: {n:,}" for r, n in removed.items()) or "-",
+            ", ".join([f"{r}: {n:,}" for r, n in removed.items()] + _skipped(m)) or "-",
             f"{m.get('seconds', 0):.1f}",
         )
     if len(steps) > 1:
@@ -126,6 +126,11 @@ def summary_table(path: str | os.PathLike) -> Table:
             f"{sum(s.manifest.get('seconds', 0) for s in steps):.1f}",
         )
     return table
+
+
+def _skipped(m: dict) -> list[str]:
+    """Input lines skipped as bad rows (--on-bad-rows skip), by reason."""
+    return [f"skipped {r}: {n:,}" for r, n in (m.get("skipped") or {}).items()]
 
 
 def build_report(path: str | os.PathLike, *, out: Path | None = None, examples: int = 3) -> Path:
@@ -197,7 +202,7 @@ def _funnel_section(steps: list[Step], plt, colors: dict[str, str]) -> str:
             f'<div><span class=swatch style="background:{colors.get(r, "#999")}"></span>'
             f"{html.escape(r)}: {n:,} ({_pct(n, m['rows_in'])})</div>"
             for r, n in removed.items()
-        )
+        ) + "".join(f"<div>{html.escape(line)}</div>" for line in _skipped(m))
         rows.append(
             f'<tr><td><a href="#{_anchor(s.name)}">{html.escape(s.name)}</a></td>'
             f"<td class=num>{m['rows_in']:,}</td><td class=num>{m['kept']:,}</td>"
@@ -224,13 +229,15 @@ def _step_section(s: Step, plt, colors: dict, examples: int, prev_schema: pa.Sch
         f"<small>stage {html.escape(str(m.get('stage', '?')))}</small></h2>",
         f"<p>{m['rows_in']:,} rows in → {m['kept']:,} kept ({_pct(m['kept'], m['rows_in'])}), "
         f"{m.get('removed_total', m['rows_in'] - m['kept']):,} removed, "
-        f"{m.get('shards', len(s.kept))} shard(s), {m.get('seconds', 0):,.1f} s"
+        + "".join(f"{html.escape(line)}, " for line in _skipped(m))
+        + f"{m.get('shards', len(s.kept))} shard(s), {m.get('seconds', 0):,.1f} s"
         + (
             f"; adds columns {', '.join('<code>' + html.escape(f.name) + '</code>' for f in added)}"
             if added
             else ""
         )
-        + "</p>",
+        + "</p>"
+        + "".join(f"<p class=note>warning: {html.escape(w)}</p>" for w in m.get("warnings", [])),
         '<div class="cols">',
         "<div><h3>Parameters</h3>" + _kv_table(m.get("params") or {}) + "</div>",
         "<div><h3>Statistics</h3>" + _kv_table(_flatten(m.get("stats") or {})) + "</div>",

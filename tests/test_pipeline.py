@@ -141,3 +141,69 @@ def test_killed_pipeline_resumes_to_identical_output(tmp_path, point):
             p.relative_to(tmp_path / "out") for p in out
         ]
         assert all(a.read_bytes() == b.read_bytes() for a, b in zip(ref, out, strict=True))
+
+
+EMPTY_DAY = """input: in
+output: out
+steps:
+  - stage: filter
+    min: [len=1000000]        # removes every row
+  - stage: dedup
+  - stage: diversify
+    k: 4
+    fraction: 0.5
+  - stage: shift-dsir
+    target: {target}
+    fraction: 0.5
+  - stage: shift-gotd
+    target: {target}
+    size: 1
+  - stage: filter
+    top: [len=10]
+  - stage: embed
+"""
+
+
+def test_a_step_that_removes_everything_leaves_valid_empty_steps_after_it(tmp_path):
+    rows = [{"text": r["text"], "len": len(r["text"])} for r in sample_rows(200)]
+    write_jsonl(tmp_path / "in" / "day.jsonl", rows)
+    write_jsonl(tmp_path / "target.jsonl", rows[:20])
+    (tmp_path / "p.yaml").write_text(EMPTY_DAY.format(target=tmp_path / "target.jsonl"))
+    args = ["run", str(tmp_path / "p.yaml"), "--input", str(tmp_path / "in")]
+    result = runner.invoke(app, [*args, "--output", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    steps = sorted((tmp_path / "out").glob("0*"))
+    assert len(steps) == 7
+    manifests = [json.loads((s / "_manifest.json").read_text()) for s in steps]
+    assert manifests[0]["rows_in"] == 200 and manifests[0]["removed_total"] == 200
+    for step, m in zip(steps[1:], manifests[1:], strict=True):
+        assert (m["rows_in"], m["kept"], m["removed_total"]) == (0, 0, 0), step
+        assert "the step is empty" in m["warnings"][0]
+        assert pq.read_table(step / "part-00000.parquet").num_rows == 0
+    assert (tmp_path / "out" / "report.html").exists()
+    # a rerun is a no-op, and a good day after it runs every step
+    assert runner.invoke(app, [*args, "--output", str(tmp_path / "out")]).exit_code == 0
+
+
+def test_cron_survives_a_day_whose_rows_are_all_removed(tmp_path):
+    (tmp_path / "p.yaml").write_text(
+        "steps:\n  - stage: filter\n    min: [len=400]\n  - stage: dedup\n"
+        "  - stage: diversify\n    k: 4\n    fraction: 0.5\n"
+    )
+    rows = [{"text": r["text"], "len": len(r["text"])} for r in sample_rows(600)]
+    long, short = [r for r in rows if r["len"] >= 400], [r for r in rows if r["len"] < 400]
+    args = ["run", str(tmp_path / "p.yaml"), "--input", str(tmp_path / "dumps"), "--quiet"]
+    args += ["--output", str(tmp_path / "out"), "--since", str(tmp_path / "state")]
+    days = [long[:100], short[:50], [], long[100:200]]  # a bad day, then an empty file
+    kept = []
+    for day, docs in enumerate(days):
+        write_jsonl(tmp_path / "dumps" / f"day{day}" / "part-0.jsonl", docs)
+        result = runner.invoke(app, [*args, "--log-json"])
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.output.strip().splitlines()[-1])
+        assert record["rows_in"] == len(docs)
+        kept.append(record["kept"])
+    assert kept[1] == kept[2] == 0 and kept[0] > 40 and kept[3] > 40
+    selected = sorted((tmp_path / "out" / "selected").glob("*.parquet"))
+    assert len(selected) == 2  # the empty days added no shard
+    assert pq.read_table(tmp_path / "out" / "selected").num_rows == kept[0] + kept[3]
