@@ -207,3 +207,30 @@ def test_cron_survives_a_day_whose_rows_are_all_removed(tmp_path):
     selected = sorted((tmp_path / "out" / "selected").glob("*.parquet"))
     assert len(selected) == 2  # the empty days added no shard
     assert pq.read_table(tmp_path / "out" / "selected").num_rows == kept[0] + kept[3]
+
+
+def test_on_bad_rows_from_the_config_or_the_command_line(tmp_path):
+    lines = [json.dumps({"text": r["text"]}) for r in sample_rows(50)]
+    lines[10] = '{"text": "cut'
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    config = "input: in.jsonl\noutput: out\nsteps:\n  - stage: dedup\n"
+    (tmp_path / "p.yaml").write_text(config)
+    args = ["run", str(tmp_path / "p.yaml"), "--input", str(tmp_path / "in.jsonl"), "--quiet"]
+    result = runner.invoke(app, [*args, "--output", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "in.jsonl:11: malformed JSON" in result.output
+    result = runner.invoke(app, [*args, "--output", str(tmp_path / "s"), "--on-bad-rows", "skip"])
+    assert result.exit_code == 0, result.output
+    m = json.loads((tmp_path / "s" / "01-dedup" / "_manifest.json").read_text())
+    assert m["skipped"] == {"malformed_json": 1} and m["rows_in"] == 50
+    (tmp_path / "p.yaml").write_text("on_bad_rows: skip\n" + config)
+    result = runner.invoke(app, [*args, "--output", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "b" / "01-dedup" / "_skipped" / "part-00000.parquet").exists()
+    (tmp_path / "p.yaml").write_text("on_bad_rows: drop\n" + config)
+    result = runner.invoke(app, [*args, "--output", str(tmp_path / "c")])
+    assert result.exit_code == 2
+    assert "p.yaml: on_bad_rows must be error or skip, got 'drop'" in result.output
+    result = runner.invoke(
+        app, ["dedup", str(tmp_path / "in.jsonl"), str(tmp_path / "d")] + ["--on-bad-rows", "drop"]
+    )
+    assert result.exit_code == 2 and "on_bad_rows must be error or skip" in result.output
