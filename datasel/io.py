@@ -15,6 +15,7 @@ import io
 import json
 import mmap
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ import xxhash
 
 from datasel.bad_rows import (
     INVALID_UTF8,
+    NOT_AN_OBJECT,
     TYPE_CHANGE,
     BadLine,
     arrow_message,
@@ -298,6 +300,7 @@ def _arrow_json(block: bytes) -> pa.Table:
     return pa_json.read_json(io.BytesIO(block), read_options=opts)
 
 
+_FIRST_LINE_NULL = re.compile(rb"\s*null[ \t\r]*(?:\n|\Z)")
 Rows = int | list[int]  # line number (from 0) of a table's first row, or of each of its rows
 
 
@@ -310,6 +313,8 @@ def _read_jsonl(
     schema = None  # the types of the unit's earlier rows
     for block, first_line in _jsonl_blocks(unit):
         try:
+            if _FIRST_LINE_NULL.match(block):  # pyarrow 26's JSON reader crashes on it
+                raise pa.ArrowInvalid("the first line is null")
             table = _arrow_json(block)
         except pa.ArrowInvalid as e:
             table, rows = _parse_bad_block(unit.path, block, first_line, e, on_bad, skipped)
@@ -320,6 +325,7 @@ def _read_jsonl(
             else:
                 rows = first_line
         bad = _bad_utf8_rows(table)
+        bad.update(_null_lines(table, block, first_line, rows))
         if schema is not None and table.num_rows:
             bad.update(_type_changes(table, schema, set(bad)))
         if bad:
@@ -377,6 +383,25 @@ def _bad_utf8_rows(table: pa.Table) -> dict[int, tuple[str, str]]:
     return bad
 
 
+def _null_lines(table: pa.Table, block: bytes, first_line: int, rows: Rows) -> dict:
+    """Lines `null`, which Arrow's JSON reader takes for a row of nulls: not an object."""
+    empty = np.ones(table.num_rows, dtype=bool)
+    for col in table.columns:
+        empty &= pc.is_null(col).to_numpy()
+    if not empty.any():
+        return {}
+    numbers, raw = _line_numbers(rows, table.num_rows), block.split(b"\n")
+    return {
+        int(i): (NOT_AN_OBJECT, "each line must be a JSON object, got NoneType")
+        for i in np.flatnonzero(empty)
+        if raw[numbers[i] - first_line].strip() == b"null"
+    }
+
+
+def _line_numbers(rows: Rows, n: int) -> list[int]:
+    return rows if isinstance(rows, list) else list(range(rows, rows + n))
+
+
 def _type_changes(table: pa.Table, schema: pa.Schema, known: set[int]) -> dict:
     """Rows of a later block whose value does not fit a column's type in the unit's earlier
     rows (Arrow found the types of each block on its own)."""
@@ -428,8 +453,7 @@ def _drop_rows(
     on_bad: str,
     skipped: list,
 ) -> tuple[pa.Table, Rows]:
-    numbers = rows if isinstance(rows, list) else list(range(rows, rows + table.num_rows))
-    raw = block.split(b"\n")
+    numbers, raw = _line_numbers(rows, table.num_rows), block.split(b"\n")
     found = [BadLine(numbers[i] + 1, *bad[i], raw[numbers[i] - first_line]) for i in sorted(bad)]
     if on_bad == "error":
         raise DataselError(hint(path, found[0]))

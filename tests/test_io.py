@@ -211,6 +211,7 @@ BAD_LINES = {  # a bad line, its reason, and what the error says about it
     "utf8": (b'{"text": "caf\xe9", "score": 7}\n', "invalid_utf8", "not valid UTF-8"),
     "type": (b'{"text": "typed", "score": "x"}\n', "type_change", "type change: 'score'"),
     "array": (b"[1, 2]\n", "not_an_object", "each line must be a JSON object"),
+    "null": (b"null\n", "not_an_object", "each line must be a JSON object"),  # Arrow: a row
 }
 
 
@@ -240,6 +241,18 @@ def test_bad_line_is_an_error_naming_its_line_or_is_skipped(tmp_path, kind, name
     assert got.schema.field("score").type == pa.int64()
     assert [(b.line, b.reason, b.raw) for b in skipped] == [(4, reason, bad.rstrip(b"\n"))]
     assert message in skipped[0].detail
+
+
+def test_a_file_that_starts_with_null_lines_is_read_not_crashed_on(tmp_path):
+    """pyarrow 26's JSON reader segfaults on a block whose first line is `null`."""
+    (tmp_path / "n.jsonl").write_bytes(b"\n null\nnull\n" + b'{"text": "a"}\n')
+    with pytest.raises(DataselError, match=r"n\.jsonl:2: each line must be a JSON object"):
+        read_all(tmp_path / "n.jsonl")
+    skipped = []
+    (unit,) = plan_units(tmp_path / "n.jsonl")
+    got = list(read_unit(unit, Columns(on_bad_rows="skip"), skipped=skipped))
+    assert [b.column("id").to_pylist() for b in got] == [["n.jsonl:3"]]
+    assert [(b.line, b.reason) for b in skipped] == [(2, "not_an_object"), (3, "not_an_object")]
 
 
 def test_type_change_far_into_a_file_names_its_absolute_line(tmp_path, monkeypatch):
