@@ -72,6 +72,11 @@ def find_bad_lines(lines: list[tuple[int, bytes]]) -> dict[int, BadLine]:
     return bad
 
 
+def is_good_line(raw: bytes) -> bool:
+    """Whether a line is a UTF-8 JSON object (its types are not checked)."""
+    return isinstance(_line_problem(raw), dict)
+
+
 def _line_problem(raw: bytes):
     """The parsed object, or (reason, detail) when the line is not one."""
     try:

@@ -43,6 +43,7 @@ from datasel.io import (
     digest,
     find_files,
     fingerprint,
+    has_rows,
     input_bytes,
     plan_units,
     read_table,
@@ -187,7 +188,7 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
         quiet=options.quiet,
     )
     # no rows: nothing to learn or choose from, and every unit writes an empty shard
-    empty = _fits_or_selects(stage) and not _has_rows(units, columns)
+    empty = _fits_or_selects(stage) and not any(has_rows(u, columns) for u in units)
     if not empty:
         stage.fit(ctx)
     workers = 1 if stage.single_process else max(1, min(options.workers, len(units)))
@@ -292,13 +293,6 @@ def _known_rows(units: list[Unit]) -> int | None:
 
 def _fits_or_selects(stage: Stage) -> bool:
     return stage.has_select() or type(stage).fit is not Stage.fit
-
-
-def _has_rows(units: list[Unit], columns: Columns) -> bool:
-    """Whether any unit has a row (JSONL line counts include blank and skipped lines)."""
-    if all(u.fmt == "parquet" for u in units):
-        return sum(u.rows for u in units) > 0
-    return any(next(read_unit(u, columns, batch_rows=1), None) is not None for u in units)
 
 
 def _keep_all(n: int) -> Decision:

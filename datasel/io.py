@@ -37,6 +37,7 @@ from datasel.bad_rows import (
     arrow_row,
     find_bad_lines,
     hint,
+    is_good_line,
 )
 from datasel.errors import DataselError
 
@@ -256,8 +257,9 @@ def _open_text_stream(path: str):
     return open(path, "rb")
 
 
-def _jsonl_blocks(unit: Unit) -> Iterator[tuple[bytes, int]]:
+def _jsonl_blocks(unit: Unit, block_bytes: int | None = None) -> Iterator[tuple[bytes, int]]:
     """Yield (block of whole lines, line number of its first line)."""
+    block_bytes = block_bytes or BLOCK_BYTES
     line = unit.first_row
     with _open_text_stream(unit.path) as f:
         if unit.start:
@@ -265,7 +267,7 @@ def _jsonl_blocks(unit: Unit) -> Iterator[tuple[bytes, int]]:
         left = (unit.stop - unit.start) if unit.stop >= 0 else None
         carry = b""
         while True:
-            want = BLOCK_BYTES if left is None else min(BLOCK_BYTES, left)
+            want = block_bytes if left is None else min(block_bytes, left)
             chunk = _read(f, want, unit.path) if want > 0 else b""
             if left is not None:
                 left -= len(chunk)
@@ -461,6 +463,19 @@ def _drop_rows(
     keep = np.ones(table.num_rows, dtype=bool)
     keep[sorted(bad)] = False
     return table.filter(pa.array(keep)), [n for i, n in enumerate(numbers) if keep[i]]
+
+
+def has_rows(unit: Unit, columns: Columns) -> bool:
+    """Whether a unit has a row, read no further than its first one (JSONL in 64 KB steps)."""
+    if unit.fmt == "jsonl":
+        for block, _ in _jsonl_blocks(unit, 1 << 16):
+            for raw in block.split(b"\n"):
+                if raw.strip() and (columns.on_bad_rows == "error" or is_good_line(raw)):
+                    return True
+        return False
+    if unit.rows >= 0:
+        return unit.rows > 0
+    return next(read_unit(unit, columns), None) is not None
 
 
 @dataclass(frozen=True)
