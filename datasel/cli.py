@@ -30,6 +30,10 @@ GROUPS = {
 }
 _groups: dict[str, typer.Typer] = {}
 
+BAD_ROWS_HELP = (
+    "JSONL lines that are malformed, not UTF-8 or change a field's type: error (stop, naming "
+    "the line) or skip (leave them out, in OUTPUT/_skipped/ with a reason)"
+)
 RUN_PARAMS = [
     ("text_column", str, "text", "name of the text column"),
     ("id_column", str, "id", "column with document ids (derived from file and row when absent)"),
@@ -37,6 +41,7 @@ RUN_PARAMS = [
     ("overwrite", bool, False, "replace the output of another run in OUTPUT"),
     ("quiet", bool, False, "no progress bar or summary (for cron)"),
     ("engine", str, "local", "local (process pool) or ray (RAY_ADDRESS, else a local cluster)"),
+    ("on_bad_rows", str, "error", BAD_ROWS_HELP),
 ]
 
 
@@ -191,6 +196,9 @@ def run_config(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars or summaries")] = False,
     engine: Annotated[str, typer.Option(help="local or ray")] = "local",
+    on_bad_rows: Annotated[
+        str | None, typer.Option(help=BAD_ROWS_HELP + " (default: config, else error)")
+    ] = None,
     since: Annotated[
         Path | None,
         typer.Option(help="state folder of a cron job: process only files no earlier run has seen"),
@@ -218,6 +226,8 @@ def run_config(
         extra = {"overwrite": overwrite, "quiet": quiet or log_json, "engine": engine}
         if workers:
             extra["workers"] = workers
+        if on_bad_rows is not None:
+            extra["on_bad_rows"] = on_bad_rows
         if since is not None:
             _report_cron(
                 pipeline.run_incremental(src, dst, since, **extra), since, dst, quiet, log_json

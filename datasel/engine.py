@@ -33,6 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datasel import __version__
+from datasel.bad_rows import check_mode, skipped_table
+from datasel.bad_rows import count as count_skipped
 from datasel.errors import DataselError
 from datasel.io import (
     Columns,
@@ -41,6 +43,7 @@ from datasel.io import (
     digest,
     find_files,
     fingerprint,
+    has_rows,
     input_bytes,
     plan_units,
     read_table,
@@ -57,6 +60,7 @@ from datasel.stage import Context, Decision, MapResult, Stage, Staged
 MANIFEST = "_manifest.json"
 CACHE = "_cache"
 REMOVED = "_removed"
+SKIPPED = "_skipped"  # input lines that could not be rows, with --on-bad-rows skip
 WORK = "_work"
 LOCK = "_lock"  # held by the run writing the folder
 _FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
@@ -75,6 +79,13 @@ class RunOptions:
     shard_rows: int = 250_000
     batch_rows: int = 8192
     engine: str = "local"  # local | ray
+    on_bad_rows: str = "error"  # error | skip: malformed, non-UTF-8 or type-changed JSONL lines
+
+    def __post_init__(self):
+        try:
+            check_mode(self.on_bad_rows)
+        except ValueError as e:
+            raise DataselError(str(e)) from None
 
 
 def run(
@@ -115,7 +126,9 @@ def run(
 
 def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
     t0 = time.time()
-    columns = Columns(options.text_column if stage.needs_text else None, options.id_column)
+    columns = Columns(
+        options.text_column if stage.needs_text else None, options.id_column, options.on_bad_rows
+    )
     plan = {
         "stage": stage.name,
         "params": stage.params(),
@@ -124,6 +137,8 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
         "shard_bytes": options.shard_bytes,
         "shard_rows": options.shard_rows,
     }
+    if options.on_bad_rows != "error":  # keeps the key of runs from before the option
+        plan["on_bad_rows"] = options.on_bad_rows
     key = digest(plan)
     say = (lambda *a: None) if options.quiet else _say
     done = _prepare_output(dst, key, stage.name, options.overwrite)
@@ -141,8 +156,6 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
         units = plan_units(
             src, shard_bytes=shard_bytes, shard_rows=options.shard_rows, cut_bytes=cut_bytes
         )
-    if _known_rows(units) == 0:
-        raise DataselError(f"empty input: no rows in {src}")
     work.mkdir(parents=True, exist_ok=True)
     write_json({**plan, "key": key, "units": [unit_dict(u) for u in units]}, work / "plan.json")
 
@@ -155,6 +168,7 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
                 "stage": stage.name,
                 "map": {p: plan["params"][p] for p in stage.map_params},
                 "columns": plan["columns"],
+                "on_bad_rows": options.on_bad_rows,
                 "inputs": plan["inputs"],
                 "units": [unit_dict(u) for u in units],
             }
@@ -173,12 +187,15 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
         units=units,
         quiet=options.quiet,
     )
-    stage.fit(ctx)
+    # no rows: nothing to learn or choose from, and every unit writes an empty shard
+    empty = _fits_or_selects(stage) and not any(has_rows(u, columns) for u in units)
+    if not empty:
+        stage.fit(ctx)
     workers = 1 if stage.single_process else max(1, min(options.workers, len(units)))
     executor = ctx.executor = make_executor(options.engine, workers)
     progress = Progress(f"{stage.name}", total=_known_rows(units), quiet=options.quiet)
     with _resume_hint(say), progress, executor:
-        if stage.has_select():
+        if stage.has_select() and not empty:
             counts = _parallel(
                 _stage_unit,
                 [(stage, u, i, ctx, options.batch_rows) for i, u in enumerate(units)],
@@ -190,11 +207,12 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
             staged = Staged(staging, [c["rows_in"] for c in counts])
             if not (work / "select.json").exists():
                 progress.status("select")
-                decision = stage.select(staged, ctx)
+                decision = stage.select(staged, ctx) if staged.total else _keep_all(0)
                 _save_decision(decision, staged, work)
-                write_json({"stats": ctx.stats}, work / "select.json")
+                write_json({"stats": ctx.stats, "warnings": ctx.warnings}, work / "select.json")
                 _kill_point("select")
-            ctx.stats = json.loads((work / "select.json").read_text())["stats"]
+            selected = json.loads((work / "select.json").read_text())
+            ctx.stats, ctx.warnings = selected["stats"], selected.get("warnings", [])
             progress.status("write")
             counts = _parallel(
                 _apply_unit,
@@ -206,13 +224,18 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
         else:
             counts = _parallel(
                 _map_unit,
-                [(stage, u, i, ctx, dst, options.batch_rows) for i, u in enumerate(units)],
+                [
+                    (Stage() if empty else stage, u, i, ctx, dst, options.batch_rows)
+                    for i, u in enumerate(units)
+                ],
                 executor,
                 progress,
                 lambda i: work / f"done-{i:05d}.json",
                 stage,
             )
-    manifest = _finish(dst, plan, key, units, counts, ctx.stats, time.time() - t0)
+    if all(c["rows_in"] == sum(c.get("skipped", {}).values()) for c in counts):
+        ctx.warn(f"no rows in {src}: the step is empty")
+    manifest = _finish(dst, plan, key, units, counts, ctx, time.time() - t0)
     if not options.quiet:
         from datasel.progress import print_summary
 
@@ -268,6 +291,14 @@ def _known_rows(units: list[Unit]) -> int | None:
     return None if any(u.rows < 0 for u in units) else sum(u.rows for u in units)
 
 
+def _fits_or_selects(stage: Stage) -> bool:
+    return stage.has_select() or type(stage).fit is not Stage.fit
+
+
+def _keep_all(n: int) -> Decision:
+    return Decision(keep=np.ones(n, dtype=bool), reason=np.full(n, None, dtype=object))
+
+
 def _check_output_place(src, dst: Path) -> None:
     if dst.exists() and not dst.is_dir():
         raise DataselError(f"{dst}: is a file; the output is a folder")
@@ -316,7 +347,7 @@ def _clear(dst: Path) -> None:
     """Remove what a datasel step wrote, and nothing else."""
     for p in dst.glob("part-*.parquet*"):
         p.unlink()
-    for name in (REMOVED, WORK):
+    for name in (REMOVED, SKIPPED, WORK):
         shutil.rmtree(dst / name, ignore_errors=True)
     (dst / MANIFEST).unlink(missing_ok=True)
 
@@ -462,9 +493,9 @@ def _map_unit(stage: Stage, unit: Unit, i: int, ctx: Context, dst: Path, batch_r
     """A stage without `select`: map every batch and write the final shard directly."""
     kept = ShardWriter(dst / shard_name(i))
     removed = ShardWriter(dst / REMOVED / shard_name(i))
-    rows_in, reasons = 0, Counter()
+    rows_in, reasons, skipped = 0, Counter(), []
     schema = None
-    for batch in read_unit(unit, ctx.columns, batch_rows):
+    for batch in read_unit(unit, ctx.columns, batch_rows, skipped):
         result = _as_result(stage.map(batch, ctx))
         rows_in += batch.num_rows if result.rows_in is None else result.rows_in
         schema = result.kept.schema
@@ -476,7 +507,13 @@ def _map_unit(stage: Stage, unit: Unit, i: int, ctx: Context, dst: Path, batch_r
     n_kept = kept.close(schema)
     if removed.writer is not None:
         removed.close()
-    counts = {"rows_in": rows_in, "kept": n_kept, "removed": dict(reasons)}
+    _write_skipped(unit, skipped, dst / SKIPPED / shard_name(i))
+    counts = {
+        "rows_in": rows_in + len(skipped),
+        "kept": n_kept,
+        "removed": dict(reasons),
+        "skipped": count_skipped(skipped),
+    }
     write_json(counts, ctx.work / f"done-{i:05d}.json")
     return counts
 
@@ -487,8 +524,8 @@ def _stage_unit(stage: Stage, unit: Unit, i: int, ctx: Context, batch_rows: int)
     staged = ShardWriter(work / f"staged-{i:05d}.parquet", compression="lz4")
     removed = ShardWriter(work / f"removed-{i:05d}.parquet", compression="lz4")
     arrays: dict[str, list[np.ndarray]] = {}
-    rows_in, reasons, schema = 0, Counter(), None
-    for batch in read_unit(unit, ctx.columns, batch_rows):
+    rows_in, reasons, schema, skipped = 0, Counter(), None, []
+    for batch in read_unit(unit, ctx.columns, batch_rows, skipped):
         result = _as_result(stage.map(batch, ctx))
         rows_in += batch.num_rows if result.rows_in is None else result.rows_in
         kept = result.kept
@@ -507,9 +544,21 @@ def _stage_unit(stage: Stage, unit: Unit, i: int, ctx: Context, batch_rows: int)
         removed.close()
     for name, parts in arrays.items():
         _save_npy(np.concatenate(parts), work / f"{name}-{i:05d}.npy")
-    counts = {"rows_in": n, "map_rows_in": rows_in, "map_removed": dict(reasons)}
+    _write_skipped(unit, skipped, work / f"skipped-{i:05d}.parquet")
+    counts = {
+        "rows_in": n,
+        "map_rows_in": rows_in + len(skipped),
+        "map_removed": dict(reasons),
+        "skipped": count_skipped(skipped),
+    }
     write_json(counts, work / f"staged-{i:05d}.json")
     return counts
+
+
+def _write_skipped(unit: Unit, skipped: list, path: Path) -> None:
+    """A unit's skipped input lines, in line order, as `_skipped/part-<i>.parquet`."""
+    if skipped:
+        write_table(skipped_table(unit.path, skipped), path)
 
 
 def _save_npy(arr: np.ndarray, path: Path) -> None:
@@ -554,7 +603,10 @@ def _apply_unit(dst: Path, i: int, stage: Stage, unit: Unit, ctx: Context, batch
     earlier = staging / f"removed-{i:05d}.parquet"
     if earlier.exists():
         removed_out.write(read_table(earlier))
-    reasons = Counter(json.loads((staging / f"staged-{i:05d}.json").read_text())["map_removed"])
+    staged = json.loads((staging / f"staged-{i:05d}.json").read_text())
+    reasons = Counter(staged["map_removed"])
+    if (staging / f"skipped-{i:05d}.parquet").exists():
+        write_table(read_table(staging / f"skipped-{i:05d}.parquet"), dst / SKIPPED / shard_name(i))
     offset, schema = 0, None
     for batch in batches:
         table = pa.Table.from_batches([batch])
@@ -578,9 +630,10 @@ def _apply_unit(dst: Path, i: int, stage: Stage, unit: Unit, ctx: Context, batch
     if offset != decision.num_rows:
         raise RuntimeError(f"shard {i}: {offset} rows read back, {decision.num_rows} decided")
     counts = {
-        "rows_in": json.loads((staging / f"staged-{i:05d}.json").read_text())["map_rows_in"],
+        "rows_in": staged["map_rows_in"],
         "kept": kept_out.close(schema),
         "removed": dict(reasons),
+        "skipped": staged.get("skipped", {}),
     }
     if removed_out.writer is not None:
         removed_out.close()
@@ -601,21 +654,28 @@ def _finish(
     key: str,
     units: list[Unit],
     counts: list[dict],
-    stats: dict,
+    ctx: Context,
     seconds: float,
 ) -> dict:
     rows_in = sum(c["rows_in"] for c in counts)
     kept = sum(c["kept"] for c in counts)
-    removed = Counter()
+    removed, skipped = Counter(), Counter()
     for c in counts:
         removed.update(c["removed"])
-    if rows_in == 0:
-        shutil.rmtree(dst / WORK, ignore_errors=True)
-        raise DataselError(f"empty input: no rows in {', '.join(sorted({u.path for u in units}))}")
-    if rows_in != kept + sum(removed.values()):
+        skipped.update(c.get("skipped", {}))
+    if rows_in != kept + sum(removed.values()) + sum(skipped.values()):
         raise RuntimeError(
-            f"row accounting broken: {rows_in} in, {kept} kept, {sum(removed.values())} removed"
+            f"row accounting broken: {rows_in} in, {kept} kept, {sum(removed.values())} removed, "
+            f"{sum(skipped.values())} skipped"
         )
+    if "on_bad_rows" in plan:  # input lines that could not be rows, by reason
+        skipped_keys = {
+            "on_bad_rows": plan["on_bad_rows"],
+            "skipped_total": sum(skipped.values()),
+            "skipped": dict(sorted(skipped.items(), key=lambda kv: -kv[1])),
+        }
+    else:
+        skipped_keys = {}
     manifest = {
         "stage": plan["stage"],
         "params": plan["params"],
@@ -627,9 +687,11 @@ def _finish(
         "kept": kept,
         "removed_total": sum(removed.values()),
         "removed": dict(sorted(removed.items(), key=lambda kv: -kv[1])),
+        **skipped_keys,
         "shards": len(units),
         "seconds": round(seconds, 3),
-        "stats": stats,
+        "stats": ctx.stats,
+        **({"warnings": ctx.warnings} if ctx.warnings else {}),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json(manifest, dst / MANIFEST)

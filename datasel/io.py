@@ -15,6 +15,7 @@ import io
 import json
 import mmap
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +28,17 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 import xxhash
 
+from datasel.bad_rows import (
+    INVALID_UTF8,
+    NOT_AN_OBJECT,
+    TYPE_CHANGE,
+    BadLine,
+    arrow_message,
+    arrow_row,
+    find_bad_lines,
+    hint,
+    is_good_line,
+)
 from datasel.errors import DataselError
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")
@@ -245,8 +257,9 @@ def _open_text_stream(path: str):
     return open(path, "rb")
 
 
-def _jsonl_blocks(unit: Unit) -> Iterator[tuple[bytes, int]]:
+def _jsonl_blocks(unit: Unit, block_bytes: int | None = None) -> Iterator[tuple[bytes, int]]:
     """Yield (block of whole lines, line number of its first line)."""
+    block_bytes = block_bytes or BLOCK_BYTES
     line = unit.first_row
     with _open_text_stream(unit.path) as f:
         if unit.start:
@@ -254,7 +267,7 @@ def _jsonl_blocks(unit: Unit) -> Iterator[tuple[bytes, int]]:
         left = (unit.stop - unit.start) if unit.stop >= 0 else None
         carry = b""
         while True:
-            want = BLOCK_BYTES if left is None else min(BLOCK_BYTES, left)
+            want = block_bytes if left is None else min(block_bytes, left)
             chunk = _read(f, want, unit.path) if want > 0 else b""
             if left is not None:
                 left -= len(chunk)
@@ -284,48 +297,83 @@ def _unreadable(path: str, e: Exception) -> DataselError:
     return DataselError(f"{path}: cannot read it ({msg}); is the file whole?")
 
 
-def _explain_bad_block(path: str, block: bytes, first_line: int, err: Exception) -> DataselError:
-    """Find the first bad line of a block that Arrow refused, for a one-line error."""
-    for i, raw in enumerate(block.split(b"\n")):
-        where = f"{path}:{first_line + i + 1}"
-        if not raw.strip():
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            return DataselError(f"{where}: not valid UTF-8 (byte {e.start} of the line)")
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            return DataselError(f"{where}: malformed JSON: {e.msg} (column {e.colno})")
-        if not isinstance(obj, dict):
-            return DataselError(
-                f"{where}: each line must be a JSON object, got {type(obj).__name__}"
-            )
-    msg = str(err).splitlines()[0].replace("JSON parse error: ", "")
-    return DataselError(f"{path} (lines from {first_line + 1}): {msg}")
+def _arrow_json(block: bytes) -> pa.Table:
+    opts = pa_json.ReadOptions(block_size=len(block) + 1, use_threads=False)
+    return pa_json.read_json(io.BytesIO(block), read_options=opts)
 
 
-def _read_jsonl(unit: Unit) -> Iterator[tuple[pa.Table, int]]:
+_FIRST_LINE_NULL = re.compile(rb"\s*null[ \t\r]*(?:\n|\Z)")
+Rows = int | list[int]  # line number (from 0) of a table's first row, or of each of its rows
+
+
+def _read_jsonl(
+    unit: Unit, on_bad: str, skipped: list[BadLine] | None
+) -> Iterator[tuple[pa.Table, Rows]]:
+    """The unit's blocks as tables, without their bad lines: they raise a one-line error, or
+    with --on-bad-rows skip go to `skipped`. Types are kept from the unit's first rows on."""
+    skipped = [] if skipped is None else skipped
+    schema = None  # the types of the unit's earlier rows
     for block, first_line in _jsonl_blocks(unit):
         try:
-            opts = pa_json.ReadOptions(block_size=len(block) + 1, use_threads=False)
-            table = pa_json.read_json(io.BytesIO(block), read_options=opts)
+            if _FIRST_LINE_NULL.match(block):  # pyarrow 26's JSON reader crashes on it
+                raise pa.ArrowInvalid("the first line is null")
+            table = _arrow_json(block)
         except pa.ArrowInvalid as e:
-            raise _explain_bad_block(unit.path, block, first_line, e) from None
-        if b"\n\n" in block or block.startswith(b"\n"):
-            lines = [i for i, raw in enumerate(block.split(b"\n")) if raw.strip()]
-            line_numbers = [first_line + i for i in lines]
+            table, rows = _parse_bad_block(unit.path, block, first_line, e, on_bad, skipped)
         else:
-            line_numbers = None
-        yield table, (first_line if line_numbers is None else line_numbers)
+            if b"\n\n" in block or block.startswith(b"\n"):
+                lines = [i for i, raw in enumerate(block.split(b"\n")) if raw.strip()]
+                rows = [first_line + i for i in lines]
+            else:
+                rows = first_line
+        bad = _bad_utf8_rows(table)
+        bad.update(_null_lines(table, block, first_line, rows))
+        if schema is not None and table.num_rows:
+            bad.update(_type_changes(table, schema, set(bad)))
+        if bad:
+            table, rows = _drop_rows(
+                unit.path, block, first_line, table, rows, bad, on_bad, skipped
+            )
+        if schema is not None and table.num_rows:
+            table = _cast_like(table, schema)
+        elif table.num_rows:
+            schema = table.schema
+        yield table, rows
 
 
-def _check_utf8(table: pa.Table, where: str, rows) -> None:
+def _parse_bad_block(
+    path: str, block: bytes, first_line: int, err: Exception, on_bad: str, skipped: list
+) -> tuple[pa.Table, Rows]:
+    """A block Arrow refused: raise on its first bad line, or parse it without its bad lines."""
+    lines = [(first_line + i + 1, raw) for i, raw in enumerate(block.split(b"\n")) if raw.strip()]
+    bad = find_bad_lines(lines)
+    parsed = list(range(len(lines)))  # the lines of the attempt that raised `err`
+    while True:
+        k = arrow_row(err)
+        if k is not None and k < len(parsed) and parsed[k] not in bad:
+            i = parsed[k]  # Arrow saw something the check above did not
+            bad[i] = BadLine(lines[i][0], TYPE_CHANGE, arrow_message(err), lines[i][1])
+        elif not bad or len(parsed) < len(lines):  # nothing more to leave out
+            span = f"{lines[0][0]}-{lines[-1][0]}" if lines else str(first_line + 1)
+            raise DataselError(f"{path}:{span}: {arrow_message(err)}")
+        if on_bad == "error":
+            raise DataselError(hint(path, bad[min(bad)]))
+        parsed = [i for i in range(len(lines)) if i not in bad]
+        try:
+            table = _arrow_json(b"\n".join(lines[i][1] for i in parsed) + b"\n")
+            break
+        except pa.ArrowInvalid as e:
+            err = e
+    skipped.extend(bad.values())
+    return table, [lines[i][0] - 1 for i in parsed]
+
+
+def _bad_utf8_rows(table: pa.Table) -> dict[int, tuple[str, str]]:
+    """Rows with bytes that are not UTF-8 inside a string (Arrow's JSON reader lets them
+    through): {row: (reason, detail)}."""
+    bad = {}
     for name in table.column_names:
         col = table.column(name)
-        if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
-            continue
         try:
             col.validate(full=True)
         except pa.ArrowInvalid:
@@ -333,24 +381,120 @@ def _check_utf8(table: pa.Table, where: str, rows) -> None:
                 try:
                     value.as_py()
                 except UnicodeDecodeError:
-                    row = rows[i] if isinstance(rows, list) else rows + i
-                    raise DataselError(
-                        f"{where}:{row + 1}: column '{name}' is not valid UTF-8"
-                    ) from None
+                    bad.setdefault(i, (INVALID_UTF8, f"column '{name}' is not valid UTF-8"))
+    return bad
+
+
+def _null_lines(table: pa.Table, block: bytes, first_line: int, rows: Rows) -> dict:
+    """Lines `null`, which Arrow's JSON reader takes for a row of nulls: not an object."""
+    empty = np.ones(table.num_rows, dtype=bool)
+    for col in table.columns:
+        empty &= pc.is_null(col).to_numpy()
+    if not empty.any():
+        return {}
+    numbers, raw = _line_numbers(rows, table.num_rows), block.split(b"\n")
+    return {
+        int(i): (NOT_AN_OBJECT, "each line must be a JSON object, got NoneType")
+        for i in np.flatnonzero(empty)
+        if raw[numbers[i] - first_line].strip() == b"null"
+    }
+
+
+def _line_numbers(rows: Rows, n: int) -> list[int]:
+    return rows if isinstance(rows, list) else list(range(rows, rows + n))
+
+
+def _type_changes(table: pa.Table, schema: pa.Schema, known: set[int]) -> dict:
+    """Rows of a later block whose value does not fit a column's type in the unit's earlier
+    rows (Arrow found the types of each block on its own)."""
+    bad = {}
+    for field in schema:
+        if field.name not in table.column_names or pa.types.is_null(field.type):
+            continue
+        col = table.column(field.name)
+        if col.type == field.type or _casts(col, field.type):
+            continue
+        for i in range(table.num_rows):
+            if i not in known and not _casts(col.slice(i, 1), field.type):
+                bad.setdefault(
+                    i,
+                    (
+                        TYPE_CHANGE,
+                        f"type change: '{field.name}' holds {col.type} here, "
+                        f"{field.type} in earlier rows",
+                    ),
+                )
+    return bad
+
+
+def _casts(col, typ: pa.DataType) -> bool:
+    try:
+        col.cast(typ)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return False
+    return True
+
+
+def _cast_like(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A later block with the column types of the earlier rows, where those are known."""
+    for field in schema:
+        if field.name in table.column_names and not pa.types.is_null(field.type):
+            i = table.column_names.index(field.name)
+            if table.schema.field(i).type != field.type:
+                table = table.set_column(i, field, table.column(i).cast(field.type))
+    return table
+
+
+def _drop_rows(
+    path: str,
+    block: bytes,
+    first_line: int,
+    table: pa.Table,
+    rows: Rows,
+    bad: dict[int, tuple[str, str]],
+    on_bad: str,
+    skipped: list,
+) -> tuple[pa.Table, Rows]:
+    numbers, raw = _line_numbers(rows, table.num_rows), block.split(b"\n")
+    found = [BadLine(numbers[i] + 1, *bad[i], raw[numbers[i] - first_line]) for i in sorted(bad)]
+    if on_bad == "error":
+        raise DataselError(hint(path, found[0]))
+    skipped.extend(found)
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[sorted(bad)] = False
+    return table.filter(pa.array(keep)), [n for i, n in enumerate(numbers) if keep[i]]
+
+
+def has_rows(unit: Unit, columns: Columns) -> bool:
+    """Whether a unit has a row, read no further than its first one (JSONL in 64 KB steps)."""
+    if unit.fmt == "jsonl":
+        for block, _ in _jsonl_blocks(unit, 1 << 16):
+            for raw in block.split(b"\n"):
+                if raw.strip() and (columns.on_bad_rows == "error" or is_good_line(raw)):
+                    return True
+        return False
+    if unit.rows >= 0:
+        return unit.rows > 0
+    return next(read_unit(unit, columns), None) is not None
 
 
 @dataclass(frozen=True)
 class Columns:
     text: str | None = "text"  # None: the stage needs no text column
     id: str = "id"
+    on_bad_rows: str = "error"  # JSONL lines that cannot be rows: error | skip (see bad_rows.py)
 
 
 def read_unit(
-    unit: Unit, columns: Columns = Columns(), batch_rows: int = 8192
+    unit: Unit,
+    columns: Columns = Columns(),
+    batch_rows: int = 8192,
+    skipped: list[BadLine] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Stream one unit as record batches that carry a string `id` column and the text column."""
+    """Stream one unit as record batches that carry a string `id` column and the text column.
+    Bad JSONL lines left out under `columns.on_bad_rows == "skip"` are added to `skipped`."""
     if unit.fmt == "jsonl":
-        tables = _read_jsonl(unit)
+        tables = _read_jsonl(unit, columns.on_bad_rows, skipped)
     elif unit.fmt == "parquet":
         tables = _read_parquet(unit)
     else:
@@ -359,8 +503,6 @@ def read_unit(
         if table.num_rows == 0:
             continue
         table = _check_columns(table, unit, columns)
-        if unit.fmt == "jsonl":
-            _check_utf8(table, unit.path, rows)
         table = _with_id(table, unit, columns, rows)
         for batch in table.to_batches(max_chunksize=batch_rows):
             if batch.num_rows:

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import yaml
 
 from datasel.engine import RunOptions, run
@@ -28,7 +29,16 @@ from datasel.io import FileList, digest, find_files, fingerprint, write_json
 from datasel.lock import FolderLock
 from datasel.stage import STAGES, Stage
 
-CONFIG_KEYS = {"input", "output", "steps", "text_column", "id_column", "workers", "description"}
+CONFIG_KEYS = {
+    "input",
+    "output",
+    "steps",
+    "text_column",
+    "id_column",
+    "workers",
+    "on_bad_rows",
+    "description",
+}
 STEP_OPTIONS = ("text_column", "id_column")  # a step may read another column than the others
 
 
@@ -115,6 +125,8 @@ class Pipeline:
             selected = dst / "selected"
             selected.mkdir(parents=True, exist_ok=True)
             for part in sorted(last.glob("part-*.parquet")):
+                if pq.ParquetFile(part).metadata.num_rows == 0:
+                    continue  # an empty day adds nothing (and no id-only schema) to selected/
                 target = selected / f"{run_id}-{part.name}"
                 tmp = target.with_name(target.name + ".tmp")
                 shutil.copyfile(part, tmp)
@@ -175,9 +187,16 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[Pip
                 f"{where}: unknown stage '{name}'; stages: {', '.join(sorted(STAGES))}"
             )
         stages.append(STAGES[name].from_params(params, f"{where} ({name})"))
-    options = RunOptions(
-        **{k: config[k] for k in ("text_column", "id_column", "workers") if k in config}
-    )
+    try:
+        options = RunOptions(
+            **{
+                k: config[k]
+                for k in ("text_column", "id_column", "workers", "on_bad_rows")
+                if k in config
+            }
+        )
+    except DataselError as e:
+        raise DataselError(f"{path}: {e}") from None
     return Pipeline(stages, options, step_options), config
 
 

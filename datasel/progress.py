@@ -78,6 +78,8 @@ def summary_table(manifest: dict) -> Table:
     table.add_row("kept", f"{manifest['kept']:,}", f"{100 * manifest['kept'] / n:.1f}%")
     for reason, count in manifest["removed"].items():
         table.add_row(f"removed: {reason}", f"{count:,}", f"{100 * count / n:.1f}%")
+    for reason, count in (manifest.get("skipped") or {}).items():
+        table.add_row(f"skipped: {reason}", f"{count:,}", f"{100 * count / n:.1f}%")
     return table
 
 

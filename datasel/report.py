@@ -136,7 +136,7 @@ def summary_table(path: str | os.PathLike) -> Table:
             s.rows_in_text,
             f"{m['kept']:,}",
             _pct(m["kept"], m["rows_in"]),
-            "\n".join(f"{r}: {n:,}" for r, n in removed.items()) or "-",
+            "\n".join([f"{r}: {n:,}" for r, n in removed.items()] + _skipped(m)) or "-",
             f"{m.get('seconds', 0):.1f}",
         )
     if len(steps) > 1:
@@ -193,6 +193,11 @@ def headline(manifest: dict) -> str:
 def headlines(path: str | os.PathLike) -> list[str]:
     """`step: headline` for each step of the run at `path` that has one."""
     return [f"{s.name}: {h}" for s in find_steps(path) if (h := headline(s.manifest))]
+
+
+def _skipped(m: dict) -> list[str]:
+    """Input lines skipped as bad rows (--on-bad-rows skip), by reason."""
+    return [f"skipped {r}: {n:,}" for r, n in (m.get("skipped") or {}).items()]
 
 
 def build_report(path: str | os.PathLike, *, out: Path | None = None, examples: int = 3) -> Path:
@@ -264,7 +269,7 @@ def _funnel_section(steps: list[Step], plt, colors: dict[str, str]) -> str:
             f'<div><span class=swatch style="background:{colors.get(r, "#999")}"></span>'
             f"{html.escape(r)}: {n:,} ({_pct(n, m['rows_in'])})</div>"
             for r, n in removed.items()
-        )
+        ) + "".join(f"<div>{html.escape(line)}</div>" for line in _skipped(m))
         rows.append(
             f'<tr><td><a href="#{_anchor(s.name)}">{html.escape(s.name)}</a></td>'
             f"<td class=num>{s.rows_in_text}</td><td class=num>{m['kept']:,}</td>"
@@ -291,14 +296,16 @@ def _step_section(s: Step, plt, colors: dict, examples: int, prev_schema: pa.Sch
         f"<small>stage {html.escape(str(m.get('stage', '?')))}</small></h2>",
         f"<p>{s.rows_in_text} rows in → {m['kept']:,} kept ({_pct(m['kept'], m['rows_in'])}), "
         f"{m.get('removed_total', m['rows_in'] - m['kept']):,} removed, "
-        f"{m.get('shards', len(s.kept))} shard(s), {m.get('seconds', 0):,.1f} s"
+        + "".join(f"{html.escape(line)}, " for line in _skipped(m))
+        + f"{m.get('shards', len(s.kept))} shard(s), {m.get('seconds', 0):,.1f} s"
         + (f"; <b>{html.escape(headline(m))}</b>" if headline(m) else "")
         + (
             f"; adds columns {', '.join('<code>' + html.escape(f.name) + '</code>' for f in added)}"
             if added
             else ""
         )
-        + "</p>",
+        + "</p>"
+        + "".join(f"<p class=note>warning: {html.escape(w)}</p>" for w in m.get("warnings", [])),
         '<div class="cols">',
         "<div><h3>Parameters</h3>" + _kv_table(m.get("params") or {}) + "</div>",
         "<div><h3>Statistics</h3>" + _kv_table(_flatten(m.get("stats") or {})) + "</div>",

@@ -93,10 +93,20 @@ class Context:
     stats: dict = field(default_factory=dict)  # stage statistics, copied into the manifest
     quiet: bool = False
     executor: Any = None  # the engine's: map_unordered(fn, args) for work that select can spread
+    warnings: list[str] = field(default_factory=list)  # one line each, copied into the manifest
 
     def __post_init__(self):
         if self.staging is None:
             self.staging = self.work
+
+    def warn(self, message: str) -> None:
+        """Say something the user should know about the result, and keep it in the manifest."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+            if not self.quiet:
+                from datasel.progress import console
+
+                console.print(f"[yellow]warning[/]: {message}", highlight=False)
 
     def __getstate__(self):  # workers get everything but the engine itself
         return {**self.__dict__, "executor": None}

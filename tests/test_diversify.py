@@ -219,7 +219,6 @@ def test_kids_rounds_inside_one_selection(embedded, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--k", "5000", "--size", "10"], "--k 5000 is larger than the number of rows (2250)"),
         (["--size", "10", "--weight-by", "nope"], "--weight-by: no column 'nope'"),
         (["--size", "10", "--feedback", "nope", "--rounds", "2"], "--feedback: no column 'nope'"),
         (["--size", "10", "--feedback", "fb"], "--feedback needs a previous selection"),
@@ -238,6 +237,23 @@ def test_errors(embedded, tmp_path, args, message):
     r = runner.invoke(app, ["diversify", str(src), str(tmp_path / "o"), "--quiet", *args])
     assert r.exit_code == 2, r.output
     assert message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_k_larger_than_the_rows_clamps_with_a_warning(embedded, tmp_path):
+    src = tmp_path / "few.parquet"
+    pq.write_table(pq.read_table(embedded / "scored.parquet").slice(0, 30), src)
+    r = runner.invoke(
+        app, ["diversify", str(src), str(tmp_path / "o"), "--k", "50", "--size", "10"]
+    )
+    warning = "diversify: --k 50 is larger than the number of rows (30): using k=30"
+    assert r.exit_code == 0 and warning in " ".join(r.output.split()), r.output
+    m = json.loads((tmp_path / "o" / "_manifest.json").read_text())
+    assert m["warnings"] == [warning] and m["stats"]["k"] == 30 and m["kept"] == 10
+    kept, removed = output(tmp_path / "o")
+    assert max(kept.column("cluster").to_pylist() + removed.column("cluster").to_pylist()) < 30
+    # the cached map (another --size only) clamps alike
+    m = run(Diversify(k=50, size=5), src, tmp_path / "o", overwrite=True)
+    assert m["warnings"] == [warning] and m["stats"]["k"] == 30 and m["kept"] == 5
 
 
 def test_mixed_dimension_embeddings(tmp_path):

@@ -3,12 +3,17 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 import datasel
 from datasel.errors import DataselError
+from datasel.stages.embed import Embed
 from tests.conftest import read_dataset, read_removed, sample_rows, write_jsonl
 
 
@@ -48,10 +53,97 @@ def test_refuses_another_runs_output(tmp_path):
         datasel.run(datasel.Dedup(), src, tmp_path / "other", quiet=True)
 
 
-def test_empty_input(tmp_path):
-    (tmp_path / "e.jsonl").write_text("")
-    with pytest.raises(DataselError, match="empty input"):
-        datasel.run(datasel.Dedup(), tmp_path / "e.jsonl", tmp_path / "out", quiet=True)
+@pytest.mark.parametrize("content", ["", "\n\n"])
+def test_empty_input_gives_an_empty_step(tmp_path, content):
+    (tmp_path / "e.jsonl").write_text(content)
+    m = datasel.run(datasel.Dedup(), tmp_path / "e.jsonl", tmp_path / "out", quiet=True)
+    assert (m["rows_in"], m["kept"], m["removed_total"]) == (0, 0, 0)
+    assert m["warnings"] == [f"no rows in {tmp_path / 'e.jsonl'}: the step is empty"]
+    assert read_dataset(tmp_path / "out").num_rows == 0  # a valid, readable shard
+    again = datasel.run(datasel.Dedup(), tmp_path / "out", tmp_path / "next", quiet=True)
+    assert again["rows_in"] == 0 and (tmp_path / "next" / "part-00000.parquet").exists()
+
+
+BAD = {  # a bad line for every 11th line: (line, reason)
+    0: (b'{"text": "cut off', "malformed_json"),
+    1: (b'{"text": "caf\xe9 au lait", "len": 3}', "invalid_utf8"),
+    2: (b'{"text": "a string length", "len": "long"}', "type_change"),
+    3: (b"[1, 2, 3]", "not_an_object"),
+}
+
+
+def make_bad_input(tmp_path):
+    """Two files (plain and gzip) of real documents with a bad line every 11 lines."""
+    import gzip
+
+    rows = [{"text": r["text"], "len": len(r["text"])} for r in sample_rows(440)]
+    rows += [dict(r, len=r["len"] + 1) for r in rows[:30]]  # exact duplicates for dedup
+    expected = Counter()
+    for k, name in enumerate(["a.jsonl", "b.jsonl.gz"]):
+        lines = []
+        for i, r in enumerate(rows[k::2]):
+            if i % 11 == 5:
+                bad, reason = BAD[(i // 11) % 4]
+                lines.append(bad)
+                expected[reason] += 1
+            lines.append(json.dumps(r).encode())
+        data = b"\n".join(lines) + b"\n"
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(gzip.compress(data) if k else data)
+    return tmp_path / "in", len(rows), expected
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [datasel.Dedup(), datasel.Filter(min=["len=300"]), Embed(model="hashing", dim=16)],
+    ids=["dedup", "filter", "embed"],
+)
+def test_skipped_bad_rows_are_counted_and_kept_with_a_reason(tmp_path, stage):
+    """Every input line is kept, removed or skipped; each skip has its file, line, reason and
+    raw bytes. Covers a select stage, one that re-reads its input, and a map-only stage."""
+    src, good, expected = make_bad_input(tmp_path)
+    with pytest.raises(DataselError, match=r"/[ab]\.jsonl(\.gz)?:6: malformed JSON"):
+        datasel.run(stage, src, tmp_path / "strict", quiet=True)
+    m = datasel.run(stage, src, tmp_path / "out", quiet=True, workers=2, on_bad_rows="skip")
+    assert m["rows_in"] == good + sum(expected.values())
+    assert m["rows_in"] == m["kept"] + m["removed_total"] + m["skipped_total"]
+    assert m["skipped"] == dict(expected) and m["on_bad_rows"] == "skip"
+    skipped = pa.concat_tables(
+        pq.read_table(p) for p in sorted((tmp_path / "out" / "_skipped").glob("*.parquet"))
+    )
+    assert skipped.num_rows == m["skipped_total"]
+    assert Counter(skipped.column("reason").to_pylist()) == expected
+    raws = {bad for bad, _ in BAD.values()}
+    assert set(skipped.column("raw").to_pylist()) == raws
+    first = skipped.filter(pc.equal(skipped.column("file"), str(src / "a.jsonl"))).slice(0, 1)
+    assert first.column("line").to_pylist() == [6]  # 1-based line in its file
+    kept = read_dataset(tmp_path / "out")
+    removed = read_removed(tmp_path / "out")
+    seen = kept.num_rows + (removed.num_rows if removed is not None else 0)
+    assert seen == good and kept.schema.field("len").type == pa.int64()
+    from datasel.report import build_report
+
+    page = build_report(tmp_path / "out").read_text()
+    assert f"skipped type_change: {expected['type_change']}" in page
+
+
+@pytest.mark.parametrize("point", ["_stage_unit:1", "_apply_unit:0"])
+def test_skipping_resumes_to_identical_output(tmp_path, point):
+    src, _, _ = make_bad_input(tmp_path)
+    code = (
+        "import sys, datasel; datasel.run(datasel.Dedup(), sys.argv[1], sys.argv[2], "
+        "workers=1, quiet=True, on_bad_rows='skip')"
+    )
+    subprocess.run([sys.executable, "-c", code, src, tmp_path / "ref"], check=True)
+    env = dict(os.environ, DATASEL_KILL_AT=point)
+    killed = subprocess.run([sys.executable, "-c", code, src, tmp_path / "out"], env=env)
+    assert killed.returncode == -9
+    env.pop("DATASEL_KILL_AT")
+    subprocess.run([sys.executable, "-c", code, src, tmp_path / "out"], env=env, check=True)
+    assert output_bytes(tmp_path / "out") == output_bytes(tmp_path / "ref")
+    assert any("_skipped" in name for name in output_bytes(tmp_path / "ref"))
+    ref, out = (json.loads((tmp_path / d / "_manifest.json").read_text()) for d in ("ref", "out"))
+    assert (out["skipped"], out["kept"]) == (ref["skipped"], ref["kept"])
 
 
 def output_bytes(path):

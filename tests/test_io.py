@@ -201,3 +201,102 @@ def test_broken_arrow_file_gives_one_line_error(tmp_path, keep):
     (tmp_path / "x.arrow").write_bytes(data[: int(len(data) * keep)] or b"not arrow at all")
     with pytest.raises(DataselError, match="x.arrow: cannot read it"):
         read_all(tmp_path / "x.arrow")
+
+
+# --------------------------------------------------------------------------- bad rows
+
+GOOD = [{"text": f"line {i}", "score": i} for i in range(6)]
+BAD_LINES = {  # a bad line, its reason, and what the error says about it
+    "malformed": (b'{"text": "broken", "score": 7\n', "malformed_json", "malformed JSON"),
+    "utf8": (b'{"text": "caf\xe9", "score": 7}\n', "invalid_utf8", "not valid UTF-8"),
+    "type": (b'{"text": "typed", "score": "x"}\n', "type_change", "type change: 'score'"),
+    "array": (b"[1, 2]\n", "not_an_object", "each line must be a JSON object"),
+    "null": (b"null\n", "not_an_object", "each line must be a JSON object"),  # Arrow: a row
+}
+
+
+def write_with_bad_line(path, bad: bytes, at: int = 3) -> None:
+    lines = [json.dumps(r).encode() + b"\n" for r in GOOD]
+    lines.insert(at, bad)
+    data = b"".join(lines)
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_LINES))
+@pytest.mark.parametrize("name", ["x.jsonl", "x.jsonl.gz"])
+def test_bad_line_is_an_error_naming_its_line_or_is_skipped(tmp_path, kind, name):
+    bad, reason, message = BAD_LINES[kind]
+    write_with_bad_line(tmp_path / name, bad)
+    with pytest.raises(DataselError) as err:
+        read_all(tmp_path / name)
+    assert f"{name}:4: " in str(err.value) and message in str(err.value)
+    assert "\n" not in str(err.value)
+    skipped = []
+    units = plan_units(tmp_path / name)
+    columns = Columns(on_bad_rows="skip")
+    got = pa.Table.from_batches([b for u in units for b in read_unit(u, columns, skipped=skipped)])
+    assert got.column("text").to_pylist() == [r["text"] for r in GOOD]
+    # ids stay those of the lines: the skipped line does not shift the ones after it
+    assert got.column("id").to_pylist()[2:4] == [f"{name}:2", f"{name}:4"]
+    assert got.schema.field("score").type == pa.int64()
+    assert [(b.line, b.reason, b.raw) for b in skipped] == [(4, reason, bad.rstrip(b"\n"))]
+    assert message in skipped[0].detail
+
+
+def test_a_file_that_starts_with_null_lines_is_read_not_crashed_on(tmp_path):
+    """pyarrow 26's JSON reader segfaults on a block whose first line is `null`."""
+    (tmp_path / "n.jsonl").write_bytes(b"\n null\nnull\n" + b'{"text": "a"}\n')
+    with pytest.raises(DataselError, match=r"n\.jsonl:2: each line must be a JSON object"):
+        read_all(tmp_path / "n.jsonl")
+    skipped = []
+    (unit,) = plan_units(tmp_path / "n.jsonl")
+    got = list(read_unit(unit, Columns(on_bad_rows="skip"), skipped=skipped))
+    assert [b.column("id").to_pylist() for b in got] == [["n.jsonl:3"]]
+    assert [(b.line, b.reason) for b in skipped] == [(2, "not_an_object"), (3, "not_an_object")]
+
+
+def test_type_change_far_into_a_file_names_its_absolute_line(tmp_path, monkeypatch):
+    """In a later block of the same read, and across blocks (Arrow types each block alone)."""
+    import datasel.io as dio
+
+    monkeypatch.setattr(dio, "BLOCK_BYTES", 300)
+    rows = [{"text": f"document {i}", "score": i} for i in range(200)]
+    lines = [json.dumps(r) for r in rows]
+    lines[150] = json.dumps({"text": "in a block", "score": "x"})  # after numbers in its block
+    write_jsonl(tmp_path / "a.jsonl", [])
+    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataselError, match=r"a\.jsonl:151: type change: 'score' holds a string"):
+        read_all(tmp_path / "a.jsonl")
+    # a whole block of strings after blocks of numbers: each line is named
+    rows = [{"text": f"doc {i}", "score": i} for i in range(100)]
+    rows += [{"text": f"late {i}", "score": f"s{i}"} for i in range(20)]
+    for r in rows:  # every line 60 bytes: blocks of exactly 10 lines
+        r["text"] += " " * (59 - len(json.dumps(r)))
+    lines = [json.dumps(r) for r in rows]
+    monkeypatch.setattr(dio, "BLOCK_BYTES", 10 * (len(lines[0]) + 1))
+    (tmp_path / "b.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataselError, match=r"b\.jsonl:101: type change: 'score' holds string"):
+        read_all(tmp_path / "b.jsonl")
+    skipped = []
+    (unit,) = plan_units(tmp_path / "b.jsonl")
+    got = [b for b in read_unit(unit, Columns(on_bad_rows="skip"), skipped=skipped)]
+    assert sum(b.num_rows for b in got) == 100
+    assert [b.line for b in skipped] == list(range(101, 121))
+    assert {b.reason for b in skipped} == {"type_change"}
+
+
+def test_skipping_is_the_same_on_every_read(tmp_path):
+    """A stage reads a unit more than once (sample, map, final write): each read leaves out
+    the same lines, so ids and rows agree."""
+    data = b"".join(
+        json.dumps(r).encode() + b"\n" if i % 7 else b'{"text": oops}\n'
+        for i, r in enumerate(sample_rows(300))
+    )
+    (tmp_path / "m.jsonl").write_bytes(data)
+    columns = Columns(on_bad_rows="skip")
+    reads = []
+    for _ in range(2):
+        units = plan_units(tmp_path / "m.jsonl", shard_bytes=20_000)
+        reads.append([b for u in units for b in read_unit(u, columns, batch_rows=64)])
+    ids = [pa.Table.from_batches(r).column("id").to_pylist() for r in reads]
+    assert ids[0] == ids[1] and len(ids[0]) == 300 - 43

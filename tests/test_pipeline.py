@@ -159,3 +159,96 @@ def test_bundled_names_resolve_and_a_wrong_one_lists_them():
     assert resolve_input("data/x.jsonl") == "data/x.jsonl"
     with pytest.raises(datasel.DataselError, match="datasel:sample, datasel:target-python-docs"):
         resolve_input("datasel:smaple")
+
+
+EMPTY_DAY = """input: in
+output: out
+steps:
+  - stage: filter
+    min: [len=1000000]        # removes every row
+  - stage: dedup
+  - stage: diversify
+    k: 4
+    fraction: 0.5
+  - stage: shift-dsir
+    target: {target}
+    fraction: 0.5
+  - stage: shift-gotd
+    target: {target}
+    size: 1
+  - stage: filter
+    top: [len=10]
+  - stage: embed
+"""
+
+
+def test_a_step_that_removes_everything_leaves_valid_empty_steps_after_it(tmp_path):
+    rows = [{"text": r["text"], "len": len(r["text"])} for r in sample_rows(200)]
+    write_jsonl(tmp_path / "in" / "day.jsonl", rows)
+    write_jsonl(tmp_path / "target.jsonl", rows[:20])
+    (tmp_path / "p.yaml").write_text(EMPTY_DAY.format(target=tmp_path / "target.jsonl"))
+    args = ["run", str(tmp_path / "p.yaml"), "--input", str(tmp_path / "in")]
+    result = runner.invoke(app, [*args, "--output", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    steps = sorted((tmp_path / "out").glob("0*"))
+    assert len(steps) == 7
+    manifests = [json.loads((s / "_manifest.json").read_text()) for s in steps]
+    assert manifests[0]["rows_in"] == 200 and manifests[0]["removed_total"] == 200
+    for step, m in zip(steps[1:], manifests[1:], strict=True):
+        assert (m["rows_in"], m["kept"], m["removed_total"]) == (0, 0, 0), step
+        assert "the step is empty" in m["warnings"][0]
+        assert pq.read_table(step / "part-00000.parquet").num_rows == 0
+    assert (tmp_path / "out" / "report.html").exists()
+    # a rerun is a no-op, and a good day after it runs every step
+    assert runner.invoke(app, [*args, "--output", str(tmp_path / "out")]).exit_code == 0
+
+
+def test_cron_survives_a_day_whose_rows_are_all_removed(tmp_path):
+    (tmp_path / "p.yaml").write_text(
+        "steps:\n  - stage: filter\n    min: [len=400]\n  - stage: dedup\n"
+        "  - stage: diversify\n    k: 4\n    fraction: 0.5\n"
+    )
+    rows = [{"text": r["text"], "len": len(r["text"])} for r in sample_rows(600)]
+    long, short = [r for r in rows if r["len"] >= 400], [r for r in rows if r["len"] < 400]
+    args = ["run", str(tmp_path / "p.yaml"), "--input", str(tmp_path / "dumps"), "--quiet"]
+    args += ["--output", str(tmp_path / "out"), "--since", str(tmp_path / "state")]
+    days = [long[:100], short[:50], [], long[100:200]]  # a bad day, then an empty file
+    kept = []
+    for day, docs in enumerate(days):
+        write_jsonl(tmp_path / "dumps" / f"day{day}" / "part-0.jsonl", docs)
+        result = runner.invoke(app, [*args, "--log-json"])
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.output.strip().splitlines()[-1])
+        assert record["rows_in"] == len(docs)
+        kept.append(record["kept"])
+    assert kept[1] == kept[2] == 0 and kept[0] > 40 and kept[3] > 40
+    selected = sorted((tmp_path / "out" / "selected").glob("*.parquet"))
+    assert len(selected) == 2  # the empty days added no shard
+    assert pq.read_table(tmp_path / "out" / "selected").num_rows == kept[0] + kept[3]
+
+
+def test_on_bad_rows_from_the_config_or_the_command_line(tmp_path):
+    lines = [json.dumps({"text": r["text"]}) for r in sample_rows(50)]
+    lines[10] = '{"text": "cut'
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    config = "input: in.jsonl\noutput: out\nsteps:\n  - stage: dedup\n"
+    (tmp_path / "p.yaml").write_text(config)
+    args = ["run", str(tmp_path / "p.yaml"), "--input", str(tmp_path / "in.jsonl"), "--quiet"]
+    result = runner.invoke(app, [*args, "--output", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "in.jsonl:11: malformed JSON" in result.output
+    result = runner.invoke(app, [*args, "--output", str(tmp_path / "s"), "--on-bad-rows", "skip"])
+    assert result.exit_code == 0, result.output
+    m = json.loads((tmp_path / "s" / "01-dedup" / "_manifest.json").read_text())
+    assert m["skipped"] == {"malformed_json": 1} and m["rows_in"] == 50
+    (tmp_path / "p.yaml").write_text("on_bad_rows: skip\n" + config)
+    result = runner.invoke(app, [*args, "--output", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "b" / "01-dedup" / "_skipped" / "part-00000.parquet").exists()
+    (tmp_path / "p.yaml").write_text("on_bad_rows: drop\n" + config)
+    result = runner.invoke(app, [*args, "--output", str(tmp_path / "c")])
+    assert result.exit_code == 2
+    assert "p.yaml: on_bad_rows must be error or skip, got 'drop'" in result.output
+    result = runner.invoke(
+        app, ["dedup", str(tmp_path / "in.jsonl"), str(tmp_path / "d")] + ["--on-bad-rows", "drop"]
+    )
+    assert result.exit_code == 2 and "on_bad_rows must be error or skip" in result.output

@@ -4,6 +4,7 @@ groups of clusters (Vo et al. 2024, "Automatic Data Curation for Self-Supervised
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,6 +151,7 @@ class Diversify(_Embedding):
     def fit(self, ctx: Context) -> None:
         if _all_staged(ctx):  # map output cached from a run with the same map_params
             self._check_columns(ctx.first_rows().schema.names)
+            self._k = self._clamped_k(_staged_rows(ctx), ctx)
             return
         sample = ctx.sample(self.fit_sample)
         names = sample.schema.names
@@ -162,15 +164,25 @@ class Diversify(_Embedding):
             x = self.embedder(ctx, sample).encode(
                 sample.column(ctx.columns.text).fill_null("").to_pylist()
             )
-        if self.k > len(x):
-            where = (
-                "rows" if len(x) < self.fit_sample else f"rows of --fit-sample {self.fit_sample}"
+        if self.k > len(x) >= self.fit_sample:
+            raise DataselError(
+                f"--k {self.k} is larger than the number of rows of --fit-sample "
+                f"{self.fit_sample} ({len(x)})"
             )
-            raise DataselError(f"--k {self.k} is larger than the number of {where} ({len(x)})")
+        self._k = self._clamped_k(len(x), ctx)
         from datasel.ops.kmeans import fit_kmeans
 
         self._dim = x.shape[1]
-        self.centroids = fit_kmeans(_unit(x), self.k, niter=self.niter, seed=self.seed)
+        self.centroids = fit_kmeans(_unit(x), self._k, niter=self.niter, seed=self.seed)
+
+    def _clamped_k(self, rows: int, ctx: Context) -> int:
+        """--k, or the number of rows when there are fewer (one row a cluster), with a warning."""
+        if self.k <= rows:
+            return self.k
+        ctx.warn(
+            f"diversify: --k {self.k} is larger than the number of rows ({rows}): using k={rows}"
+        )
+        return rows
 
     def _check_columns(self, names: list[str]) -> None:
         for flag, col in (("--weight-by", self.weight_by), ("--feedback", self.feedback)):
@@ -241,7 +253,7 @@ class Diversify(_Embedding):
         )
 
         labels = staged.concat("cluster", np.int32)
-        n, k = len(labels), self.k
+        n, k = len(labels), self._k
         scores = _floats(staged, self.weight_by, fill="min") if self.weight_by else None
         feedback = _floats(staged, self.feedback, fill="nan") if self.feedback else None
         picked = np.zeros(n, bool)
@@ -317,7 +329,7 @@ class Diversify(_Embedding):
         return allocate(sizes, budget, base * weights)
 
     def _stats(self, labels, groups, picked, scores, history) -> dict:
-        k = self.k
+        k = self._k
         size = np.bincount(labels, minlength=k)
         got = np.bincount(labels[picked], minlength=k)
         top = np.argsort(-size, kind="stable")[:TOP_CLUSTERS]
@@ -396,6 +408,14 @@ def _all_staged(ctx: Context) -> bool:
     so `fit`'s k-means would only be recomputed to be thrown away."""
     return bool(ctx.units) and all(
         (ctx.staging / f"staged-{i:05d}.json").exists() for i in range(len(ctx.units))
+    )
+
+
+def _staged_rows(ctx: Context) -> int:
+    """Rows of the cached map output (the engine's staged markers)."""
+    return sum(
+        json.loads((ctx.staging / f"staged-{i:05d}.json").read_text())["rows_in"]
+        for i in range(len(ctx.units))
     )
 
 
