@@ -51,6 +51,7 @@ from datasel.io import (
     write_table,
 )
 from datasel.lock import FolderLock
+from datasel.preflight import check_steps
 from datasel.progress import Progress
 from datasel.stage import Context, Decision, MapResult, Stage, Staged
 
@@ -100,6 +101,7 @@ def run(
     dst = Path(dst)
     _check_output_place(src, dst)
     find_files(src)  # a bad input fails before the output folder is made
+    check_steps(src, [(stage, stage_columns(stage, options), "")], options.engine)
     dst.mkdir(parents=True, exist_ok=True)
     with FolderLock(dst / LOCK):
         try:
@@ -113,9 +115,13 @@ def run(
             ) from None
 
 
+def stage_columns(stage: Stage, options: RunOptions) -> Columns:
+    return Columns(options.text_column if stage.needs_text else None, options.id_column)
+
+
 def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
     t0 = time.time()
-    columns = Columns(options.text_column if stage.needs_text else None, options.id_column)
+    columns = stage_columns(stage, options)
     plan = {
         "stage": stage.name,
         "params": stage.params(),

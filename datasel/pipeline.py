@@ -22,10 +22,11 @@ from pathlib import Path
 
 import yaml
 
-from datasel.engine import RunOptions, run
+from datasel.engine import RunOptions, run, stage_columns
 from datasel.errors import DataselError
 from datasel.io import FileList, digest, find_files, fingerprint, write_json
 from datasel.lock import FolderLock
+from datasel.preflight import check_steps
 from datasel.stage import STAGES, Stage
 
 CONFIG_KEYS = {"input", "output", "steps", "text_column", "id_column", "workers", "description"}
@@ -56,6 +57,11 @@ class Pipeline:
     options: RunOptions = field(default_factory=RunOptions)
     # per-step run options, e.g. [{"text_column": "instruction"}, {}, ...]
     step_options: list[dict] | None = None
+    name: str = ""  # the config file it came from, for messages
+
+    def label(self, i: int) -> str:
+        """How messages name step `i` (from 0): "run.yaml step 2 (dedup)"."""
+        return f"{self.name} step {i + 1} ({self.steps[i].name})".lstrip()
 
     def step_dirs(self, dst: Path) -> list[Path]:
         return [dst / f"{i + 1:02d}-{s.name}" for i, s in enumerate(self.steps)]
@@ -65,6 +71,15 @@ class Pipeline:
         dst = Path(dst)
         manifests, current = [], resolve_input(src) if not isinstance(src, FileList) else src
         per_step = self.step_options or [{}] * len(self.steps)
+        find_files(current)  # a bad input or a mistake in any step fails before step 1 writes
+        check_steps(
+            current,
+            [
+                (s, stage_columns(s, dataclasses.replace(opts, **extra)), self.label(i))
+                for i, (s, extra) in enumerate(zip(self.steps, per_step, strict=True))
+            ],
+            opts.engine,
+        )
         for stage, step_dir, extra in zip(self.steps, self.step_dirs(dst), per_step, strict=True):
             manifests.append(run(stage, current, step_dir, dataclasses.replace(opts, **extra)))
             current = str(step_dir)
@@ -99,7 +114,7 @@ class Pipeline:
                 for s in self.steps
             ]
             inputs = FileList(tuple(str(f) for f, _ in new), str(root))
-            manifests = Pipeline(steps, self.options, self.step_options).run(
+            manifests = Pipeline(steps, self.options, self.step_options, self.name).run(
                 inputs, dst / "runs" / run_id, **options
             )
             last = Pipeline(steps).step_dirs(dst / "runs" / run_id)[-1]
@@ -169,7 +184,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[Pip
     options = RunOptions(
         **{k: config[k] for k in ("text_column", "id_column", "workers") if k in config}
     )
-    return Pipeline(stages, options, step_options), config
+    return Pipeline(stages, options, step_options, str(path)), config
 
 
 def _apply_override(config: dict, item: str, path: Path) -> None:

@@ -235,6 +235,21 @@ class Stage:
         """Input columns that `select` reads back (when `map_adds_columns` is False)."""
         return []
 
+    # ------------------------------------------------------------------ checks before work
+    # (see datasel/preflight.py: run for every step of a pipeline before step 1 writes)
+
+    def check(self) -> None:  # noqa: B027 - optional hook
+        """Cheap checks of what the parameters name: extras installed, files and models found.
+        Raise DataselError naming the option."""
+
+    def reads(self, columns: Columns) -> dict[str, str]:
+        """Input columns this stage needs, each with the option that names it."""
+        return {columns.text: "text-column"} if self.needs_text and columns.text else {}
+
+    def outputs(self, names: set[str], columns: Columns) -> set[str]:
+        """The columns of the kept rows, given the input's: the next step may read these."""
+        return names
+
     @classmethod
     def has_select(cls) -> bool:
         return cls.select is not Stage.select

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from datasel.errors import import_extra
+
 __all__ = ["fit_kmeans", "assign", "cluster_graph", "spectral_groups"]
 
 
@@ -59,10 +61,7 @@ def fit_kmeans(
     n, dim = x.shape
     if not 1 <= k <= n:
         raise ValueError(f"k={k} is larger than the number of rows ({n})" if k > n else f"k={k}")
-    try:
-        import faiss
-    except ImportError as e:
-        raise ImportError("k-means needs faiss: pip install 'datasel[embed]'") from e
+    faiss = import_extra("faiss", "embed", "k-means")
     km = faiss.Kmeans(
         dim,
         k,

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datasel.errors import DataselError
+from datasel.io import Columns
 from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register
 
 RULES = ("min", "max", "top", "top_fraction", "top_chars")
@@ -73,6 +74,10 @@ class Filter(Stage):
 
     def params(self) -> dict:
         return {kind: getattr(self, kind) for kind in RULES}
+
+    def reads(self, columns: Columns) -> dict[str, str]:
+        rules = {col: kind.replace("_", "-") for kind, col, _ in reversed(self.rules)}
+        return super().reads(columns) | rules
 
     def narrow_columns(self, ctx: Context) -> list[str]:
         return sorted({col for _, col, _ in self.rules})

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from datasel.errors import DataselError
+from datasel.errors import DataselError, require
+from datasel.io import Columns
 from datasel.stage import Context, MapResult, Stage, param, register
 
 
@@ -34,6 +35,13 @@ class _FastTextColumn(Stage):
             except (FileNotFoundError, ValueError) as e:
                 raise DataselError(str(e).splitlines()[0]) from None
         return self._scorer
+
+    def check(self) -> None:
+        require("fasttext", self.name.replace("-", " "))
+        self.model_and_label()
+
+    def outputs(self, names: set[str], columns: Columns) -> set[str]:
+        return names | {self.out_column}
 
     def fit(self, ctx: Context) -> None:
         self.classifier()  # fail early, in the driver, on a bad model or label
@@ -185,6 +193,19 @@ def preselect_fit(
         raise DataselError(str(e).splitlines()[0]) from None
 
 
+def check_lm(model: str, what: str) -> None:
+    """Before any work: the `lm` extra is installed, and `model` is a local path or a Hub name
+    that is cached or reachable (one line at once, not transformers' minute of retries)."""
+    from scorers.models import locate
+
+    gguf = ("torch", "transformers", "gguf") if model.endswith(".gguf") else None
+    require("lm", what, gguf)
+    try:
+        locate(model)
+    except FileNotFoundError as e:
+        raise DataselError(f"--model {e}") from None
+
+
 @register
 @dataclass(kw_only=True)
 class ScorePpl(Stage):
@@ -227,6 +248,12 @@ class ScorePpl(Stage):
             except (FileNotFoundError, ValueError, ImportError) as e:
                 raise DataselError(f"--model {self.model}: {str(e).splitlines()[0]}") from None
         return self._lm
+
+    def check(self) -> None:
+        check_lm(self.model, "score ppl")
+
+    def outputs(self, names: set[str], columns: Columns) -> set[str]:
+        return names | {f"{self.column}_bpb", f"{self.column}_tokens"}
 
     def fit(self, ctx: Context) -> None:
         self.lm()  # fail early on a bad model path

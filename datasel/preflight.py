@@ -1,0 +1,54 @@
+"""Checks before any work: every step of a run, before the first one writes anything.
+
+Each stage checks what its parameters name (`Stage.check`: extras, files, models); then the
+columns each step reads (`Stage.reads`) are looked up in the input's first rows, or, for a later
+step, in what the steps before it leave (`Stage.outputs`). A mistake in step 3 of a pipeline
+thus fails in a second, naming the step and the option, instead of after step 1's hour of work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from datasel.errors import DataselError, require
+from datasel.io import Columns, plan_units, read_unit
+from datasel.stage import Stage
+
+
+def check_steps(src, steps: Sequence[tuple[Stage, Columns, str]], engine: str = "local") -> None:
+    """Raise a one-line DataselError for the first mistake of any step.
+
+    `steps`: (stage, its columns, its label in messages, e.g. "run.yaml step 2 (dedup)").
+    """
+    if engine == "ray":
+        require("ray", "--engine ray")
+    names = input_columns(src)
+    before = "the input"
+    for stage, columns, where in steps:
+        prefix = f"{where}: " if where else ""
+        try:
+            stage.check()
+            if names is not None:
+                for column, option in stage.reads(columns).items():
+                    if column not in names:
+                        raise DataselError(
+                            f"--{option}: no column '{column}' in {before}; its columns: "
+                            f"{', '.join(sorted(names))}"
+                        )
+        except DataselError as e:
+            raise type(e)(f"{prefix}{e}") from None
+        if names is not None:
+            names = stage.outputs(set(names), columns)
+        before = f"the output of {where or stage.name}"
+
+
+def input_columns(src) -> set[str] | None:
+    """The columns of the input's first rows (None when there are none to look at, or they
+    cannot be read: the run itself then says why, under its --on-bad-rows policy)."""
+    try:
+        for unit in plan_units(src):
+            for batch in read_unit(unit, Columns(text=None)):
+                return set(batch.schema.names)
+    except DataselError:
+        return None
+    return None
