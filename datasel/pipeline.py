@@ -153,7 +153,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[Pip
     try:
         config = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise DataselError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise DataselError(f"{path}{_yaml_error(e)}") from None
     if not isinstance(config, dict):
         raise DataselError(f"{path}: a config is a mapping with 'steps', 'input' and 'output'")
     for item in overrides:
@@ -187,11 +187,22 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[Pip
     return Pipeline(stages, options, step_options, str(path)), config
 
 
+def _yaml_error(e: yaml.YAMLError) -> str:
+    """':LINE:COLUMN: not valid YAML: what is wrong' (1-based, as editors count)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+    return f"{where}: not valid YAML: {what}"
+
+
 def _apply_override(config: dict, item: str, path: Path) -> None:
     if "=" not in item:
         raise DataselError(f"--set {item!r}: expected key=value or STEP.key=value")
     key, value = item.split("=", 1)
-    value = yaml.safe_load(value)
+    try:
+        value = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise DataselError(f"--set {item!r}{_yaml_error(e)}") from None
     head, _, rest = key.partition(".")
     if rest and head.isdigit():
         steps = config.get("steps") or []

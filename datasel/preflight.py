@@ -24,7 +24,7 @@ def check_steps(src, steps: Sequence[tuple[Stage, Columns, str]], engine: str = 
         require("ray", "--engine ray")
     names = input_columns(src)
     before = "the input"
-    for stage, columns, where in steps:
+    for i, (stage, columns, where) in enumerate(steps, 1):
         prefix = f"{where}: " if where else ""
         try:
             stage.check()
@@ -39,7 +39,7 @@ def check_steps(src, steps: Sequence[tuple[Stage, Columns, str]], engine: str = 
             raise type(e)(f"{prefix}{e}") from None
         if names is not None:
             names = stage.outputs(set(names), columns)
-        before = f"the output of {where or stage.name}"
+        before = f"the output of step {i} ({stage.name})"
 
 
 def input_columns(src) -> set[str] | None:

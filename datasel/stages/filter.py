@@ -57,6 +57,9 @@ class Filter(Stage):
     )
 
     def __post_init__(self):
+        for kind in RULES:  # Filter(max="ppl_bpb=2") is a rule, not a list of characters
+            if isinstance(getattr(self, kind), str):
+                setattr(self, kind, [getattr(self, kind)])
         self.rules = [
             (kind, col, v) for kind in RULES for col, v in _parse(kind, getattr(self, kind))
         ]
