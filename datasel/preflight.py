@@ -22,8 +22,7 @@ def check_steps(src, steps: Sequence[tuple[Stage, Columns, str]], engine: str = 
     """
     if engine == "ray":
         require("ray", "--engine ray")
-    names = input_columns(src)
-    before = "the input"
+    names, before = input_columns(src)
     for i, (stage, columns, where) in enumerate(steps, 1):
         prefix = f"{where}: " if where else ""
         try:
@@ -31,8 +30,9 @@ def check_steps(src, steps: Sequence[tuple[Stage, Columns, str]], engine: str = 
             if names is not None:
                 for column, option in stage.reads(columns).items():
                     if column not in names:
+                        what = "text column" if option == "text-column" else "column"
                         raise DataselError(
-                            f"--{option}: no column '{column}' in {before}; its columns: "
+                            f"--{option}: no {what} '{column}' in {before}; columns are: "
                             f"{', '.join(sorted(names))}"
                         )
         except DataselError as e:
@@ -42,13 +42,14 @@ def check_steps(src, steps: Sequence[tuple[Stage, Columns, str]], engine: str = 
         before = f"the output of step {i} ({stage.name})"
 
 
-def input_columns(src) -> set[str] | None:
-    """The columns of the input's first rows (None when there are none to look at, or they
-    cannot be read: the run itself then says why, under its --on-bad-rows policy)."""
+def input_columns(src) -> tuple[set[str] | None, str]:
+    """The columns of the input's first rows and the file they are from (None when there are
+    no rows to look at, or they cannot be read: the run itself then says why, under its
+    --on-bad-rows policy)."""
     try:
         for unit in plan_units(src):
             for batch in read_unit(unit, Columns(text=None)):
-                return set(batch.schema.names)
+                return set(batch.schema.names), unit.path
     except DataselError:
-        return None
-    return None
+        pass
+    return None, str(src)

@@ -75,9 +75,12 @@ class FastTextScorer:
     """
 
     def __init__(self, path: str, label: str):
-        path = os.path.abspath(locate(os.fspath(path), hub=False).source)
+        try:
+            path = os.path.abspath(locate(os.fspath(path), hub=False).source)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"fastText model not found: {path}") from None
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"fastText model not found: {path}")
+            raise FileNotFoundError(f"fastText model not found: {path} is not a file")
         if not label.startswith(LABEL_PREFIX):
             label = LABEL_PREFIX + label
         self.path = path

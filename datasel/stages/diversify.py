@@ -154,8 +154,6 @@ class Diversify(_Embedding):
 
     def reads(self, columns: Columns) -> dict[str, str]:
         named = {"weight-by": self.weight_by, "feedback": self.feedback}
-        if self.feedback is not None and self.rounds == 1:
-            named["selected-column"] = self.selected_column
         if self.model == "column" or self.embedding_column != type(self).embedding_column:
             named["embedding-column"] = self.embedding_column
         return super().reads(columns) | {col: key for key, col in named.items() if col}

@@ -41,8 +41,11 @@ def check_model(model: str, what: str) -> None:
 
     try:
         path = locate(model, hub=False).source
-    except FileNotFoundError as e:
-        raise DataselError(f"--model {e}") from None
+    except FileNotFoundError:
+        raise DataselError(
+            f"--model {model}: unknown embedding model (not hashing, minilm, nor an existing "
+            "saved hashing .npz or local model folder)"
+        ) from None
     if not path.endswith(".npz"):
         require("embed", what, ("torch", "sentence_transformers"))
 
