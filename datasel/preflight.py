@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pyarrow as pa
+
 from datasel.errors import DataselError, require
 from datasel.io import Columns, plan_units, read_unit
 from datasel.stage import Stage
@@ -22,34 +24,50 @@ def check_steps(src, steps: Sequence[tuple[Stage, Columns, str]], engine: str = 
     """
     if engine == "ray":
         require("ray", "--engine ray")
-    names, before = input_columns(src)
+    types, before = input_columns(src)
     for i, (stage, columns, where) in enumerate(steps, 1):
         prefix = f"{where}: " if where else ""
         try:
             stage.check()
-            if names is not None:
-                for column, option in stage.reads(columns).items():
-                    if column not in names:
-                        what = "text column" if option == "text-column" else "column"
-                        raise DataselError(
-                            f"--{option}: no {what} '{column}' in {before}; columns are: "
-                            f"{', '.join(sorted(names))}"
-                        )
+            if types is not None:
+                _check_columns(stage, columns, types, before)
         except DataselError as e:
             raise type(e)(f"{prefix}{e}") from None
-        if names is not None:
-            names = stage.outputs(set(names), columns)
+        if types is not None:  # a column a step adds has a type not known yet: None
+            types = {name: types.get(name) for name in stage.outputs(set(types), columns)}
         before = f"the output of step {i} ({stage.name})"
 
 
-def input_columns(src) -> tuple[set[str] | None, str]:
-    """The columns of the input's first rows and the file they are from (None when there are
-    no rows to look at, or they cannot be read: the run itself then says why, under its
-    --on-bad-rows policy)."""
+def _check_columns(stage: Stage, columns: Columns, types: dict, before: str) -> None:
+    numeric = stage.numeric_reads()
+    for column, option in stage.reads(columns).items():
+        if column not in types:
+            what = "text column" if option == "text-column" else "column"
+            raise DataselError(
+                f"--{option}: no {what} '{column}' in {before}; columns are: "
+                f"{', '.join(sorted(types))}"
+            )
+        typ = types[column]
+        if column in numeric and typ is not None and not _is_numeric(typ):
+            raise DataselError(f"--{option}: column '{column}' holds {typ}, not numbers")
+
+
+def _is_numeric(typ: pa.DataType) -> bool:
+    """Numbers, or nulls only (in the first rows: the column may hold numbers later)."""
+    return any(
+        f(typ)
+        for f in (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_null)
+    )
+
+
+def input_columns(src) -> tuple[dict[str, pa.DataType] | None, str]:
+    """The columns (and their types) of the input's first rows and the file they are from
+    (None when there are no rows to look at, or they cannot be read: the run itself then says
+    why, under its --on-bad-rows policy)."""
     try:
         for unit in plan_units(src):
             for batch in read_unit(unit, Columns(text=None)):
-                return set(batch.schema.names), unit.path
+                return dict(zip(batch.schema.names, batch.schema.types, strict=True)), unit.path
     except DataselError:
         pass
     return None, str(src)

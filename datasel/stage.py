@@ -247,6 +247,10 @@ class Stage:
         """Input columns this stage needs, each with the option that names it."""
         return {columns.text: "text-column"} if self.needs_text and columns.text else {}
 
+    def numeric_reads(self) -> set[str]:
+        """The columns of `reads` that must hold numbers."""
+        return set()
+
     def outputs(self, names: set[str], columns: Columns) -> set[str]:
         """The columns of the kept rows, given the input's: the next step may read these."""
         return names

@@ -73,16 +73,21 @@ def _in_hub_cache(repo_id: str, probe: str) -> bool:
         return False
 
 
-@lru_cache(maxsize=1)
 def hub_reachable() -> bool:
     """False when offline mode is set (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE) or the Hub's host
     does not accept a connection within HUB_CONNECT_TIMEOUT seconds."""
     if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in _OFFLINE_VARS):
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
+    return _accepts_connections(
+        url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    )
+
+
+@lru_cache(maxsize=4)
+def _accepts_connections(host: str, port: int) -> bool:
     try:
-        with socket.create_connection((url.hostname or "", port), timeout=HUB_CONNECT_TIMEOUT):
+        with socket.create_connection((host, port), timeout=HUB_CONNECT_TIMEOUT):
             return True
     except OSError:
         return False

@@ -91,6 +91,9 @@ class Dedup(Stage):
     def reads(self, columns: Columns) -> dict[str, str]:
         return super().reads(columns) | {col: "keep" for col in self.narrow_columns(None)}
 
+    def numeric_reads(self) -> set[str]:
+        return set(self.narrow_columns(None))
+
     def fit(self, ctx: Context) -> None:
         # warm the per-process caches (LSH split, hash powers, probe table, lazy imports) before
         # workers fork, so that each inherits them

@@ -158,6 +158,9 @@ class Diversify(_Embedding):
             named["embedding-column"] = self.embedding_column
         return super().reads(columns) | {col: key for key, col in named.items() if col}
 
+    def numeric_reads(self) -> set[str]:
+        return {col for col in (self.weight_by, self.feedback) if col}
+
     def outputs(self, names: set[str], columns: Columns) -> set[str]:
         added = {"cluster", "cluster_dist"} | ({"diversify_round"} if self.feedback else set())
         return names | added

@@ -82,6 +82,9 @@ class Filter(Stage):
         rules = {col: kind.replace("_", "-") for kind, col, _ in reversed(self.rules)}
         return super().reads(columns) | rules
 
+    def numeric_reads(self) -> set[str]:
+        return {col for _, col, _ in self.rules}
+
     def narrow_columns(self, ctx: Context) -> list[str]:
         return sorted({col for _, col, _ in self.rules})
 

@@ -157,6 +157,7 @@ def preselect_fit(
     """
     from scorers.preselect import fit_preselect
 
+    require("fasttext", "preselect fit")
     if bool(loss_columns) == bool(models):
         raise DataselError(
             "give either --loss-columns (already scored) or --model for each model (scored now)"
