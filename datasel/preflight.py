@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from datasel.errors import DataselError, require
-from datasel.io import Columns, plan_units, read_unit
+from datasel.io import Columns, FileList, find_files, plan_units, read_unit
 from datasel.stage import Stage
 
 
@@ -65,9 +65,11 @@ def input_columns(src) -> tuple[dict[str, pa.DataType] | None, str]:
     (None when there are no rows to look at, or they cannot be read: the run itself then says
     why, under its --on-bad-rows policy)."""
     try:
-        for unit in plan_units(src):
-            for batch in read_unit(unit, Columns(text=None)):
-                return dict(zip(batch.schema.names, batch.schema.types, strict=True)), unit.path
+        files, root = find_files(src)
+        for path in files:  # only the first file with rows is opened
+            for unit in plan_units(FileList((str(path),), str(root))):
+                for batch in read_unit(unit, Columns(text=None)):
+                    return dict(zip(batch.schema.names, batch.schema.types, strict=True)), unit.path
     except DataselError:
         pass
     return None, str(src)

@@ -103,8 +103,11 @@ class ScorePreselect(_FastTextColumn):
             raise DataselError(
                 f"{self.scorer}: not a PreSelect scorer (no card.json); fit one with `datasel preselect fit`"
             )
-        meta = json.loads(card.read_text())
-        return str(Path(self.scorer) / meta["model_file"]), meta["score_label"]
+        try:
+            meta = json.loads(card.read_text())
+            return str(Path(self.scorer) / meta["model_file"]), meta["score_label"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataselError(f"{card}: not a PreSelect scorer card ({e!r})") from None
 
 
 def read_columns_and_texts(
