@@ -59,7 +59,19 @@ def locate(model: str, *, hub: bool = True, probe: str = "config.json") -> Model
             f"{model}: no such file or folder, nor a Hub model in the local cache "
             "(the Hub is unreachable, so it cannot be downloaded)"
         )
+    if not _on_hub(model):
+        raise FileNotFoundError(f"{model}: no such file or folder, nor a model on the Hub")
     return ModelRef(model, local=False, offline=False)
+
+
+def _on_hub(repo_id: str) -> bool:
+    """Whether the Hub has the repository (True when it cannot tell: the download then says)."""
+    try:
+        from huggingface_hub import repo_exists
+
+        return repo_exists(repo_id)
+    except Exception:  # a network hiccup, a token problem: let the download itself report it
+        return True
 
 
 def _in_hub_cache(repo_id: str, probe: str) -> bool:

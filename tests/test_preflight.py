@@ -155,6 +155,7 @@ BAD = [
     (["score", "ppl", "in.parquet", "o", "--model", "models/missing"], "--model models/missing"),
     (["score", "ppl", "in.parquet", "o", "--model", "missing.gguf"], "--model missing.gguf"),
     (["pick", "sft.jsonl", "o", "--model", "models/missing"], "--model models/missing"),
+    (["run", "missing-model.yaml"], "step 2 (score-ppl): --model models/missing: no such file"),
     (["score", "fasttext", "in.parquet", "o", "--model", "no.bin", "--label", "x"], "no.bin"),
     (["score", "preselect", "in.parquet", "o", "--scorer", "nope"], "not a PreSelect scorer"),
     (["report", "nope"], "nope"),
@@ -175,6 +176,8 @@ def test_bad_input_sweep_one_line_no_traceback_nothing_written(
         "wrong-type.yaml": f"input: in.parquet\noutput: o\n{steps}    threshold: high\n",
         "no-target.yaml": f"input: in.parquet\noutput: o\n{steps}  - stage: shift-dsir\n"
         "    size: 5\n",
+        "missing-model.yaml": f"input: in.parquet\noutput: o\n{steps}  - stage: score-ppl\n"
+        "    model: models/missing\n",
     }
     for name, text in configs.items():
         (data / name).write_text(text)
@@ -218,6 +221,17 @@ def test_a_hub_name_in_the_local_cache_loads_offline(monkeypatch):
     monkeypatch.setattr(models, "_in_hub_cache", lambda repo, probe: True)
     monkeypatch.setattr(models, "hub_reachable", lambda: False)
     assert models.locate("org/cached") == models.ModelRef("org/cached", local=False, offline=True)
+
+
+def test_a_hub_name_is_downloaded_only_when_the_hub_has_it(monkeypatch):
+    from scorers import models
+
+    monkeypatch.setattr(models, "_in_hub_cache", lambda repo, probe: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda: True)
+    monkeypatch.setattr(models, "_on_hub", lambda repo: repo == "org/real")
+    assert models.locate("org/real") == models.ModelRef("org/real", local=False, offline=False)
+    with pytest.raises(FileNotFoundError, match="models/x: no such file or folder, nor a model on"):
+        models.locate("models/x")
 
 
 def test_third_step_naming_a_missing_target_fails_before_step_1_writes(tmp_path):
