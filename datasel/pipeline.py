@@ -205,9 +205,9 @@ def _apply_override(config: dict, item: str, path: Path) -> None:
         raise DataselError(f"--set {item!r}{_yaml_error(e)}") from None
     head, _, rest = key.partition(".")
     if rest and head.isdigit():
-        steps = config.get("steps") or []
-        if not 1 <= int(head) <= len(steps):
-            raise DataselError(f"--set {item!r}: {path} has {len(steps)} steps")
+        steps = config.get("steps") if isinstance(config.get("steps"), list) else []
+        if not 1 <= int(head) <= len(steps) or not isinstance(steps[int(head) - 1], dict):
+            raise DataselError(f"--set {item!r}: {path} has no step {head} (it has {len(steps)})")
         steps[int(head) - 1][rest] = value
     else:
         config[key] = value

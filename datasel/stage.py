@@ -297,12 +297,12 @@ def _coerce(name: str, hint: Any, value: Any, prefix: str) -> Any:
         (hint,) = [a for a in args if a is not type(None)]
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint) or (Any,)
-        items = value if isinstance(value, list) else [value]
+        items = value if isinstance(value, list) else [] if value is None else [value]
         return [_coerce(name, item, v, prefix) for v in items]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float, str, bool) and (
-        isinstance(value, bool) != (hint is bool) or not isinstance(value, hint)
+        value is None or isinstance(value, bool) != (hint is bool) or not isinstance(value, hint)
     ):
         raise DataselError(f"{prefix}key '{name}' must be {hint.__name__}, got {value!r}")
     return value

@@ -279,6 +279,10 @@ def test_a_scalar_where_a_list_is_expected_is_a_list_of_one(tmp_path):
     assert Filter(max="ppl_bpb=2").rules == [("max", "ppl_bpb", 2.0)]
     with pytest.raises(datasel.DataselError, match=r"--set '2.max=\[a':1:3: not valid YAML"):
         load_config(tmp_path / "c.yaml", ["2.max=[a"])
+    with pytest.raises(datasel.DataselError, match="step 1 \\(dedup\\): key 'threshold' must be"):
+        load_config(tmp_path / "c.yaml", ["1.threshold=null"])
+    with pytest.raises(datasel.DataselError, match="has no step 3 \\(it has 2\\)"):
+        load_config(tmp_path / "c.yaml", ["3.max=x=1"])
 
 
 def test_a_run_that_failed_on_its_input_reruns_without_overwrite(tmp_path):
