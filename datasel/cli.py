@@ -129,7 +129,7 @@ def _stage_command(cls: type[Stage]):
 
     def command(**kwargs):
         from datasel.engine import run
-        from datasel.pipeline import resolve_input
+        from datasel.io import resolve_input
 
         run_kw = {name: kwargs.pop(name) for name, *_ in RUN_PARAMS}
         src, dst = resolve_input(kwargs.pop("input")), kwargs.pop("output")

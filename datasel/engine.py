@@ -54,6 +54,7 @@ from datasel.io import (
     write_table,
 )
 from datasel.lock import FolderLock
+from datasel.preflight import check_steps
 from datasel.progress import Progress
 from datasel.stage import Context, Decision, MapResult, Stage, Staged
 
@@ -111,6 +112,7 @@ def run(
     dst = Path(dst)
     _check_output_place(src, dst)
     find_files(src)  # a bad input fails before the output folder is made
+    check_steps(src, [(stage, stage_columns(stage, options), "")], options.engine)
     dst.mkdir(parents=True, exist_ok=True)
     with FolderLock(dst / LOCK):
         try:
@@ -124,11 +126,15 @@ def run(
             ) from None
 
 
-def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
-    t0 = time.time()
-    columns = Columns(
+def stage_columns(stage: Stage, options: RunOptions) -> Columns:
+    return Columns(
         options.text_column if stage.needs_text else None, options.id_column, options.on_bad_rows
     )
+
+
+def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
+    t0 = time.time()
+    columns = stage_columns(stage, options)
     plan = {
         "stage": stage.name,
         "params": stage.params(),
@@ -141,7 +147,7 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
         plan["on_bad_rows"] = options.on_bad_rows
     key = digest(plan)
     say = (lambda *a: None) if options.quiet else _say
-    done = _prepare_output(dst, key, stage.name, options.overwrite)
+    done = _prepare_output(dst, plan, key, options.overwrite)
     if done is not None:
         say(
             f"[dim]{dst}: already done ({stage.name}, same parameters and inputs); nothing to do[/]"
@@ -315,25 +321,30 @@ def _check_output_place(src, dst: Path) -> None:
         )
 
 
-def _prepare_output(dst: Path, key: str, stage: str, overwrite: bool) -> dict | None:
-    """Return the manifest if this exact run already finished; refuse to mix runs."""
-    manifest, plan = dst / MANIFEST, dst / WORK / "plan.json"
+def _prepare_output(dst: Path, plan: dict, key: str, overwrite: bool) -> dict | None:
+    """Return the manifest if this exact run already finished; refuse to mix runs, saying what
+    differs. An unfinished run that wrote no shard yet (it failed on its input or options) is
+    replaced without --overwrite: there is nothing of it to keep."""
+    manifest, plan_path = dst / MANIFEST, dst / WORK / "plan.json"
     if manifest.exists():
         old = json.loads(manifest.read_text())
         if old.get("key") == key:
             return old
         if not overwrite:
             raise DataselError(
-                f"{dst}: holds the output of another run ({old.get('stage')}, other parameters or "
-                "inputs); use --overwrite or another folder"
+                f"{dst}: holds the output of another run ({_differences(old, plan)}); "
+                "use --overwrite or another folder"
             )
-    elif plan.exists():
-        if json.loads(plan.read_text()).get("key") == key:
+    elif plan_path.exists():
+        old = json.loads(plan_path.read_text())
+        if old.get("key") == key:
             return None  # resume
-        if not overwrite:
+        if not overwrite and _wrote_shards(dst):
             raise DataselError(
-                f"{dst}: holds an unfinished run with other parameters; use --overwrite"
+                f"{dst}: holds an unfinished run ({_differences(old, plan)}); run that again to "
+                "resume it, or use --overwrite"
             )
+        overwrite = True
     elif dst.exists() and any(p.name not in (CACHE, LOCK) for p in dst.iterdir()) and not overwrite:
         raise DataselError(
             f"{dst}: the folder is not empty and is not a datasel output; use another"
@@ -341,6 +352,35 @@ def _prepare_output(dst: Path, key: str, stage: str, overwrite: bool) -> dict | 
     if overwrite and dst.exists():
         _clear(dst)
     return None
+
+
+def _wrote_shards(dst: Path) -> bool:
+    """Whether an unfinished run got as far as writing a unit of work."""
+    work = dst / WORK
+    done = [*work.glob("done-*.json"), *work.glob("staged-*.json"), work / "select.json"]
+    return any(p.exists() for p in done) or any(dst.glob("part-*.parquet*"))
+
+
+def _differences(old: dict, new: dict) -> str:
+    """What differs between an earlier run's plan (or manifest) and this one's, in words."""
+    if old.get("stage") != new["stage"]:
+        return f"stage {old.get('stage')}, now {new['stage']}"
+    new = json.loads(json.dumps(new, default=str))  # as the old one was read back
+    said = []
+    for group, prefix in (("params", "--"), ("columns", "column ")):
+        was, now = old.get(group) or {}, new.get(group) or {}
+        for k in sorted(set(was) | set(now)):
+            if was.get(k) != now.get(k):
+                said.append(f"{prefix}{k.replace('_', '-')} was {was.get(k)!r}, now {now.get(k)!r}")
+    was = {f["path"]: f for f in old.get("inputs", [])}
+    now = {f["path"]: f for f in new["inputs"]}
+    said += [f"input {p} is new" for p in sorted(set(now) - set(was))]
+    said += [f"input {p} is gone" for p in sorted(set(was) - set(now))]
+    said += [f"input {p} changed" for p in sorted(set(was) & set(now)) if was[p] != now[p]]
+    if not said:
+        return f"{new['stage']}, other run options"
+    more = f" and {len(said) - 3} more differences" if len(said) > 3 else ""
+    return f"{new['stage']}: " + "; ".join(said[:3]) + more
 
 
 def _clear(dst: Path) -> None:

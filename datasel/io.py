@@ -84,6 +84,23 @@ class FileList:
         return f"{self.root} ({len(self.files)} new file(s))"
 
 
+BUNDLED = Path(__file__).parent / "data"  # files shipped with the package, named `datasel:NAME`
+
+
+def resolve_input(src: str | os.PathLike) -> str:
+    """`datasel:NAME` names a bundled file, datasel/data/NAME.parquet (`datasel:sample`, the
+    sample; `datasel:target-python-docs`, the quickstart's target); anything else is a path or
+    glob."""
+    name = str(src).removeprefix("datasel:")
+    if name == str(src):
+        return name
+    path = BUNDLED / f"{name}.parquet"
+    if not path.is_file():
+        bundled = ", ".join(sorted(f"datasel:{p.stem}" for p in BUNDLED.glob("*.parquet")))
+        raise DataselError(f"{src}: no such bundled file; bundled: {bundled}")
+    return str(path)
+
+
 def find_files(src: str | os.PathLike | FileList) -> tuple[list[Path], Path]:
     """List the data files of an input (file, folder, glob or HF `save_to_disk` folder).
 
@@ -92,7 +109,7 @@ def find_files(src: str | os.PathLike | FileList) -> tuple[list[Path], Path]:
     """
     if isinstance(src, FileList):
         return [Path(f) for f in src.files], Path(src.root)
-    text = str(src)
+    text = resolve_input(src)
     if any(ch in text for ch in "*?["):
         files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
         files = [p for p in files if _suffix_kind(p.name)]

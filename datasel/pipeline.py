@@ -23,10 +23,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from datasel.engine import RunOptions, run
+from datasel.engine import RunOptions, run, stage_columns
 from datasel.errors import DataselError
-from datasel.io import FileList, digest, find_files, fingerprint, write_json
+from datasel.io import FileList, digest, find_files, fingerprint, resolve_input, write_json
 from datasel.lock import FolderLock
+from datasel.preflight import check_steps
 from datasel.stage import STAGES, Stage
 
 CONFIG_KEYS = {
@@ -40,22 +41,6 @@ CONFIG_KEYS = {
     "description",
 }
 STEP_OPTIONS = ("text_column", "id_column")  # a step may read another column than the others
-
-
-def resolve_input(src: str | os.PathLike) -> str:
-    """`datasel:NAME` names a bundled file, datasel/data/NAME.parquet (`datasel:sample`, the
-    sample; `datasel:target-python-docs`, the quickstart's target); anything else is a path or
-    glob."""
-    from datasel import SAMPLE
-
-    name = str(src).removeprefix("datasel:")
-    if name == str(src):
-        return name
-    path = SAMPLE.with_name(f"{name}.parquet")
-    if not path.is_file():
-        bundled = ", ".join(sorted(f"datasel:{p.stem}" for p in SAMPLE.parent.glob("*.parquet")))
-        raise DataselError(f"{src}: no such bundled file; bundled: {bundled}")
-    return str(path)
 
 
 @dataclass
@@ -75,6 +60,11 @@ class Pipeline:
     options: RunOptions = field(default_factory=RunOptions)
     # per-step run options, e.g. [{"text_column": "instruction"}, {}, ...]
     step_options: list[dict] | None = None
+    name: str = ""  # the config file it came from, for messages
+
+    def label(self, i: int) -> str:
+        """How messages name step `i` (from 0): "run.yaml step 2 (dedup)"."""
+        return f"{self.name} step {i + 1} ({self.steps[i].name})".lstrip()
 
     def step_dirs(self, dst: Path) -> list[Path]:
         return [dst / f"{i + 1:02d}-{s.name}" for i, s in enumerate(self.steps)]
@@ -84,6 +74,15 @@ class Pipeline:
         dst = Path(dst)
         manifests, current = [], resolve_input(src) if not isinstance(src, FileList) else src
         per_step = self.step_options or [{}] * len(self.steps)
+        find_files(current)  # a bad input or a mistake in any step fails before step 1 writes
+        check_steps(
+            current,
+            [
+                (s, stage_columns(s, dataclasses.replace(opts, **extra)), self.label(i))
+                for i, (s, extra) in enumerate(zip(self.steps, per_step, strict=True))
+            ],
+            opts.engine,
+        )
         for stage, step_dir, extra in zip(self.steps, self.step_dirs(dst), per_step, strict=True):
             manifests.append(run(stage, current, step_dir, dataclasses.replace(opts, **extra)))
             current = str(step_dir)
@@ -103,7 +102,7 @@ class Pipeline:
         with FolderLock(state / "lock"):
             seen_path = state / "seen.json"
             seen = json.loads(seen_path.read_text()) if seen_path.exists() else {}
-            files, root = find_files(resolve_input(src))
+            files, root = find_files(src)
             prints = fingerprint(files)
             new = [
                 (f, fp) for f, fp in zip(files, prints, strict=True) if _file_key(fp) not in seen
@@ -118,7 +117,7 @@ class Pipeline:
                 for s in self.steps
             ]
             inputs = FileList(tuple(str(f) for f, _ in new), str(root))
-            manifests = Pipeline(steps, self.options, self.step_options).run(
+            manifests = Pipeline(steps, self.options, self.step_options, self.name).run(
                 inputs, dst / "runs" / run_id, **options
             )
             last = Pipeline(steps).step_dirs(dst / "runs" / run_id)[-1]
@@ -159,7 +158,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[Pip
     try:
         config = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise DataselError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise DataselError(f"{path}{_yaml_error(e)}") from None
     if not isinstance(config, dict):
         raise DataselError(f"{path}: a config is a mapping with 'steps', 'input' and 'output'")
     for item in overrides:
@@ -197,19 +196,30 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[Pip
         )
     except DataselError as e:
         raise DataselError(f"{path}: {e}") from None
-    return Pipeline(stages, options, step_options), config
+    return Pipeline(stages, options, step_options, str(path)), config
+
+
+def _yaml_error(e: yaml.YAMLError) -> str:
+    """':LINE:COLUMN: not valid YAML: what is wrong' (1-based, as editors count)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+    return f"{where}: not valid YAML: {what}"
 
 
 def _apply_override(config: dict, item: str, path: Path) -> None:
     if "=" not in item:
         raise DataselError(f"--set {item!r}: expected key=value or STEP.key=value")
     key, value = item.split("=", 1)
-    value = yaml.safe_load(value)
+    try:
+        value = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise DataselError(f"--set {item!r}{_yaml_error(e)}") from None
     head, _, rest = key.partition(".")
     if rest and head.isdigit():
-        steps = config.get("steps") or []
-        if not 1 <= int(head) <= len(steps):
-            raise DataselError(f"--set {item!r}: {path} has {len(steps)} steps")
+        steps = config.get("steps") if isinstance(config.get("steps"), list) else []
+        if not 1 <= int(head) <= len(steps) or not isinstance(steps[int(head) - 1], dict):
+            raise DataselError(f"--set {item!r}: {path} has no step {head} (it has {len(steps)})")
         steps[int(head) - 1][rest] = value
     else:
         config[key] = value

@@ -11,6 +11,7 @@ step are all generated from them (see `cli.py` and `pipeline.py`).
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -245,6 +246,25 @@ class Stage:
         """Input columns that `select` reads back (when `map_adds_columns` is False)."""
         return []
 
+    # ------------------------------------------------------------------ checks before work
+    # (see datasel/preflight.py: run for every step of a pipeline before step 1 writes)
+
+    def check(self) -> None:  # noqa: B027 - optional hook
+        """Cheap checks of what the parameters name: extras installed, files and models found.
+        Raise DataselError naming the option."""
+
+    def reads(self, columns: Columns) -> dict[str, str]:
+        """Input columns this stage needs, each with the option that names it."""
+        return {columns.text: "text-column"} if self.needs_text and columns.text else {}
+
+    def numeric_reads(self) -> set[str]:
+        """The columns of `reads` that must hold numbers."""
+        return set()
+
+    def outputs(self, names: set[str], columns: Columns) -> set[str]:
+        """The columns of the kept rows, given the input's: the next step may read these."""
+        return names
+
     @classmethod
     def has_select(cls) -> bool:
         return cls.select is not Stage.select
@@ -254,8 +274,9 @@ class Stage:
 
     @classmethod
     def from_params(cls, params: dict, where: str = "") -> Stage:
-        """Build from a config mapping, with one-line errors for unknown keys or bad types."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        """Build from a config mapping, with one-line errors for unknown or missing keys and bad
+        types; a single value where a list is expected is a list of one."""
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         prefix = f"{where}: " if where else ""
         for key in params:
             if key not in fields:
@@ -263,23 +284,35 @@ class Stage:
                 raise DataselError(
                     f"{prefix}unknown key '{key}' for stage {cls.name}; allowed: {allowed}"
                 )
+        for f in fields.values():
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if required and f.name not in params:
+                raise DataselError(
+                    f"{prefix}missing required key '{f.name}': {f.metadata.get('help', '')}"
+                )
+        hints = typing.get_type_hints(cls)
+        values = {k: _coerce(k, hints[k], v, prefix) for k, v in params.items()}
         try:
-            return cls(**{k: _coerce(fields[k], v, prefix) for k, v in params.items()})
+            return cls(**values)
         except (TypeError, ValueError) as e:
             raise DataselError(f"{prefix}{e}") from None
 
 
-def _coerce(f: dataclasses.Field, value: Any, prefix: str) -> Any:
-    typ = f.type if not isinstance(f.type, str) else f.type
-    want = {"int": int, "float": float, "str": str, "bool": bool}.get(
-        typ if isinstance(typ, str) else getattr(typ, "__name__", "")
-    )
-    if want is None or value is None:
-        return value
-    if want is float and isinstance(value, int) and not isinstance(value, bool):
+def _coerce(name: str, hint: Any, value: Any, prefix: str) -> Any:
+    """`value` checked against the field's type: ints pass as floats, a scalar as a list."""
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        items = value if isinstance(value, list) else [] if value is None else [value]
+        return [_coerce(name, item, v, prefix) for v in items]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if want is bool and not isinstance(value, bool) or want is not bool and isinstance(value, bool):
-        raise DataselError(f"{prefix}key '{f.name}' must be {want.__name__}, got {value!r}")
-    if not isinstance(value, want):
-        raise DataselError(f"{prefix}key '{f.name}' must be {want.__name__}, got {value!r}")
+    if hint in (int, float, str, bool) and (
+        value is None or isinstance(value, bool) != (hint is bool) or not isinstance(value, hint)
+    ):
+        raise DataselError(f"{prefix}key '{name}' must be {hint.__name__}, got {value!r}")
     return value

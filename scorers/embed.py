@@ -25,6 +25,8 @@ from typing import Protocol
 
 import numpy as np
 
+from scorers.models import locate
+
 __all__ = [
     "Embedder",
     "HashingEmbedder",
@@ -505,7 +507,13 @@ def load_embedder(
         return HashingEmbedder(dim=dim)
     if model == "minilm":
         return SentenceTransformerEmbedder(_minilm_path(), device=device, batch_size=batch_size)
-    path = Path(model).expanduser()
+    try:
+        path = Path(locate(model, hub=False).source)
+    except FileNotFoundError:
+        raise ValueError(
+            f"unknown embedding model {model!r}: expected 'hashing', 'minilm', a saved hashing "
+            ".npz, or an existing local model folder"
+        ) from None
     if path.is_file() and path.suffix == ".npz":
         return HashingEmbedder.load(path)
     if path.is_dir():
@@ -514,7 +522,4 @@ def load_embedder(
         if (path / "config.json").is_file():
             return HFEncoderEmbedder(path, device=device, batch_size=batch_size)
         raise ValueError(f"model folder {path} has neither modules.json nor config.json")
-    raise ValueError(
-        f"unknown embedding model {model!r}: expected 'hashing', 'minilm', a saved hashing "
-        ".npz, or an existing local model folder"
-    )
+    raise ValueError(f"{path}: not a saved hashing .npz nor a model folder")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scorers.models import locate
+
 LABEL_PREFIX = "__label__"
 
 # fastText reads one example per line: a "\n" inside a text would end the example early in the
@@ -73,9 +75,12 @@ class FastTextScorer:
     """
 
     def __init__(self, path: str, label: str):
-        path = os.path.abspath(os.fspath(path))
+        try:
+            path = os.path.abspath(locate(os.fspath(path), hub=False).source)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"fastText model not found: {path}") from None
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"fastText model not found: {path}")
+            raise FileNotFoundError(f"fastText model not found: {path} is not a file")
         if not label.startswith(LABEL_PREFIX):
             label = LABEL_PREFIX + label
         self.path = path

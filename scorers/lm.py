@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from scorers.models import locate
+
 log = logging.getLogger(__name__)
 
 # Logits per LM-head chunk: 32M fp32 = 128 MiB on a GPU; 1M = 4 MiB on a CPU, where a chunk
@@ -123,15 +125,6 @@ def _max_positions(model, tokenizer) -> int:
     return v if isinstance(v, int) and 1 < v < 1_000_000 else 2048
 
 
-def _looks_like_path(model: str) -> bool:
-    return (
-        model.endswith(".gguf")
-        or model.startswith(("/", "./", "../", "~", "."))
-        or model.count("/") > 1
-        or "\\" in model
-    )
-
-
 def load_lm(
     model: str,
     *,
@@ -158,7 +151,8 @@ def load_lm(
     Raises
     ------
     FileNotFoundError
-        `model` looks like a path and does not exist.
+        `model` is neither a local path nor a Hub name in the cache or reachable (see
+        `scorers.models.locate`).
     ValueError
         The folder (or hub name) holds no loadable causal LM.
 
@@ -169,22 +163,20 @@ def load_lm(
     torch = _torch()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    p = Path(model).expanduser()
-    if p.is_file() and p.suffix == ".gguf":
+    ref = locate(model)  # one line, at once, for a name that is neither local nor reachable
+    p = Path(ref.source)
+    if ref.local and p.is_file() and p.suffix == ".gguf":
         src, gguf_file = str(p.parent), p.name
-    elif p.exists():
-        src = str(p)
-    elif _looks_like_path(model):
-        raise FileNotFoundError(f"model path not found: {model}")
     else:
-        src = model  # a hub name
-    if gguf_file is not None and not (Path(src) / gguf_file).is_file() and Path(src).exists():
+        src = ref.source
+    if gguf_file is not None and ref.local and not (Path(src) / gguf_file).is_file():
         raise FileNotFoundError(f"GGUF file not found: {Path(src) / gguf_file}")
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     tdtype = _resolve_dtype(dtype, device)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
+    extra["local_files_only"] = ref.offline
     try:
         tokenizer = AutoTokenizer.from_pretrained(src, **extra)
         net = AutoModelForCausalLM.from_pretrained(src, dtype=tdtype, **extra)
@@ -193,8 +185,7 @@ def load_lm(
         raise ImportError(f"cannot load {model}: {e}{hint}") from e
     except (OSError, ValueError, KeyError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        where = src if Path(src).exists() else f"{model!r} (no such local path; hub name?)"
-        raise ValueError(f"cannot load a causal LM from {where}: {first}") from e
+        raise ValueError(f"cannot load a causal LM from {src}: {first}") from e
     net.to(device).eval().requires_grad_(False)
     _fuse_gelu(net)
     _quiet_padding_warning()

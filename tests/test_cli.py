@@ -49,7 +49,7 @@ def test_dedup_command_and_inspect(tmp_path):
     "content, args, message",
     [
         ('{"text": "a"}\n{"text": \n', [], "in.jsonl:2: malformed JSON"),
-        ('{"body": "a"}\n', [], "no text column 'text'; columns are: body"),
+        ('{"body": "a"}\n', [], "--text-column: no text column 'text' in"),
         ('{"text": "a"}\n', ["--threshold", "1.5"], "threshold must be in (0, 1]"),
         ('{"text": "a"}\n', ["--keep", "best"], "keep must be first, longest or max:<column>"),
     ],

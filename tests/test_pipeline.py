@@ -152,7 +152,7 @@ def test_killed_pipeline_resumes_to_identical_output(tmp_path, point):
 
 
 def test_bundled_names_resolve_and_a_wrong_one_lists_them():
-    from datasel.pipeline import resolve_input
+    from datasel.io import resolve_input
 
     assert resolve_input("datasel:sample") == str(datasel.SAMPLE)
     assert pq.read_table(resolve_input("datasel:target-python-docs")).num_rows == 40

@@ -125,7 +125,7 @@ def test_template_joins_columns(tmp_path):
     "args, message",
     [
         (["--size", "5", "--fraction", "0.1"], "exactly one of --size and --fraction"),
-        (["--size", "5", "--template", "{nope}"], "--template needs column 'nope'"),
+        (["--size", "5", "--template", "{nope}"], "--template: no column 'nope'"),
         (["--size", "100000"], "--size 100,000 is larger than the input (1,"),
     ],
 )

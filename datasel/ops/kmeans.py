@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from datasel.errors import MissingExtra
+
 __all__ = ["fit_kmeans", "assign", "cluster_graph", "spectral_groups"]
 
 
@@ -61,8 +63,8 @@ def fit_kmeans(
         raise ValueError(f"k={k} is larger than the number of rows ({n})" if k > n else f"k={k}")
     try:
         import faiss
-    except ImportError as e:
-        raise ImportError("k-means needs faiss, a datasel dependency: pip install faiss-cpu") from e
+    except ImportError:  # a core dependency: only a broken install gets here
+        raise MissingExtra("k-means needs faiss, not installed: pip install faiss-cpu") from None
     km = faiss.Kmeans(
         dim,
         k,

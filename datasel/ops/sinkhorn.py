@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from datasel.errors import import_extra
+
 _BLOCK_ELEMS = 1 << 24  # cost entries per strip: 64 MB in fp32
 
 
@@ -57,11 +59,7 @@ class OTResult:
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError as e:  # pragma: no cover - torch is present in the dev environment
-        raise ImportError("GOT-D's Sinkhorn needs torch: pip install datasel[embed]") from e
-    return torch
+    return import_extra("torch", "embed", "GOT-D's Sinkhorn")
 
 
 def _pick_device(torch: Any, device: str | Any) -> Any:

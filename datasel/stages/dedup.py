@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from datasel.engine import ThreadExecutor
 from datasel.errors import DataselError
-from datasel.io import read_table
+from datasel.io import Columns, read_table
 from datasel.lock import FolderLock
 from datasel.ops.minhash import EMPTY, band_keys, lsh_params, shingle_hashes, signatures
 from datasel.ops.unionfind import components
@@ -87,6 +87,12 @@ class Dedup(Stage):
 
     def narrow_columns(self, ctx: Context) -> list[str]:
         return [self.keep[4:]] if self.keep.startswith("max:") else []
+
+    def reads(self, columns: Columns) -> dict[str, str]:
+        return super().reads(columns) | {col: "keep" for col in self.narrow_columns(None)}
+
+    def numeric_reads(self) -> set[str]:
+        return set(self.narrow_columns(None))
 
     def fit(self, ctx: Context) -> None:
         # warm the per-process caches (LSH split, hash powers, probe table, lazy imports) before

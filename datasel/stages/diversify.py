@@ -11,8 +11,9 @@ import numpy as np
 import pyarrow as pa
 
 from datasel.errors import DataselError
+from datasel.io import Columns
 from datasel.stage import Context, Decision, MapResult, Staged, check_budget, param, register
-from datasel.stages.embed import _Embedding, check_backend, read_embeddings
+from datasel.stages.embed import _Embedding, check_backend, check_model, read_embeddings
 
 QUOTAS = ("equal", "proportional")
 TOP_CLUSTERS = 50  # per-cluster statistics kept in the manifest for the largest clusters only
@@ -147,6 +148,22 @@ class Diversify(_Embedding):
         return getattr(self, "_backend", "column") not in ("column", "hashing") and not str(
             self._backend
         ).endswith(".npz")
+
+    def check(self) -> None:
+        check_model(self.model, "diversify")
+
+    def reads(self, columns: Columns) -> dict[str, str]:
+        named = {"weight-by": self.weight_by, "feedback": self.feedback}
+        if self.model == "column" or self.embedding_column != type(self).embedding_column:
+            named["embedding-column"] = self.embedding_column
+        return super().reads(columns) | {col: key for key, col in named.items() if col}
+
+    def numeric_reads(self) -> set[str]:
+        return {col for col in (self.weight_by, self.feedback) if col}
+
+    def outputs(self, names: set[str], columns: Columns) -> set[str]:
+        added = {"cluster", "cluster_dist"} | ({"diversify_round"} if self.feedback else set())
+        return names | added
 
     def fit(self, ctx: Context) -> None:
         if _all_staged(ctx):  # map output cached from a run with the same map_params

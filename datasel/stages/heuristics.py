@@ -8,11 +8,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from datasel.io import Columns
 from datasel.stage import Context, MapResult, Stage, param, register
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 BULLET = r"^\s*[-*•‣◦⁃●▪·]"
 ELLIPSIS = r"(\.\.\.|…)\s*$"
+STATISTICS = (  # the keys of gopher_statistics, in its order
+    "words",
+    "mean_word_length",
+    "symbol_ratio",
+    "bullet_lines",
+    "ellipsis_lines",
+    "alpha_words",
+    "stop_words",
+)
 
 # The paper's thresholds, as `datasel filter` rules on the default columns (as the quickstart)
 GOPHER_MIN = [
@@ -68,6 +78,9 @@ class ScoreHeuristics(Stage):
             batch = batch.append_column(name, values)
         return MapResult(batch)
 
+    def outputs(self, names: set[str], columns: Columns) -> set[str]:
+        return names | {f"{self.column}_{s}" for s in STATISTICS}
+
 
 def gopher_statistics(texts: pa.Array) -> dict[str, pa.Array]:
     """The Gopher rule statistics of each text (null counts as empty), vectorised over Arrow.
@@ -75,6 +88,8 @@ def gopher_statistics(texts: pa.Array) -> dict[str, pa.Array]:
     >>> s = gopher_statistics(pa.array(["The cat sat on the mat... #tag", "", None]))
     >>> s["words"].to_pylist(), s["stop_words"].to_pylist()
     ([7, 0, 0], [1, 0, 0])
+    >>> tuple(s) == STATISTICS
+    True
     >>> s["mean_word_length"].to_pylist()[1:], round(s["symbol_ratio"][0].as_py(), 3)
     ([None, None], 0.143)
     """

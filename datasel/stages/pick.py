@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datasel.errors import DataselError
+from datasel.io import Columns
 from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register
 
 ALPACA = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
@@ -90,6 +91,26 @@ class Pick(Stage):
             except (FileNotFoundError, ValueError, ImportError) as e:
                 raise DataselError(f"--model {self.model}: {str(e).splitlines()[0]}") from None
         return self._lm
+
+    def check(self) -> None:
+        from datasel.stages.score import check_lm
+
+        check_lm(self.model, "pick")
+
+    def reads(self, columns: Columns) -> dict[str, str]:
+        if self.group_by is None:
+            named = {"responses_column": self.responses_column}
+        else:
+            named = {"group_by": self.group_by, "response_column": self.response_column}
+            named["source_column"] = self.source_column
+        named["instruction_column"] = self.instruction_column
+        return {col: key.replace("_", "-") for key, col in named.items() if col}
+
+    def outputs(self, names: set[str], columns: Columns) -> set[str]:
+        added = {"response", "pick_source", "pick_candidate", "pick_logprob", "pick_tokens"}
+        if self.group_by is None:
+            names = names - {self.responses_column}
+        return names | added | {"pick_scores", "pick_rank"}
 
     def fit(self, ctx: Context) -> None:
         self.lm()

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from datasel.errors import DataselError
+from datasel.errors import DataselError, require
+from datasel.io import Columns
 from datasel.stage import Context, MapResult, Stage, param, register
 
 
@@ -34,6 +35,13 @@ class _FastTextColumn(Stage):
             except (FileNotFoundError, ValueError) as e:
                 raise DataselError(str(e).splitlines()[0]) from None
         return self._scorer
+
+    def check(self) -> None:
+        require("fasttext", self.name.replace("-", " "))
+        self.model_and_label()
+
+    def outputs(self, names: set[str], columns: Columns) -> set[str]:
+        return names | {self.out_column}
 
     def fit(self, ctx: Context) -> None:
         self.classifier()  # fail early, in the driver, on a bad model or label
@@ -95,8 +103,11 @@ class ScorePreselect(_FastTextColumn):
             raise DataselError(
                 f"{self.scorer}: not a PreSelect scorer (no card.json); fit one with `datasel preselect fit`"
             )
-        meta = json.loads(card.read_text())
-        return str(Path(self.scorer) / meta["model_file"]), meta["score_label"]
+        try:
+            meta = json.loads(card.read_text())
+            return str(Path(self.scorer) / meta["model_file"]), meta["score_label"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataselError(f"{card}: not a PreSelect scorer card ({e!r})") from None
 
 
 def read_columns_and_texts(
@@ -149,6 +160,7 @@ def preselect_fit(
     """
     from scorers.preselect import fit_preselect
 
+    require("fasttext", "preselect fit")
     if bool(loss_columns) == bool(models):
         raise DataselError(
             "give either --loss-columns (already scored) or --model for each model (scored now)"
@@ -183,6 +195,19 @@ def preselect_fit(
         )
     except ValueError as e:
         raise DataselError(str(e).splitlines()[0]) from None
+
+
+def check_lm(model: str, what: str) -> None:
+    """Before any work: the `lm` extra is installed, and `model` is a local path or a Hub name
+    that is cached or reachable (one line at once, not transformers' minute of retries)."""
+    from scorers.models import locate
+
+    gguf = ("torch", "transformers", "gguf") if model.endswith(".gguf") else None
+    require("lm", what, gguf)
+    try:
+        locate(model)
+    except FileNotFoundError as e:
+        raise DataselError(f"--model {e}") from None
 
 
 @register
@@ -227,6 +252,12 @@ class ScorePpl(Stage):
             except (FileNotFoundError, ValueError, ImportError) as e:
                 raise DataselError(f"--model {self.model}: {str(e).splitlines()[0]}") from None
         return self._lm
+
+    def check(self) -> None:
+        check_lm(self.model, "score ppl")
+
+    def outputs(self, names: set[str], columns: Columns) -> set[str]:
+        return names | {f"{self.column}_bpb", f"{self.column}_tokens"}
 
     def fit(self, ctx: Context) -> None:
         self.lm()  # fail early on a bad model path

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from datasel.errors import DataselError
-from datasel.io import Columns, plan_units, read_unit
+from datasel.errors import DataselError, require
+from datasel.io import Columns, find_files, plan_units, read_unit, resolve_input
 from datasel.stage import (
     Context,
     Decision,
@@ -81,6 +81,20 @@ class _Shift(Stage):
     def budget(self, n: int) -> int:
         return budget(n, self.size, self.fraction)
 
+    def check(self) -> None:
+        try:
+            find_files(self.target)
+        except DataselError as e:
+            raise DataselError(f"--target {e}") from None
+
+    def reads(self, columns: Columns) -> dict[str, str]:
+        if self.template is None:
+            return super().reads(columns)
+        import string
+
+        fields = [f for _, f, _, _ in string.Formatter().parse(self.template) if f]
+        return {f: "template" for f in fields}
+
     def texts(self, batch, ctx: Context) -> list[str]:
         return row_texts(batch, ctx.columns.text or "text", self.template)
 
@@ -90,8 +104,6 @@ class _Shift(Stage):
     @property
     def target_path(self) -> str:
         """The target as a path (`datasel:NAME` names a bundled file)."""
-        from datasel.pipeline import resolve_input
-
         return resolve_input(self.target)
 
 
@@ -127,6 +139,9 @@ class ShiftDsir(_Shift):
     deterministic: bool = param(
         False, help="plain top-k on the weights instead of Gumbel top-k sampling"
     )
+
+    def outputs(self, names: set[str], columns: Columns) -> set[str]:
+        return names | {"dsir_logw"}
 
     @property
     def smoothing(self) -> float:
@@ -228,6 +243,20 @@ class ShiftGotd(_Shift):
         help="a larger target is summarised by this many k-means centroids with their masses (on CPU fewer, to keep pool x target under 1e9 pairs, at least 300)",
     )
     device: str = param("auto", help="auto | cpu | cuda")
+
+    def check(self) -> None:
+        from datasel.stages.embed import check_model
+
+        require("embed", "shift gotd", ("torch",))  # Sinkhorn (faiss, for a big target, is core)
+        check_model(self.model, "shift gotd")
+        super().check()
+
+    def reads(self, columns: Columns) -> dict[str, str]:
+        column = {EMBEDDING: "model column"} if self.model == "column" else {}
+        return super().reads(columns) | column
+
+    def outputs(self, names: set[str], columns: Columns) -> set[str]:
+        return names | {"gotd_grad"}
 
     def fit(self, ctx: Context) -> None:
         has_column = EMBEDDING in ctx.first_rows().column_names
