@@ -52,7 +52,7 @@ from datasel.io import (
 )
 from datasel.lock import FolderLock
 from datasel.progress import Progress
-from datasel.stage import Context, Decision, MapResult, Stage, Staged
+from datasel.stage import Context, Decision, MapResult, Stage, Staged, count_texts
 
 MANIFEST = "_manifest.json"
 CACHE = "_cache"
@@ -462,11 +462,12 @@ def _map_unit(stage: Stage, unit: Unit, i: int, ctx: Context, dst: Path, batch_r
     """A stage without `select`: map every batch and write the final shard directly."""
     kept = ShardWriter(dst / shard_name(i))
     removed = ShardWriter(dst / REMOVED / shard_name(i))
-    rows_in, reasons = 0, Counter()
+    rows_in, reasons, texts = 0, Counter(), Counter()
     schema = None
     for batch in read_unit(unit, ctx.columns, batch_rows):
         result = _as_result(stage.map(batch, ctx))
         rows_in += batch.num_rows if result.rows_in is None else result.rows_in
+        texts.update(_texts_read(batch, result, ctx))
         schema = result.kept.schema
         if result.kept.num_rows:
             kept.write(result.kept)
@@ -476,7 +477,7 @@ def _map_unit(stage: Stage, unit: Unit, i: int, ctx: Context, dst: Path, batch_r
     n_kept = kept.close(schema)
     if removed.writer is not None:
         removed.close()
-    counts = {"rows_in": rows_in, "kept": n_kept, "removed": dict(reasons)}
+    counts = {"rows_in": rows_in, "kept": n_kept, "removed": dict(reasons), "texts": dict(texts)}
     write_json(counts, ctx.work / f"done-{i:05d}.json")
     return counts
 
@@ -487,10 +488,11 @@ def _stage_unit(stage: Stage, unit: Unit, i: int, ctx: Context, batch_rows: int)
     staged = ShardWriter(work / f"staged-{i:05d}.parquet", compression="lz4")
     removed = ShardWriter(work / f"removed-{i:05d}.parquet", compression="lz4")
     arrays: dict[str, list[np.ndarray]] = {}
-    rows_in, reasons, schema = 0, Counter(), None
+    rows_in, reasons, texts, schema = 0, Counter(), Counter(), None
     for batch in read_unit(unit, ctx.columns, batch_rows):
         result = _as_result(stage.map(batch, ctx))
         rows_in += batch.num_rows if result.rows_in is None else result.rows_in
+        texts.update(_texts_read(batch, result, ctx))
         kept = result.kept
         if not stage.map_adds_columns:  # only what select reads; apply re-reads the input
             kept = kept.select(["id", *stage.narrow_columns(ctx)])
@@ -507,9 +509,23 @@ def _stage_unit(stage: Stage, unit: Unit, i: int, ctx: Context, batch_rows: int)
         removed.close()
     for name, parts in arrays.items():
         _save_npy(np.concatenate(parts), work / f"{name}-{i:05d}.npy")
-    counts = {"rows_in": n, "map_rows_in": rows_in, "map_removed": dict(reasons)}
+    counts = {
+        "rows_in": n,
+        "map_rows_in": rows_in,
+        "map_removed": dict(reasons),
+        "texts": dict(texts),
+    }
     write_json(counts, work / f"staged-{i:05d}.json")
     return counts
+
+
+def _texts_read(batch: pa.RecordBatch, result: MapResult, ctx: Context) -> dict[str, int]:
+    """Null and empty texts of one batch, as the stage counted them or in the text column."""
+    if result.texts is not None:
+        return result.texts
+    if ctx.columns.text and ctx.columns.text in batch.schema.names:
+        return count_texts(batch.column(ctx.columns.text))
+    return {}
 
 
 def _save_npy(arr: np.ndarray, path: Path) -> None:
@@ -554,7 +570,8 @@ def _apply_unit(dst: Path, i: int, stage: Stage, unit: Unit, ctx: Context, batch
     earlier = staging / f"removed-{i:05d}.parquet"
     if earlier.exists():
         removed_out.write(read_table(earlier))
-    reasons = Counter(json.loads((staging / f"staged-{i:05d}.json").read_text())["map_removed"])
+    staged_counts = json.loads((staging / f"staged-{i:05d}.json").read_text())
+    reasons = Counter(staged_counts["map_removed"])
     offset, schema = 0, None
     for batch in batches:
         table = pa.Table.from_batches([batch])
@@ -578,9 +595,10 @@ def _apply_unit(dst: Path, i: int, stage: Stage, unit: Unit, ctx: Context, batch
     if offset != decision.num_rows:
         raise RuntimeError(f"shard {i}: {offset} rows read back, {decision.num_rows} decided")
     counts = {
-        "rows_in": json.loads((staging / f"staged-{i:05d}.json").read_text())["map_rows_in"],
+        "rows_in": staged_counts["map_rows_in"],
         "kept": kept_out.close(schema),
         "removed": dict(reasons),
+        "texts": staged_counts.get("texts", {}),
     }
     if removed_out.writer is not None:
         removed_out.close()
@@ -606,9 +624,10 @@ def _finish(
 ) -> dict:
     rows_in = sum(c["rows_in"] for c in counts)
     kept = sum(c["kept"] for c in counts)
-    removed = Counter()
+    removed, texts = Counter(), Counter({"null": 0, "empty": 0})
     for c in counts:
         removed.update(c["removed"])
+        texts.update(c.get("texts", {}))
     if rows_in == 0:
         shutil.rmtree(dst / WORK, ignore_errors=True)
         raise DataselError(f"empty input: no rows in {', '.join(sorted({u.path for u in units}))}")
@@ -627,6 +646,9 @@ def _finish(
         "kept": kept,
         "removed_total": sum(removed.values()),
         "removed": dict(sorted(removed.items(), key=lambda kv: -kv[1])),
+        # null / empty (or whitespace-only) texts the stage read: each got a null score or vector,
+        # or was removed with a reason saying so
+        "texts": dict(texts),
         "shards": len(units),
         "seconds": round(seconds, 3),
         "stats": stats,
