@@ -148,6 +148,18 @@ def count_texts(texts: pa.Array | pa.ChunkedArray | list) -> dict[str, int]:
     return {"null": arr.null_count, "empty": blank - arr.null_count}
 
 
+def set_aside_blank(
+    batch: pa.RecordBatch, blank: np.ndarray, stage: str
+) -> tuple[pa.RecordBatch, pa.Table | None]:
+    """Split a batch of a selection stage into the rows with text and those without, the latter
+    with reason `<stage>:empty_text` (a vector or weight of nothing must not be selected)."""
+    if not blank.any():
+        return batch, None
+    gone = pa.Table.from_batches([batch.filter(pa.array(blank))])
+    gone = gone.append_column("reason", pa.array([f"{stage}:empty_text"] * gone.num_rows))
+    return batch.filter(pa.array(~blank)), gone
+
+
 SAMPLE_UNITS = 64  # units read for a sample: bounds its cost on a large input
 
 
