@@ -214,3 +214,17 @@ def test_screenshot_in_headless_chromium(run, tmp_path):
     # the funnel plot's "kept" bars (#4c78a8) are drawn near the top
     blue = np.all(np.abs(top.astype(int) - [0x4C, 0x78, 0xA8]) <= 6, axis=-1)
     assert blue.sum() > 2000
+
+
+def test_null_and_empty_texts_are_shown(tmp_path):
+    """Each step's count of rows without text (from the manifest) is in the table and the page."""
+    rows = pq.read_table(datasel.SAMPLE).slice(0, 50).to_pylist()
+    rows += [{**rows[0], "id": "e", "text": " "}, {**rows[0], "id": "n", "text": None}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    datasel.Pipeline([datasel.Dedup()]).run(tmp_path / "in.parquet", tmp_path / "run", quiet=True)
+    console = Console(record=True, width=200)
+    console.print(summary_table(tmp_path / "run"))
+    text = console.export_text()
+    assert "no text" in text and re.search(r"01-dedup .*│ 1 null, 1 empty │", text)
+    page = build_report(tmp_path / "run").read_text()
+    assert "without text: 1 null, 1 empty" in page
