@@ -154,6 +154,8 @@ def test_preselect_fit_and_apply(tmp_path):
                 **{f"bpb_{k}": float(v) for k, v in enumerate(losses)},
             }
         )
+    # a row without text has no losses (score ppl leaves them null): left out of the fit, counted
+    rows.append({"id": "blank", "text": " ", **{f"bpb_{k}": None for k in range(4)}})
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "losses.parquet")
     cols = [f"bpb_{k}" for k in range(4)]
     card = preselect_fit(
@@ -167,6 +169,8 @@ def test_preselect_fit_and_apply(tmp_path):
         dim=20,
     )
     assert card["counts"]["pos"] == 450 and card["heldout_accuracy"] >= 0.8
+    assert card["rows_without_text"] == 1
+    assert json.loads((tmp_path / "scorer" / "card.json").read_text())["rows_without_text"] == 1
     datasel.run(
         ScorePreselect(scorer=str(tmp_path / "scorer")),
         datasel.SAMPLE,

@@ -273,6 +273,9 @@ class ScorePpl(Stage):
                 stride=self.stride,
             )
             bpb = bits_per_byte(texts, nll)
-        batch = _add_column(batch, f"{self.column}_bpb", _spread(bpb, blank), mask=blank)
+            # a text the tokenizer makes nothing of would score 0 bits: no score either
+            bpb[np.asarray(tokens) == 0] = np.nan
+        bpb = _spread(bpb, blank)
+        batch = _add_column(batch, f"{self.column}_bpb", bpb, mask=blank | np.isnan(bpb))
         tokens = _spread(np.asarray(tokens, np.int64), blank)
         return MapResult(_add_column(batch, f"{self.column}_tokens", tokens, mask=blank))
