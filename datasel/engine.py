@@ -56,7 +56,7 @@ from datasel.io import (
 from datasel.lock import FolderLock
 from datasel.preflight import check_steps
 from datasel.progress import Progress
-from datasel.stage import Context, Decision, MapResult, Stage, Staged
+from datasel.stage import Context, Decision, MapResult, Stage, Staged, count_texts
 
 MANIFEST = "_manifest.json"
 CACHE = "_cache"
@@ -533,11 +533,12 @@ def _map_unit(stage: Stage, unit: Unit, i: int, ctx: Context, dst: Path, batch_r
     """A stage without `select`: map every batch and write the final shard directly."""
     kept = ShardWriter(dst / shard_name(i))
     removed = ShardWriter(dst / REMOVED / shard_name(i))
-    rows_in, reasons, skipped = 0, Counter(), []
+    rows_in, reasons, skipped, texts = 0, Counter(), [], Counter()
     schema = None
     for batch in read_unit(unit, ctx.columns, batch_rows, skipped):
         result = _as_result(stage.map(batch, ctx))
         rows_in += batch.num_rows if result.rows_in is None else result.rows_in
+        texts.update(_texts_read(batch, result, ctx))
         schema = result.kept.schema
         if result.kept.num_rows:
             kept.write(result.kept)
@@ -553,6 +554,7 @@ def _map_unit(stage: Stage, unit: Unit, i: int, ctx: Context, dst: Path, batch_r
         "kept": n_kept,
         "removed": dict(reasons),
         "skipped": count_skipped(skipped),
+        "texts": dict(texts),
     }
     write_json(counts, ctx.work / f"done-{i:05d}.json")
     return counts
@@ -564,10 +566,11 @@ def _stage_unit(stage: Stage, unit: Unit, i: int, ctx: Context, batch_rows: int)
     staged = ShardWriter(work / f"staged-{i:05d}.parquet", compression="lz4")
     removed = ShardWriter(work / f"removed-{i:05d}.parquet", compression="lz4")
     arrays: dict[str, list[np.ndarray]] = {}
-    rows_in, reasons, schema, skipped = 0, Counter(), None, []
+    rows_in, reasons, texts, schema, skipped = 0, Counter(), Counter(), None, []
     for batch in read_unit(unit, ctx.columns, batch_rows, skipped):
         result = _as_result(stage.map(batch, ctx))
         rows_in += batch.num_rows if result.rows_in is None else result.rows_in
+        texts.update(_texts_read(batch, result, ctx))
         kept = result.kept
         if not stage.map_adds_columns:  # only what select reads; apply re-reads the input
             kept = kept.select(["id", *stage.narrow_columns(ctx)])
@@ -590,6 +593,7 @@ def _stage_unit(stage: Stage, unit: Unit, i: int, ctx: Context, batch_rows: int)
         "map_rows_in": rows_in + len(skipped),
         "map_removed": dict(reasons),
         "skipped": count_skipped(skipped),
+        "texts": dict(texts),
     }
     write_json(counts, work / f"staged-{i:05d}.json")
     return counts
@@ -599,6 +603,15 @@ def _write_skipped(unit: Unit, skipped: list, path: Path) -> None:
     """A unit's skipped input lines, in line order, as `_skipped/part-<i>.parquet`."""
     if skipped:
         write_table(skipped_table(unit.path, skipped), path)
+
+
+def _texts_read(batch: pa.RecordBatch, result: MapResult, ctx: Context) -> dict[str, int]:
+    """Null and empty texts of one batch, as the stage counted them or in the text column."""
+    if result.texts is not None:
+        return result.texts
+    if ctx.columns.text and ctx.columns.text in batch.schema.names:
+        return count_texts(batch.column(ctx.columns.text))
+    return {}
 
 
 def _save_npy(arr: np.ndarray, path: Path) -> None:
@@ -674,6 +687,7 @@ def _apply_unit(dst: Path, i: int, stage: Stage, unit: Unit, ctx: Context, batch
         "kept": kept_out.close(schema),
         "removed": dict(reasons),
         "skipped": staged.get("skipped", {}),
+        "texts": staged.get("texts", {}),
     }
     if removed_out.writer is not None:
         removed_out.close()
@@ -699,10 +713,11 @@ def _finish(
 ) -> dict:
     rows_in = sum(c["rows_in"] for c in counts)
     kept = sum(c["kept"] for c in counts)
-    removed, skipped = Counter(), Counter()
+    removed, skipped, texts = Counter(), Counter(), Counter({"null": 0, "empty": 0})
     for c in counts:
         removed.update(c["removed"])
         skipped.update(c.get("skipped", {}))
+        texts.update(c.get("texts", {}))
     if rows_in != kept + sum(removed.values()) + sum(skipped.values()):
         raise RuntimeError(
             f"row accounting broken: {rows_in} in, {kept} kept, {sum(removed.values())} removed, "
@@ -728,6 +743,9 @@ def _finish(
         "removed_total": sum(removed.values()),
         "removed": dict(sorted(removed.items(), key=lambda kv: -kv[1])),
         **skipped_keys,
+        # null / empty (or whitespace-only) texts the stage read: each got a null score or vector,
+        # or was removed with a reason saying so
+        "texts": dict(texts),
         "shards": len(units),
         "seconds": round(seconds, 3),
         "stats": ctx.stats,

@@ -122,7 +122,9 @@ def summary_table(path: str | os.PathLike) -> Table:
     """The funnel as a rich table: step, rows in, kept, removed by reason, seconds."""
     steps = find_steps(path)
     table = Table(title=f"datasel run: {path}", title_justify="left")
-    for name in ("step", "rows in", "kept", "kept %", "removed by reason", "seconds"):
+    blanks = any(_no_text(s.manifest) for s in steps)
+    names = ("step", "rows in", "kept", "kept %", "removed by reason")
+    for name in (*names, *(("no text",) if blanks else ()), "seconds"):
         table.add_column(
             name,
             justify="left" if name in ("step", "removed by reason") else "right",
@@ -137,6 +139,7 @@ def summary_table(path: str | os.PathLike) -> Table:
             f"{m['kept']:,}",
             _pct(m["kept"], m["rows_in"]),
             "\n".join([f"{r}: {n:,}" for r, n in removed.items()] + _skipped(m)) or "-",
+            *((_no_text(m) or "-",) if blanks else ()),
             f"{m.get('seconds', 0):.1f}",
         )
     if len(steps) > 1:
@@ -147,6 +150,7 @@ def summary_table(path: str | os.PathLike) -> Table:
             f"[bold]{last['kept']:,}[/]",
             _pct(last["kept"], first["rows_in"]),
             f"{first['rows_in'] - last['kept']:,}",
+            *(("",) if blanks else ()),
             f"{sum(s.manifest.get('seconds', 0) for s in steps):.1f}",
         )
     return table
@@ -285,6 +289,12 @@ def _funnel_section(steps: list[Step], plt, colors: dict[str, str]) -> str:
     return f'<section id="funnel"><h2>Funnel</h2>{img}{table}</section>'
 
 
+def _no_text(manifest: dict) -> str:
+    """The null and empty (or whitespace-only) texts a step read, e.g. "3 null, 12 empty"."""
+    texts = manifest.get("texts") or {}
+    return ", ".join(f"{texts[k]:,} {k}" for k in ("null", "empty") if texts.get(k))
+
+
 def _step_section(s: Step, plt, colors: dict, examples: int, prev_schema: pa.Schema | None) -> str:
     m = s.manifest
     kept_schema, removed_schema = _schema(s.kept), _schema(s.removed)
@@ -298,6 +308,7 @@ def _step_section(s: Step, plt, colors: dict, examples: int, prev_schema: pa.Sch
         f"{m.get('removed_total', m['rows_in'] - m['kept']):,} removed, "
         + "".join(f"{html.escape(line)}, " for line in _skipped(m))
         + f"{m.get('shards', len(s.kept))} shard(s), {m.get('seconds', 0):,.1f} s"
+        + (f"; without text: {_no_text(m)}" if _no_text(m) else "")
         + (f"; <b>{html.escape(headline(m))}</b>" if headline(m) else "")
         + (
             f"; adds columns {', '.join('<code>' + html.escape(f.name) + '</code>' for f in added)}"

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from datasel.errors import DataselError
 from datasel.io import Columns, read_table
@@ -69,6 +70,9 @@ class MapResult:
     removed: pa.Table | None = None
     arrays: dict[str, np.ndarray] | None = None
     rows_in: int | None = None  # units counted in, when a row is not the unit (pick: candidates)
+    # null and empty texts among those map read ({"null": n, "empty": m}); by default the engine
+    # counts them in the text column
+    texts: dict[str, int] | None = None
 
 
 @dataclass
@@ -137,6 +141,34 @@ class Context:
             for batch in read_unit(unit, self.columns):
                 return pa.Table.from_batches([batch.slice(0, n)])
         raise DataselError("empty input: no rows to learn from")
+
+
+def blank_texts(texts: pa.Array | pa.ChunkedArray | list) -> np.ndarray:
+    """True where a text is null, empty or only whitespace: nothing there to score, embed or
+    pick. Such rows get null scores and vectors, and selection stages remove them
+    (`<stage>:empty_text`) instead of ranking a score of nothing."""
+    arr = texts if isinstance(texts, pa.Array | pa.ChunkedArray) else pa.array(texts, pa.string())
+    blank = pc.or_kleene(pc.equal(pc.binary_length(arr), 0), pc.utf8_is_space(arr))
+    return np.asarray(blank.fill_null(True).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def count_texts(texts: pa.Array | pa.ChunkedArray | list) -> dict[str, int]:
+    """{"null": rows without a text, "empty": rows whose text is empty or only whitespace}."""
+    arr = texts if isinstance(texts, pa.Array | pa.ChunkedArray) else pa.array(texts, pa.string())
+    blank = int(blank_texts(arr).sum())
+    return {"null": arr.null_count, "empty": blank - arr.null_count}
+
+
+def set_aside_blank(
+    batch: pa.RecordBatch, blank: np.ndarray, stage: str
+) -> tuple[pa.RecordBatch, pa.Table | None]:
+    """Split a batch of a selection stage into the rows with text and those without, the latter
+    with reason `<stage>:empty_text` (a vector or weight of nothing must not be selected)."""
+    if not blank.any():
+        return batch, None
+    gone = pa.Table.from_batches([batch.filter(pa.array(blank))])
+    gone = gone.append_column("reason", pa.array([f"{stage}:empty_text"] * gone.num_rows))
+    return batch.filter(pa.array(~blank)), gone
 
 
 SAMPLE_UNITS = 64  # units read for a sample: bounds its cost on a large input

@@ -321,3 +321,27 @@ def test_a_named_embedding_column_that_is_missing_is_an_error(embedded, tmp_path
     named (here a typo) must exist rather than be silently replaced by hashing."""
     with pytest.raises(datasel.DataselError, match="no column 'embeding'"):
         run(Diversify(k=K, size=100, embedding_column="embeding"), embedded / "emb", tmp_path / "o")
+
+
+BLANK_ROWS = [
+    {"id": "empty", "text": "", "domain": "none"},
+    {"id": "blank", "text": " \t\n ", "domain": "none"},
+    {"id": "null", "text": None, "domain": "none"},
+]
+
+
+@pytest.mark.parametrize("embed_first", [False, True])
+def test_rows_without_text_are_removed_not_selected(tmp_path, embed_first):
+    """A text with nothing in it has no place among clusters: removed as empty_text, whether
+    the vectors are computed here or come from `datasel embed` (null there)."""
+    rows = [{k: r[k] for k in ("id", "text", "domain")} for r in sample_rows(300)]
+    write_parquet(tmp_path / "in.parquet", rows[:150] + BLANK_ROWS + rows[150:])
+    src = tmp_path / "in.parquet"
+    if embed_first:
+        run(Embed(dim=32), src, tmp_path / "emb")
+        src = tmp_path / "emb"
+    m = run(Diversify(k=5, fraction=1.0, max_similarity=1.0, dim=32), src, tmp_path / "out")
+    assert m["rows_in"] == 303 and m["kept"] == 300
+    assert m["removed"] == {"diversify:empty_text": 3} and m["texts"] == {"null": 1, "empty": 2}
+    gone = read_removed(tmp_path / "out")
+    assert sorted(gone.column("id").to_pylist()) == ["blank", "empty", "null"]

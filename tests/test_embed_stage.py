@@ -84,3 +84,26 @@ def test_embed_errors(docs, tmp_path, args, message):
     r = runner.invoke(app, ["embed", str(docs), str(tmp_path / "o"), "--quiet", *args])
     assert r.exit_code == 2, r.output
     assert message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_rows_without_text_get_a_null_vector(tmp_path):
+    """The encoder's vector of "" is a vector of nothing: null, counted in the manifest."""
+    rows = sample_rows(60) + [
+        {"id": "empty", "text": ""},
+        {"id": "blank", "text": " \n "},
+        {"id": "null", "text": None},
+    ]
+    write_parquet(tmp_path / "in.parquet", rows)
+    m = datasel.run(Embed(dim=16), tmp_path / "in.parquet", tmp_path / "out", quiet=True)
+    assert m["kept"] == 63 and m["texts"] == {"null": 1, "empty": 2}
+    table = read_dataset(tmp_path / "out")
+    is_null = dict(
+        zip(
+            table.column("id").to_pylist(),
+            table.column("embedding").is_null().to_pylist(),
+            strict=False,
+        )
+    )
+    assert [i for i, v in is_null.items() if v] == ["empty", "blank", "null"]
+    x = read_embeddings(table.column("embedding").filter(table.column("embedding").is_valid()))
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)

@@ -154,6 +154,8 @@ def test_preselect_fit_and_apply(tmp_path):
                 **{f"bpb_{k}": float(v) for k, v in enumerate(losses)},
             }
         )
+    # a row without text has no losses (score ppl leaves them null): left out of the fit, counted
+    rows.append({"id": "blank", "text": " ", **{f"bpb_{k}": None for k in range(4)}})
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "losses.parquet")
     cols = [f"bpb_{k}" for k in range(4)]
     card = preselect_fit(
@@ -167,6 +169,8 @@ def test_preselect_fit_and_apply(tmp_path):
         dim=20,
     )
     assert card["counts"]["pos"] == 450 and card["heldout_accuracy"] >= 0.8
+    assert card["rows_without_text"] == 1
+    assert json.loads((tmp_path / "scorer" / "card.json").read_text())["rows_without_text"] == 1
     datasel.run(
         ScorePreselect(scorer=str(tmp_path / "scorer")),
         datasel.SAMPLE,
@@ -208,3 +212,28 @@ def test_preselect_fit_and_apply(tmp_path):
     assert (
         json.loads((tmp_path / "scorer" / "card.json").read_text())["models"][0]["name"] == "bpb_0"
     )
+
+
+def test_rows_without_text_score_null_and_filter_removes_them_by_name(tmp_path):
+    """fastText gives "" a probability like any text; a null score is removed with a reason."""
+    model = train_domain_model(tmp_path)
+    rows = sample_rows(40) + [
+        {"id": "empty", "text": ""},
+        {"id": "blank", "text": "  \n "},
+        {"id": "null", "text": None},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    m = datasel.run(
+        ScoreFastText(model=str(model), label="__label__py"),
+        tmp_path / "in.parquet",
+        tmp_path / "scored",
+        quiet=True,
+    )
+    assert m["texts"] == {"null": 1, "empty": 2}
+    t = read_dataset(tmp_path / "scored")
+    score = dict(zip(t.column("id").to_pylist(), t.column("fasttext_py").to_pylist(), strict=False))
+    assert score["empty"] is None and score["blank"] is None and score["null"] is None
+    assert all(score[r["id"]] is not None for r in rows[:40])
+    m = datasel.run(Filter(min=["fasttext_py=0"]), tmp_path / "scored", tmp_path / "f", quiet=True)
+    assert m["kept"] == 40 and m["removed"] == {"filter:fasttext_py missing": 3}
+    assert m["texts"] == {"null": 1, "empty": 2}

@@ -129,3 +129,146 @@ def test_pick_errors(tmp_path, tiny_lm, rows, args, message):
         ["pick", str(tmp_path / "in.jsonl"), str(tmp_path / "out"), "--model", str(tiny_lm), *args],
     )
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_empty_and_short_candidates_are_never_picked_and_none_is_lost(tmp_path, tiny_lm):
+    """An empty response scores 0.0 over 0 tokens: under mean and sum it beat every real one."""
+    texts = tiny_corpus(8, seed=3)
+    rows = [
+        {
+            "id": "q0",
+            "instruction": texts[0],
+            "responses": [
+                {"text": "", "model": "empty"},
+                {"text": texts[1], "model": "a"},
+                {"text": " \n\t ", "model": "blank"},
+                {"text": None, "model": "null"},
+                {"text": texts[2], "model": "b"},
+            ],
+        },
+        {  # no valid candidate: removed whole, with its own reason
+            "id": "q1",
+            "instruction": texts[3],
+            "responses": [{"text": "", "model": "empty"}, {"text": "  ", "model": "blank"}],
+        },
+        {
+            "id": "q2",
+            "instruction": texts[4],
+            "responses": [{"text": texts[5], "model": "a"}, {"text": "   ", "model": "blank"}],
+        },
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    for normalize in ("mean", "sum"):
+        out = tmp_path / normalize
+        m = datasel.run(
+            Pick(model=str(tiny_lm), normalize=normalize), tmp_path / "in.parquet", out, quiet=True
+        )
+        assert m["rows_in"] == 9 == m["kept"] + m["removed_total"]
+        kept = {r["id"]: r for r in read_dataset(out).to_pylist()}
+        assert sorted(kept) == ["q0", "q2"]
+        assert kept["q0"]["pick_source"] in ("a", "b") and kept["q2"]["pick_source"] == "a"
+        assert kept["q0"]["pick_scores"][0] is None and kept["q0"]["pick_scores"][1] is not None
+        gone = read_removed(out).to_pylist()
+        reasons = sorted((r["id"], r["pick_source"], r["reason"]) for r in gone)
+        assert reasons == [
+            ("q0", "a" if kept["q0"]["pick_source"] == "b" else "b", "pick:rank=2"),
+            ("q0", "blank", "pick:empty"),
+            ("q0", "empty", "pick:empty"),
+            ("q0", "null", "pick:empty"),
+            ("q1", "blank", "pick:no_valid_candidate"),
+            ("q1", "empty", "pick:no_valid_candidate"),
+            ("q2", "blank", "pick:empty"),
+        ]
+        assert all(
+            r["pick_logprob"] is None and r["pick_rank"] is None
+            for r in gone
+            if r["reason"] != "pick:rank=2"
+        )
+        assert m["removed"] == {"pick:empty": 4, "pick:no_valid_candidate": 2, "pick:rank=2": 1}
+        assert m["texts"] == {"null": 1, "empty": 5}
+        assert m["stats"]["instructions_without_valid_candidate"] == 1
+        assert m["stats"]["empty_candidates"] == 6
+
+
+def test_min_response_tokens(tmp_path, tiny_lm):
+    from scorers.lm import _tokenize, load_lm
+
+    texts = tiny_corpus(6, seed=5)
+    lm = load_lm(str(tiny_lm), device="cpu")
+    short, long = "ok", texts[1]
+    n_short = len(_tokenize(lm, [short])[0])
+    assert n_short < len(_tokenize(lm, [long])[0])
+    rows = [
+        {"id": "q0", "instruction": texts[0], "responses": [short, long]},
+        {"id": "q1", "instruction": texts[2], "responses": [short]},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    m = datasel.run(
+        Pick(model=str(tiny_lm), min_response_tokens=n_short + 1),
+        tmp_path / "in.parquet",
+        tmp_path / "out",
+        quiet=True,
+    )
+    assert [r["response"] for r in read_dataset(tmp_path / "out").to_pylist()] == [long]
+    assert m["removed"] == {
+        f"pick:response_tokens<{n_short + 1}": 1,
+        "pick:no_valid_candidate": 1,
+    }
+    assert m["stats"]["short_candidates"] == 2
+
+
+def test_ties_go_to_the_earlier_candidate(tmp_path, tiny_lm):
+    """Identical responses to one prompt are scored once, so they tie exactly; the earlier wins,
+    with one row per instruction and with --group-by, in whichever order they come."""
+    texts = tiny_corpus(6, seed=11)
+    same, other = texts[1], texts[2]
+    rows = [
+        {
+            "id": "q0",
+            "instruction": texts[0],
+            "responses": [{"text": same, "model": "first"}, {"text": same, "model": "second"}],
+        },
+        {
+            "id": "q1",
+            "instruction": texts[0],
+            "responses": [{"text": same, "model": "second"}, {"text": same, "model": "first"}],
+        },
+        {
+            "id": "q2",
+            "instruction": texts[3],
+            "responses": [
+                {"text": other, "model": "x"},
+                {"text": same, "model": "first"},
+                {"text": same, "model": "second"},
+            ],
+        },
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    datasel.run(
+        Pick(model=str(tiny_lm), top_k=3), tmp_path / "in.parquet", tmp_path / "out", quiet=True
+    )
+    kept = read_dataset(tmp_path / "out").to_pylist()
+    by = {(r["id"], r["pick_candidate"]): r for r in kept}
+    for q, a, b in (("q0", 0, 1), ("q1", 0, 1), ("q2", 1, 2)):
+        assert by[q, a]["pick_logprob"] == by[q, b]["pick_logprob"]
+        assert by[q, a]["pick_rank"] + 1 == by[q, b]["pick_rank"]
+    flat = [
+        {
+            "id": f"{r['id']}-{j}",
+            "qid": r["id"],
+            "instruction": r["instruction"],
+            "response": c["text"],
+            "model": c["model"],
+        }
+        for r in rows
+        for j, c in enumerate(r["responses"])
+    ]
+    pq.write_table(pa.Table.from_pylist(flat), tmp_path / "flat.parquet")
+    datasel.run(
+        Pick(model=str(tiny_lm), group_by="qid", source_column="model", input_column=None),
+        tmp_path / "flat.parquet",
+        tmp_path / "flat",
+        quiet=True,
+    )
+    picked = {r["qid"]: r["id"] for r in read_dataset(tmp_path / "flat").to_pylist()}
+    assert picked["q0"] == "q0-0" and picked["q1"] == "q1-0"

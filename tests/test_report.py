@@ -268,3 +268,17 @@ def test_headline_of_each_stage_from_its_statistics():
         "cut-offs: top_chars:preselect_score ≥ 0.73"
     )
     assert h("filter") == "" and h("score-ppl") == "" and headline({"stage": "dedup"}) == ""
+
+
+def test_null_and_empty_texts_are_shown(tmp_path):
+    """Each step's count of rows without text (from the manifest) is in the table and the page."""
+    rows = pq.read_table(datasel.SAMPLE).slice(0, 50).to_pylist()
+    rows += [{**rows[0], "id": "e", "text": " "}, {**rows[0], "id": "n", "text": None}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    datasel.Pipeline([datasel.Dedup()]).run(tmp_path / "in.parquet", tmp_path / "run", quiet=True)
+    console = Console(record=True, width=200)
+    console.print(summary_table(tmp_path / "run"))
+    text = console.export_text()
+    assert "no text" in text and re.search(r"01-dedup .*│ 1 null, 1 empty │", text)
+    page = build_report(tmp_path / "run").read_text()
+    assert "without text: 1 null, 1 empty" in page

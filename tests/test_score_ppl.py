@@ -93,3 +93,24 @@ def test_preselect_fit_from_models_in_one_command(tmp_path, tiny_lm):
     assert (tmp_path / "ps" / "model.bin").exists() and (
         tmp_path / "ps" / "_scored" / "02-score-ppl" / "_manifest.json"
     ).exists()
+
+
+def test_rows_without_text_get_null_scores_and_are_counted(tmp_path, tiny_lm):
+    """bpb over zero bytes is no number: null (not NaN, not 0) for null, empty and blank texts."""
+    rows = [
+        {"text": "the cat sees a dog."},
+        {"text": ""},
+        {"text": " \n\t "},
+        {"text": None},
+        {"text": "rivers and mountains"},
+    ]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    m = datasel.run(
+        ScorePpl(model=str(tiny_lm)), tmp_path / "in.jsonl", tmp_path / "out", quiet=True
+    )
+    t = read_dataset(tmp_path / "out")
+    assert m["kept"] == 5 and m["texts"] == {"null": 1, "empty": 2}
+    bpb, tokens = t.column("ppl_bpb").to_pylist(), t.column("ppl_tokens").to_pylist()
+    assert [b is None for b in bpb] == [False, True, True, True, False]
+    assert tokens[1:4] == [None, None, None] and tokens[0] > 0
+    np.testing.assert_allclose(bpb[4], naive_bpb(tiny_lm, "rivers and mountains"), rtol=1e-4)

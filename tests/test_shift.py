@@ -208,3 +208,58 @@ def test_gotd_uses_the_embedding_columns_of_pool_and_target(tmp_path):
             tmp_path / "o3",
             quiet=True,
         )
+
+
+def test_rows_without_text_are_removed_not_selected(mixture, tmp_path):
+    """A document with no words has log-weight 0 under DSIR (above every off-target document)
+    and a zero vector under GOT-D: both remove it as empty_text instead of selecting it."""
+    tmp, n_py, n = mixture
+    blank = [
+        {"id": "empty", "text": "", "domain": "none"},
+        {"id": "blank", "text": "  \n ", "domain": "none"},
+        {"id": "null", "text": None, "domain": "none"},
+    ]
+    pool = pa.concat_tables(
+        [pq.read_table(tmp / "pool" / "a.parquet"), pa.Table.from_pylist(blank)],
+        promote_options="permissive",
+    )
+    (tmp_path / "pool").mkdir()
+    pq.write_table(pool, tmp_path / "pool" / "a.parquet")
+    target = pq.read_table(tmp / "target.parquet")
+    target = pa.concat_tables(
+        [target, pa.Table.from_pylist(blank[:1])], promote_options="permissive"
+    )
+    pq.write_table(target, tmp_path / "target.parquet")
+    real = pool.num_rows - 3
+    for stage, prefix in (
+        (
+            ShiftDsir(target=str(tmp_path / "target.parquet"), size=real - 5, deterministic=True),
+            "dsir",
+        ),
+        (ShiftGotd(target=str(tmp_path / "target.parquet"), size=real - 5, fit_sample=500), "gotd"),
+    ):
+        out = tmp_path / prefix
+        m = datasel.run(stage, tmp_path / "pool", out, quiet=True)
+        assert m["rows_in"] == real + 3 and m["kept"] == real - 5
+        assert m["removed"] == {f"{prefix}:not_selected": 5, f"{prefix}:empty_text": 3}
+        assert m["texts"] == {"null": 1, "empty": 2}
+        assert m["stats"]["target_rows_without_text"] == 1
+        assert not {"empty", "blank", "null"} & set(read_dataset(out).column("id").to_pylist())
+
+
+def test_gotd_on_embed_output_with_rows_without_text(tmp_path):
+    """`datasel embed` leaves a null vector where there is no text; GOT-D on its own vectors
+    removes those pool rows as empty_text and leaves such target rows out."""
+    from datasel.stages.embed import Embed
+
+    rows = [{"id": r["id"], "text": r["text"]} for r in sample_rows(200)]
+    rows += [{"id": "empty", "text": ""}, {"id": "null", "text": None}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pool.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[:40] + rows[-1:]), tmp_path / "target.parquet")
+    datasel.run(Embed(dim=16), tmp_path / "pool.parquet", tmp_path / "pe", quiet=True)
+    datasel.run(Embed(dim=16), tmp_path / "target.parquet", tmp_path / "te", quiet=True)
+    m = datasel.run(
+        ShiftGotd(target=str(tmp_path / "te"), size=50), tmp_path / "pe", tmp_path / "o", quiet=True
+    )
+    assert m["removed"] == {"gotd:not_selected": 150, "gotd:empty_text": 2}
+    assert m["stats"]["target_rows_without_text"] == 1

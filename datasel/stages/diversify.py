@@ -12,7 +12,17 @@ import pyarrow as pa
 
 from datasel.errors import DataselError
 from datasel.io import Columns
-from datasel.stage import Context, Decision, MapResult, Staged, check_budget, param, register
+from datasel.stage import (
+    Context,
+    Decision,
+    MapResult,
+    Staged,
+    blank_texts,
+    check_budget,
+    param,
+    register,
+    set_aside_blank,
+)
 from datasel.stages.embed import _Embedding, check_backend, check_model, read_embeddings
 
 QUOTAS = ("equal", "proportional")
@@ -29,6 +39,8 @@ class Diversify(_Embedding):
     2 - 2 cos for unit vectors) to every row. Vectors come from the `embedding` column when the
     input has one (`datasel embed`), else from --model, computed on the fly and not kept.
     k-means (faiss, spherical) is fitted on --fit-sample rows; every row is then assigned.
+    Rows whose text is null, empty or only whitespace have no meaning to cluster: they go to
+    _removed/ as `diversify:empty_text`, and --size / --fraction count the other rows.
 
     Quotas: --quota equal splits the budget equally across clusters, a cluster smaller than its
     share giving its leftover to the others (kMQ); proportional follows cluster sizes. With
@@ -76,7 +88,9 @@ class Diversify(_Embedding):
 
     k: int = param(100, help="k-means clusters")
     size: int | None = param(None, help="rows to select")
-    fraction: float | None = param(None, help="share of all rows to select (instead of --size)")
+    fraction: float | None = param(
+        None, help="share of the rows with text to select (instead of --size)"
+    )
     levels: int = param(
         2, help="2: equal quotas per group of clusters, then per cluster (balances domains); 1: kMQ"
     )
@@ -171,6 +185,9 @@ class Diversify(_Embedding):
             self._k = self._clamped_k(_staged_rows(ctx), ctx)
             return
         sample = ctx.sample(self.fit_sample)
+        sample = sample.filter(pa.array(~blank_texts(sample.column(ctx.columns.text))))
+        if not sample.num_rows:
+            raise DataselError("no row of the input has a text: nothing to cluster")
         names = sample.schema.names
         self._check_columns(names)
         self._backend = self._choose_backend(names)
@@ -245,6 +262,10 @@ class Diversify(_Embedding):
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
         from datasel.ops.kmeans import assign
 
+        blank = blank_texts(batch.column(ctx.columns.text))
+        batch, gone = set_aside_blank(batch, blank, "diversify")
+        if not batch.num_rows:
+            return MapResult(batch, removed=gone)
         x = self.vectors(batch, ctx)
         labels, dist, second = assign(x, self.centroids, second=True)
         labels, second = labels.astype(np.int32), second.astype(np.int32)
@@ -255,7 +276,7 @@ class Diversify(_Embedding):
             if name in batch.schema.names:
                 batch = batch.drop_columns([name])
             batch = batch.append_column(name, pa.array(values))
-        return MapResult(batch, arrays=arrays)
+        return MapResult(batch, removed=gone, arrays=arrays)
 
     # ------------------------------------------------------------------------------ select
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from datasel.errors import DataselError, require
 from datasel.io import Columns
-from datasel.stage import Context, MapResult, Stage, param, register, spread_rows
+from datasel.stage import Context, MapResult, Stage, blank_texts, param, register, spread_rows
 
 REDUCE = ("svd", "random")
 DEVICES = ("auto", "cpu", "cuda")
@@ -93,10 +93,13 @@ def fit_embedder(
         raise DataselError(f"--model {model}: {str(e).splitlines()[0]}") from None
 
 
-def embedding_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
-    """float32 ``(n, dim)`` -> Arrow ``fixed_size_list<float32, dim>``."""
+def embedding_array(vectors: np.ndarray, null: np.ndarray | None = None) -> pa.FixedSizeListArray:
+    """float32 ``(n, dim)`` -> Arrow ``fixed_size_list<float32, dim>``, null where `null`."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+    mask = None if null is None else pa.array(null, pa.bool_())
+    return pa.FixedSizeListArray.from_arrays(
+        pa.array(vectors.reshape(-1)), vectors.shape[1], mask=mask
+    )
 
 
 def read_embeddings(column: pa.Array | pa.ChunkedArray, name: str = "embedding") -> np.ndarray:
@@ -113,6 +116,8 @@ def read_embeddings(column: pa.Array | pa.ChunkedArray, name: str = "embedding")
     if column.null_count:
         raise DataselError(f"column '{name}' has {column.null_count} null rows")
     n = len(column)
+    if n == 0:
+        return np.zeros((0, getattr(column.type, "list_size", 0)), np.float32)
     if pa.types.is_fixed_size_list(column.type):
         dim = column.type.list_size
     else:
@@ -215,7 +220,13 @@ class Embed(_Embedding):
         self.embedder(ctx)  # fit hashing on a sample; fail early on a bad model
 
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
-        vectors = embedding_array(self.encode(batch, ctx))
+        # a text with nothing in it has no meaning to embed: its vector is null (diversify and
+        # shift remove such rows as empty_text), never the encoder's vector of ""
+        blank = blank_texts(batch.column(ctx.columns.text))
+        vectors = self.encode(batch.filter(pa.array(~blank)), ctx)
+        full = np.zeros((batch.num_rows, vectors.shape[1]), np.float32)
+        full[~blank] = vectors
+        vectors = embedding_array(full, blank)
         if self.column in batch.schema.names:
             batch = batch.drop_columns([self.column])
         return MapResult(batch.append_column(self.column, vectors))

@@ -14,7 +14,17 @@ import pyarrow.compute as pc
 
 from datasel.errors import DataselError
 from datasel.io import Columns
-from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register
+from datasel.stage import (
+    Context,
+    Decision,
+    MapResult,
+    Stage,
+    Staged,
+    blank_texts,
+    count_texts,
+    param,
+    register,
+)
 
 ALPACA = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 ALPACA_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
@@ -29,6 +39,14 @@ class Pick(Stage):
     text and a source field), or one row per candidate with --group-by. Output: one row per
     picked candidate with `response`, `pick_logprob`, `pick_source` and `pick_scores` (every
     candidate's score, for auditing); the others go to _removed/ with their scores.
+
+    Only candidates with at least --min-response-tokens response tokens compete: an empty,
+    whitespace-only or null one is never scored (its `pick_logprob` and `pick_tokens` are null)
+    and goes to _removed/ as `pick:empty`, a shorter one as `pick:response_tokens<N`; when no
+    candidate of an instruction is left, all of them go as `pick:no_valid_candidate`. The
+    others are ranked by score; equal scores rank by the candidates' order (position in the
+    list, or in the input with --group-by), so the earlier one wins. Identical responses to the
+    same prompt are scored once, so they tie exactly.
     """
 
     name = "pick"
@@ -58,6 +76,9 @@ class Pick(Stage):
     source_field: str = param("model", help="field of a candidate struct naming its source")
     normalize: str = param("mean", help="mean (log-probability per response token) | sum")
     top_k: int = param(1, help="candidates kept per instruction")
+    min_response_tokens: int = param(
+        1, help="candidates with fewer response tokens are removed, never picked"
+    )
     chat_template: str = param(
         "auto", help="auto (the model's, when it has one) | none | PATH to a Jinja template"
     )
@@ -74,6 +95,10 @@ class Pick(Stage):
             raise ValueError(f"normalize must be mean or sum, got {self.normalize!r}")
         if self.top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        if self.min_response_tokens < 1:
+            raise ValueError(
+                f"min_response_tokens must be at least 1, got {self.min_response_tokens}"
+            )
         if self.chat_template not in ("auto", "none") and not Path(self.chat_template).is_file():
             raise ValueError(
                 f"chat_template {self.chat_template}: no such file (or use auto | none)"
@@ -148,18 +173,32 @@ class Pick(Stage):
             if self.input_column and self.input_column in table.column_names
             else [""] * table.num_rows
         )
+        blank = blank_texts(cands["response"])
         cache: dict[int, str] = {}
-        prompts = []
-        for row in cands["row"]:
+        pairs: dict[tuple[str, str], int] = {}  # each distinct (prompt, response) scored once
+        which = np.full(len(blank), -1, dtype=np.int64)
+        for i, row in enumerate(cands["row"]):
+            if blank[i]:
+                continue
             if row not in cache:
                 cache[row] = self.prompt(instructions[row] or "", extras[row] or "")
-            prompts.append(cache[row])
-        from scorers.lm import score_conditional
+            which[i] = pairs.setdefault((cache[row], cands["response"][i]), len(pairs))
+        score = np.full(len(blank), np.nan)
+        n = np.zeros(len(blank), np.int64)
+        if pairs:
+            from scorers.lm import score_conditional
 
-        logprob, n = score_conditional(
-            self.lm(), prompts, cands["response"], batch_tokens=self.batch_tokens
-        )
-        score = logprob / np.maximum(n, 1) if self.normalize == "mean" else logprob
+            logprob, tokens = score_conditional(
+                self.lm(),
+                [p for p, _ in pairs],
+                [r for _, r in pairs],
+                batch_tokens=self.batch_tokens,
+            )
+            if self.normalize == "mean":
+                logprob = logprob / np.maximum(tokens, 1)
+            score[~blank], n[~blank] = logprob[which[~blank]], tokens[which[~blank]]
+        score = pa.array(score, pa.float64(), mask=blank)
+        n = pa.array(n, pa.int64(), mask=blank)
         out = table.take(pa.array(cands["row"]))
         if self.group_by is None:
             out = out.drop_columns([self.responses_column])
@@ -176,10 +215,10 @@ class Pick(Stage):
         out = out.append_column("response", pa.array(cands["response"], pa.string()))
         out = out.append_column("pick_source", pa.array(cands["source"], pa.string()))
         out = out.append_column("pick_candidate", pa.array(cands["index"], pa.int32()))
-        out = out.append_column("pick_logprob", pa.array(score, pa.float64()))
-        out = out.append_column("pick_tokens", pa.array(n, pa.int64()))
+        out = out.append_column("pick_logprob", score)
+        out = out.append_column("pick_tokens", n)
         out = out.append_column("_group", pa.array(cands["group"], pa.string()))
-        return MapResult(out, rows_in=len(cands["response"]))
+        return MapResult(out, rows_in=len(cands["response"]), texts=count_texts(cands["response"]))
 
     def _candidates(self, table: pa.Table) -> dict[str, list]:
         """Flatten the batch to one entry per candidate: row, group, index, response, source."""
@@ -206,7 +245,7 @@ class Pick(Stage):
                 "row": rows,
                 "group": [str(g) for g in table.column(self.group_by).to_pylist()],
                 "index": [0] * table.num_rows,
-                "response": [r or "" for r in resp.to_pylist()],
+                "response": resp.to_pylist(),
                 "source": src,
             }
         col = table.column(self.responses_column)
@@ -254,44 +293,58 @@ class Pick(Stage):
             "row": rows.tolist(),
             "group": [ids[r] for r in rows],
             "index": index.tolist(),
-            "response": [t or "" for t in texts],
+            "response": texts,
             "source": sources,
         }
 
     # ------------------------------------------------------------------ select
     def select(self, staged: Staged, ctx: Context) -> Decision:
         group = np.asarray(staged.column("_group").to_pylist(), dtype=object)
-        score = staged.column("pick_logprob").to_numpy()
+        score = staged.column("pick_logprob").to_numpy(zero_copy_only=False)
+        tokens = staged.column("pick_tokens")
+        empty = tokens.is_null().to_numpy(zero_copy_only=False)
+        short = ~empty & (tokens.fill_null(0).to_numpy() < self.min_response_tokens)
+        valid = ~empty & ~short
         n = len(score)
         _, gid = np.unique(group, return_inverse=True)
-        order = np.lexsort((np.arange(n), -np.nan_to_num(score, nan=-np.inf), gid))
+        n_groups = int(gid.max()) + 1 if n else 0
+        # valid candidates first, then highest score, then input order: ties go to the earlier
+        order = np.lexsort((np.arange(n), -np.nan_to_num(score, nan=-np.inf), ~valid, gid))
         start = np.ones(n, dtype=bool)
         start[1:] = gid[order[1:]] != gid[order[:-1]]
         first = np.maximum.accumulate(np.where(start, np.arange(n), 0))
         rank = np.empty(n, dtype=np.int64)
         rank[order] = np.arange(n) - first
-        keep = rank < self.top_k
-        reason = np.where(keep, None, np.char.add("pick:rank=", (rank + 1).astype(str))).astype(
-            object
-        )
-        # every candidate's score, in candidate order, on every row of its instruction
-        by_group = [[] for _ in range(gid.max() + 1 if n else 0)]
+        keep = valid & (rank < self.top_k)
+        has_valid = np.bincount(gid, weights=valid, minlength=n_groups) > 0
+        reason = np.char.add("pick:rank=", (rank + 1).astype(str)).astype(object)
+        reason[empty] = "pick:empty"
+        reason[short] = f"pick:response_tokens<{self.min_response_tokens}"
+        reason[~has_valid[gid]] = "pick:no_valid_candidate"
+        reason[keep] = None
+        # every candidate's score, in candidate order, on every row of its instruction (null
+        # where it was not scored)
+        by_group = [[] for _ in range(n_groups)]
         for i in np.lexsort((np.arange(n), gid)):
-            by_group[gid[i]].append(float(score[i]))
+            by_group[gid[i]].append(None if empty[i] else float(score[i]))
         scores = pa.array([by_group[g] for g in gid], pa.list_(pa.float64()))
+        ranks = pa.array(rank + 1, mask=~valid)
         sources = staged.column("pick_source").to_pylist()
         picked = [s for s, k in zip(sources, keep, strict=True) if k and s is not None]
         ctx.stats.update(
             {
-                "instructions": int(len(by_group)),
+                "instructions": n_groups,
                 "candidates": int(n),
                 "picked": int(keep.sum()),
                 "picked_by_source": {s: picked.count(s) for s in sorted(set(picked))},
+                "empty_candidates": int(empty.sum()),
+                "short_candidates": int(short.sum()),
+                "instructions_without_valid_candidate": int((~has_valid).sum()),
             }
         )
         return Decision(
             keep=keep,
             reason=reason,
-            kept_columns={"pick_scores": scores, "pick_rank": pa.array(rank + 1)},
-            removed_columns={"pick_scores": scores, "pick_rank": pa.array(rank + 1)},
+            kept_columns={"pick_scores": scores, "pick_rank": ranks},
+            removed_columns={"pick_scores": scores, "pick_rank": ranks},
         )

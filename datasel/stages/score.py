@@ -10,14 +10,30 @@ import numpy as np
 import pyarrow as pa
 
 from datasel.errors import DataselError, require
-from datasel.io import Columns
-from datasel.stage import Context, MapResult, Stage, param, register
+from datasel.io import Columns, write_json
+from datasel.stage import Context, MapResult, Stage, blank_texts, param, register
 
 
-def _add_column(batch: pa.RecordBatch, name: str, values) -> pa.RecordBatch:
+def _add_column(batch: pa.RecordBatch, name: str, values, mask=None) -> pa.RecordBatch:
+    """Add (or replace) a column; rows where `mask` is true are null."""
     if name in batch.schema.names:
         batch = batch.drop_columns([name])
-    return batch.append_column(name, pa.array(values))
+    return batch.append_column(name, pa.array(np.asarray(values), mask=mask))
+
+
+def _texts_to_score(batch: pa.RecordBatch, column: str) -> tuple[list[str], np.ndarray]:
+    """The texts with something in them, and the mask of the rows without (null, empty or only
+    whitespace): those get a null score, never a number computed over nothing."""
+    texts = batch.column(column)
+    blank = blank_texts(texts)
+    return texts.filter(pa.array(~blank)).to_pylist(), blank
+
+
+def _spread(values: np.ndarray, blank: np.ndarray) -> np.ndarray:
+    """`values` of the non-blank rows, placed back among all rows (blank rows are masked)."""
+    out = np.zeros(len(blank), dtype=values.dtype)
+    out[~blank] = values
+    return out
 
 
 class _FastTextColumn(Stage):
@@ -50,8 +66,9 @@ class _FastTextColumn(Stage):
         return {k: v for k, v in self.__dict__.items() if k != "_scorer"}
 
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
-        texts = batch.column(ctx.columns.text).fill_null("").to_pylist()
-        return MapResult(_add_column(batch, self.out_column, self.classifier().score(texts)))
+        texts, blank = _texts_to_score(batch, ctx.columns.text)
+        scores = self.classifier().score(texts) if texts else np.zeros(0, np.float32)
+        return MapResult(_add_column(batch, self.out_column, _spread(scores, blank), mask=blank))
 
 
 @register
@@ -112,11 +129,12 @@ class ScorePreselect(_FastTextColumn):
 
 def read_columns_and_texts(
     src, columns: list[str], text_column: str = "text"
-) -> tuple[list[str], np.ndarray]:
-    """Texts and float columns of a whole (small) dataset, with one-line errors."""
+) -> tuple[list[str], np.ndarray, int]:
+    """Texts and float columns of a whole (small) dataset, with one-line errors, and the number
+    of rows left out for having no text (null, empty or only whitespace: no loss to learn from)."""
     from datasel.io import Columns, plan_units, read_unit
 
-    texts, values = [], []
+    texts, values, blank = [], [], 0
     for unit in plan_units(src):
         for batch in read_unit(unit, Columns(text=text_column)):
             missing = [c for c in columns if c not in batch.schema.names]
@@ -124,7 +142,10 @@ def read_columns_and_texts(
                 raise DataselError(
                     f"{unit.path}: no column '{missing[0]}'; columns are: {', '.join(batch.schema.names)}"
                 )
-            texts += batch.column(text_column).fill_null("").to_pylist()
+            empty = blank_texts(batch.column(text_column))
+            blank += int(empty.sum())
+            batch = batch.filter(pa.array(~empty))
+            texts += batch.column(text_column).to_pylist()
             values.append(
                 np.column_stack(
                     [
@@ -134,8 +155,8 @@ def read_columns_and_texts(
                 )
             )
     if not texts:
-        raise DataselError(f"empty input: no rows in {src}")
-    return texts, np.concatenate(values)
+        raise DataselError(f"empty input: no rows with text in {src}")
+    return texts, np.concatenate(values), blank
 
 
 def preselect_fit(
@@ -178,9 +199,9 @@ def preselect_fit(
         )
     if len(loss_columns) < 2:
         raise DataselError("PreSelect needs losses under at least 2 models")
-    texts, losses = read_columns_and_texts(src, list(loss_columns), text_column)
+    texts, losses, blank = read_columns_and_texts(src, list(loss_columns), text_column)
     try:
-        return fit_preselect(
+        card = fit_preselect(
             texts,
             losses,
             np.asarray(benchmark_scores, float),
@@ -195,6 +216,9 @@ def preselect_fit(
         )
     except ValueError as e:
         raise DataselError(str(e).splitlines()[0]) from None
+    card["rows_without_text"] = blank  # left out of the fit: they have no losses
+    write_json(card, Path(out) / "card.json")
+    return card
 
 
 def check_lm(model: str, what: str) -> None:
@@ -268,13 +292,20 @@ class ScorePpl(Stage):
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
         from scorers.lm import bits_per_byte, score_bpb
 
-        texts = batch.column(ctx.columns.text).fill_null("").to_pylist()
-        nll, tokens = score_bpb(
-            self.lm(),
-            texts,
-            batch_tokens=self.batch_tokens,
-            max_tokens=self.max_tokens,
-            stride=self.stride,
-        )
-        batch = _add_column(batch, f"{self.column}_bpb", bits_per_byte(texts, nll))
-        return MapResult(_add_column(batch, f"{self.column}_tokens", tokens))
+        texts, blank = _texts_to_score(batch, ctx.columns.text)
+        bpb, tokens = np.zeros(0), np.zeros(0, np.int64)
+        if texts:
+            nll, tokens = score_bpb(
+                self.lm(),
+                texts,
+                batch_tokens=self.batch_tokens,
+                max_tokens=self.max_tokens,
+                stride=self.stride,
+            )
+            bpb = bits_per_byte(texts, nll)
+            # a text the tokenizer makes nothing of would score 0 bits: no score either
+            bpb[np.asarray(tokens) == 0] = np.nan
+        bpb = _spread(bpb, blank)
+        batch = _add_column(batch, f"{self.column}_bpb", bpb, mask=blank | np.isnan(bpb))
+        tokens = _spread(np.asarray(tokens, np.int64), blank)
+        return MapResult(_add_column(batch, f"{self.column}_tokens", tokens, mask=blank))

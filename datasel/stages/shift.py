@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 
 from datasel.errors import DataselError, require
-from datasel.io import Columns, find_files, plan_units, read_unit, resolve_input
+from datasel.io import Columns, find_files, plan_units, read_unit
 from datasel.stage import (
     Context,
     Decision,
     MapResult,
     Stage,
     Staged,
+    blank_texts,
     budget,
     check_budget,
+    count_texts,
     param,
     register,
 )
@@ -24,11 +27,11 @@ from datasel.stage import (
 
 def row_texts(
     batch: pa.RecordBatch | pa.Table, text_column: str, template: str | None
-) -> list[str]:
-    """The text of each row: the text column, or `template` filled from several columns
-    (e.g. "{instruction}\\n{response}" for instruction data)."""
+) -> list[str | None]:
+    """The text of each row: the text column (None where null), or `template` filled from
+    several columns (e.g. "{instruction}\\n{response}" for instruction data)."""
     if template is None:
-        return batch.column(text_column).fill_null("").to_pylist()
+        return batch.column(text_column).to_pylist()
     import string
 
     names = [f for _, f, _, _ in string.Formatter().parse(template) if f]
@@ -44,14 +47,19 @@ def row_texts(
     ]
 
 
-def read_texts(src, text_column: str, template: str | None, what: str) -> list[str]:
-    texts = []
+def read_texts(src, text_column: str, template: str | None, what: str) -> tuple[list[str], int]:
+    """The texts of a (target) dataset, and how many of its rows were left out for having no
+    text (null, empty or only whitespace)."""
+    texts, blank = [], 0
     for unit in plan_units(src):
         for batch in read_unit(unit, Columns(text=text_column if template is None else None)):
-            texts += row_texts(batch, text_column, template)
+            part = row_texts(batch, text_column, template)
+            empty = blank_texts(part)
+            blank += int(empty.sum())
+            texts += [t for t, b in zip(part, empty, strict=True) if not b]
     if not texts:
-        raise DataselError(f"{what} {src}: holds no rows")
-    return texts
+        raise DataselError(f"{what} {src}: holds no rows with text")
+    return texts, blank
 
 
 @dataclass(kw_only=True)
@@ -59,6 +67,7 @@ class _Shift(Stage):
     """Shared by DSIR and GOT-D: a target set, a budget, a text template."""
 
     map_adds_columns = False
+    reason_prefix: ClassVar[str] = ""  # of its reasons: `<prefix>:not_selected`, ...
 
     target: str = param(
         help="the target set: documents the selection should resemble (any input format; "
@@ -95,16 +104,43 @@ class _Shift(Stage):
         fields = [f for _, f, _, _ in string.Formatter().parse(self.template) if f]
         return {f: "template" for f in fields}
 
-    def texts(self, batch, ctx: Context) -> list[str]:
+    def texts(self, batch, ctx: Context) -> list[str | None]:
         return row_texts(batch, ctx.columns.text or "text", self.template)
 
-    def target_texts(self, ctx: Context) -> list[str]:
-        return read_texts(self.target_path, ctx.columns.text or "text", self.template, "--target")
+    def texts_and_blanks(self, batch, ctx: Context) -> tuple[list[str], np.ndarray, dict]:
+        """Each row's text ("" where null), where it has none (null, empty or whitespace:
+        `select` removes those as `<prefix>:empty_text`), and their counts for the manifest."""
+        texts = self.texts(batch, ctx)
+        blank = blank_texts(texts)
+        return [t or "" for t in texts], blank, count_texts(texts)
 
-    @property
-    def target_path(self) -> str:
-        """The target as a path (`datasel:NAME` names a bundled file)."""
-        return resolve_input(self.target)
+    def live(self, staged: Staged) -> np.ndarray:
+        """Positions of the staged rows that have a text: the only ones that may be selected."""
+        return np.flatnonzero(staged.concat("shift_blank", bool) == 0)
+
+    def decision(self, n: int, live: np.ndarray, chosen: np.ndarray, column: str, values):
+        """Keep `chosen` (positions among all `n` rows), remove the other live rows as not
+        selected and the rest as empty_text; `values` of the live rows become `column`."""
+        keep = np.zeros(n, dtype=bool)
+        keep[chosen] = True
+        reason = np.full(n, f"{self.reason_prefix}:empty_text", dtype=object)
+        reason[live] = f"{self.reason_prefix}:not_selected"
+        reason[keep] = None
+        full = np.zeros(n)
+        full[live] = values
+        mask = np.ones(n, dtype=bool)
+        mask[live] = False
+        array = pa.array(full, pa.float64(), mask=mask)
+        return Decision(
+            keep=keep, reason=reason, kept_columns={column: array}, removed_columns={column: array}
+        )
+
+    def target_texts(self, ctx: Context) -> list[str]:
+        texts, blank = read_texts(
+            self.target, ctx.columns.text or "text", self.template, "--target"
+        )
+        self.target_without_text = blank
+        return texts
 
 
 EMBEDDING = "embedding"  # the column `datasel embed` writes
@@ -132,6 +168,7 @@ class ShiftDsir(_Shift):
     """
 
     name = "shift-dsir"
+    reason_prefix = "dsir"
     example = "datasel shift dsir pool/ picked/ --target python-docs.jsonl --fraction 0.05"
     map_params = ("template", "buckets")
 
@@ -158,9 +195,10 @@ class ShiftDsir(_Shift):
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
         from datasel.ops.ngrams import hashed_ngram_features
 
-        features, nnz = hashed_ngram_features(self.texts(batch, ctx), self.buckets)
-        arrays = {"dsir_features": features, "dsir_nnz": nnz.astype(np.int32)}
-        return MapResult(batch, arrays=arrays)
+        texts, blank, counts = self.texts_and_blanks(batch, ctx)
+        features, nnz = hashed_ngram_features(texts, self.buckets)
+        arrays = {"dsir_features": features, "dsir_nnz": nnz.astype(np.int32), "shift_blank": blank}
+        return MapResult(batch, arrays=arrays, texts=counts)
 
     def select(self, staged: Staged, ctx: Context) -> Decision:
         from datasel.ops.ngrams import fit_distribution, hashed_kl
@@ -178,10 +216,11 @@ class ShiftDsir(_Shift):
             lo = staged.offsets[i]
             w = log_ratio[staged.array("dsir_features", i)]
             logw[lo : lo + staged.rows[i]] = doc_sums(w, staged.array("dsir_nnz", i))
-        k = self.budget(len(logw))
-        idx = topk(logw, k) if self.deterministic else gumbel_topk(logw, k, self.seed)
-        keep = np.zeros(len(logw), dtype=bool)
-        keep[idx] = True
+        live = self.live(staged)
+        k = self.budget(len(live))
+        pick = topk(logw[live], k) if self.deterministic else gumbel_topk(logw[live], k, self.seed)
+        decision = self.decision(len(logw), live, live[pick], "dsir_logw", logw[live])
+        keep = decision.keep
         chosen = _chosen_totals(staged, units, keep, self.buckets)
         p = np.exp(self.log_p)
         a = self.smoothing
@@ -191,15 +230,10 @@ class ShiftDsir(_Shift):
                 "selected": int(k),
                 "kl_before": round(hashed_kl(p, smooth(pool)), 5),
                 "kl_after": round(hashed_kl(p, smooth(chosen)), 5),
+                "target_rows_without_text": getattr(self, "target_without_text", 0),
             }
         )
-        column = pa.array(logw, pa.float64())
-        return Decision(
-            keep=keep,
-            reason=np.where(keep, None, "dsir:not_selected").astype(object),
-            kept_columns={"dsir_logw": column},
-            removed_columns={"dsir_logw": column},
-        )
+        return decision
 
 
 def _chosen_totals(staged: Staged, units: list[int], keep: np.ndarray, buckets: int) -> np.ndarray:
@@ -226,6 +260,7 @@ class ShiftGotd(_Shift):
     """
 
     name = "shift-gotd"
+    reason_prefix = "gotd"
     example = "datasel shift gotd pool/ picked/ --target python-docs.jsonl --size 4000"
     map_params = ("target", "template", "model", "dim", "fit_sample", "seed")
 
@@ -275,15 +310,19 @@ class ShiftGotd(_Shift):
     def _target_embeddings(self) -> np.ndarray:
         from datasel.stages.embed import read_embeddings
 
-        parts = []
-        for unit in plan_units(self.target_path):
+        parts, self.target_without_text = [], 0
+        for unit in plan_units(self.target):
             for batch in read_unit(unit, Columns(text=None)):
                 if EMBEDDING not in batch.schema.names:
                     raise DataselError(
                         f"--target {self.target}: no `{EMBEDDING}` column, while the pool has "
                         "one; embed the target with the pool's model, or give --model hashing"
                     )
-                parts.append(read_embeddings(batch.column(EMBEDDING), EMBEDDING))
+                column = batch.column(EMBEDDING)
+                # `datasel embed` leaves rows without text with a null vector
+                self.target_without_text += column.null_count
+                column = column.filter(column.is_valid())
+                parts.append(read_embeddings(column, EMBEDDING))
         if not parts:
             raise DataselError(f"--target {self.target}: holds no rows")
         return np.concatenate(parts)
@@ -293,7 +332,8 @@ class ShiftGotd(_Shift):
         from scorers.embed import load_embedder
 
         if self.model in ("hashing", "auto"):
-            texts = self.texts(ctx.sample(self.fit_sample), ctx) + target
+            sample = self.texts(ctx.sample(self.fit_sample), ctx)
+            texts = [t for t, b in zip(sample, blank_texts(sample), strict=True) if not b] + target
             return fit_hashing(texts, dim=self.dim, reduce="svd", seed=self.seed, punct=True)
         try:
             return load_embedder(self.model, device=self.device)
@@ -301,26 +341,33 @@ class ShiftGotd(_Shift):
             raise DataselError(f"--model {self.model}: {str(e).splitlines()[0]}") from None
 
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
+        texts, blank, counts = self.texts_and_blanks(batch, ctx)
+        x = np.zeros((batch.num_rows, self.target_emb.shape[1]), np.float32)  # blank rows: 0
         if not self.use_column:
-            x = self.embedder.encode(self.texts(batch, ctx)).astype(np.float32)
-            return MapResult(batch, arrays={"gotd_emb": x})
+            x[~blank] = self.embedder.encode(
+                [t for t, b in zip(texts, blank, strict=False) if not b]
+            )
+            return MapResult(batch, arrays={"gotd_emb": x, "shift_blank": blank}, texts=counts)
         from datasel.stages.embed import read_embeddings
 
         if EMBEDDING not in batch.schema.names:
             raise DataselError(f"no column '{EMBEDDING}' in every input file")
-        x = read_embeddings(batch.column(EMBEDDING), EMBEDDING)
-        if x.shape[1] != self.target_emb.shape[1]:
+        vectors = read_embeddings(batch.column(EMBEDDING).filter(pa.array(~blank)), EMBEDDING)
+        if len(vectors) and vectors.shape[1] != x.shape[1]:
             raise DataselError(
-                f"the pool's embeddings have {x.shape[1]} dimensions and the target's "
-                f"{self.target_emb.shape[1]}: embed both with the same model"
+                f"the pool's embeddings have {vectors.shape[1]} dimensions and the target's "
+                f"{x.shape[1]}: embed both with the same model"
             )
-        return MapResult(batch, arrays={"gotd_emb": x})
+        x[~blank] = vectors
+        return MapResult(batch, arrays={"gotd_emb": x, "shift_blank": blank}, texts=counts)
 
     def select(self, staged: Staged, ctx: Context) -> Decision:
         from datasel.ops.sinkhorn import gotd_gradient, sinkhorn
         from datasel.ops.topk import topk
 
-        x = staged.concat("gotd_emb", np.float32)
+        live = self.live(staged)
+        n = staged.total
+        x = staged.concat("gotd_emb", np.float32)[live]
         points, mass = _summarise(
             self.target_emb, target_points(len(x), self.max_target, self.device), self.seed
         )
@@ -331,9 +378,8 @@ class ShiftGotd(_Shift):
         ot = solve(x)
         grad = gotd_gradient(ot.f)
         k = self.budget(len(grad))
-        keep = np.zeros(len(grad), dtype=bool)
-        keep[topk(grad, k, largest=False)] = True
-        after = solve(x[keep]) if k else ot
+        pick = topk(grad, k, largest=False)
+        after = solve(x[np.sort(pick)]) if k else ot
         ctx.stats.update(
             {
                 "selected": int(k),
@@ -341,15 +387,10 @@ class ShiftGotd(_Shift):
                 "ot_after": round(float(after.cost), 5),
                 "sinkhorn_iterations": int(ot.n_iter),
                 "target_points": int(len(points)),
+                "target_rows_without_text": getattr(self, "target_without_text", 0),
             }
         )
-        column = pa.array(grad, pa.float64())
-        return Decision(
-            keep=keep,
-            reason=np.where(keep, None, "gotd:not_selected").astype(object),
-            kept_columns={"gotd_grad": column},
-            removed_columns={"gotd_grad": column},
-        )
+        return self.decision(n, live, live[pick], "gotd_grad", grad)
 
 
 # Pool x target pairs one Sinkhorn iteration may cost on a CPU (~10 s at 1e9 on 2 cores, for
