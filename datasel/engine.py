@@ -38,6 +38,7 @@ from datasel.io import (
     Columns,
     ShardWriter,
     Unit,
+    cut_rows,
     digest,
     find_files,
     fingerprint,
@@ -51,7 +52,7 @@ from datasel.io import (
     write_table,
 )
 from datasel.lock import FolderLock
-from datasel.progress import Progress
+from datasel.progress import Progress, unit_meter
 from datasel.stage import Context, Decision, MapResult, Stage, Staged
 
 MANIFEST = "_manifest.json"
@@ -75,6 +76,7 @@ class RunOptions:
     shard_rows: int = 250_000
     batch_rows: int = 8192
     engine: str = "local"  # local | ray
+    unit_seconds: float = 30.0  # model stages: seconds of work per unit, the most a kill loses
 
 
 def run(
@@ -134,8 +136,9 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
         return done
     work = dst / WORK
     # resuming: the units of the first attempt, whatever --workers says now
-    if (work / "plan.json").exists():
-        units = [Unit(**u) for u in json.loads((work / "plan.json").read_text())["units"]]
+    saved = json.loads((work / "plan.json").read_text()) if (work / "plan.json").exists() else {}
+    if saved:
+        units = [Unit(**u) for u in saved["units"]]
     else:
         shard_bytes, cut_bytes = _unit_bytes(src, stage, options)
         units = plan_units(
@@ -145,6 +148,22 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
         raise DataselError(f"empty input: no rows in {src}")
     work.mkdir(parents=True, exist_ok=True)
     write_json({**plan, "key": key, "units": [unit_dict(u) for u in units]}, work / "plan.json")
+    # the units of a model stage are cut once, after its speed is measured, before any work
+    sample_units = [Unit(**u) for u in saved.get("sample_units", [])] or None
+    if stage.cut_by_speed and "unit_rows" not in saved:
+        probe = Context(columns=columns, work=work, key=key, units=units, quiet=options.quiet)
+        unit_rows = _unit_rows(_rows_per_second(stage, probe), options.unit_seconds)
+        sample_units, units = units, cut_rows(units, unit_rows)
+        write_json(
+            {
+                **plan,
+                "key": key,
+                "units": [unit_dict(u) for u in units],
+                "sample_units": [unit_dict(u) for u in sample_units],
+                "unit_rows": unit_rows,
+            },
+            work / "plan.json",
+        )
 
     staging = work
     if stage.has_select() and stage.map_params is not None:
@@ -171,12 +190,15 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
         staging=staging,
         workers=options.workers,
         units=units,
+        sample_units=sample_units,
         quiet=options.quiet,
     )
     stage.fit(ctx)
     workers = 1 if stage.single_process else max(1, min(options.workers, len(units)))
     executor = ctx.executor = make_executor(options.engine, workers)
-    progress = Progress(f"{stage.name}", total=_known_rows(units), quiet=options.quiet)
+    progress = Progress(
+        f"{stage.name}", total=_known_rows(units), quiet=options.quiet, units=len(units)
+    )
     with _resume_hint(say), progress, executor:
         if stage.has_select():
             counts = _parallel(
@@ -218,6 +240,32 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
 
         print_summary(manifest)
     return manifest
+
+
+# A model stage's units hold about `unit_seconds` of work at the speed measured on the first rows
+# (rounded down to a power of two rows, so that the cut rarely changes with the machine's load).
+PROBE_SECONDS = 1.0  # the probe maps growing batches of the first rows until one takes this
+MIN_UNIT_ROWS = 16
+
+
+def _rows_per_second(stage: Stage, ctx: Context) -> float:
+    """Rows per second of `stage.map` on the first rows of the input (the model loaded and warm:
+    the first, cold call is not timed unless it is the only one)."""
+    first = ctx.first_rows(4096)
+    n, cold = 4, True
+    while True:
+        batch = first.slice(0, n).combine_chunks().to_batches()[0]
+        t = time.perf_counter()
+        stage.map(batch, ctx)
+        seconds = time.perf_counter() - t
+        if n >= first.num_rows or (not cold and seconds >= PROBE_SECONDS) or seconds >= 10:
+            return n / max(seconds, 1e-6)
+        n, cold = min(first.num_rows, n * 4), False
+
+
+def _unit_rows(rows_per_second: float, seconds: float) -> int:
+    rows = max(MIN_UNIT_ROWS, int(rows_per_second * seconds))
+    return 1 << (rows.bit_length() - 1)
 
 
 # With several workers, units are cut to about a quarter of each worker's share of the input, so
@@ -438,18 +486,26 @@ def _parallel(
         if marker(i).exists():
             results[i] = json.loads(marker(i).read_text())
             if progress:
-                progress.advance(results[i]["rows_in"])
+                progress.done(i, _unit_rows_read(tasks[i], results[i]))
         else:
             todo.append(i)
+    if progress:
+        progress.resumed()
     # largest units first (longest-processing-time order), so the last to finish are small
     todo.sort(key=lambda i: -max((a.nbytes for a in tasks[i] if isinstance(a, Unit)), default=0))
     for k, result in executor.map_unordered(fn, [tasks[i] for i in todo], stage):
         i = todo[k]
         results[i] = result
         if progress:
-            progress.advance(result["rows_in"])
+            progress.done(i, _unit_rows_read(tasks[i], result))
         _kill_point(f"{fn.__name__}:{i}")
     return [results[i] for i in range(len(tasks))]
+
+
+def _unit_rows_read(task: tuple, counts: dict) -> int:
+    """Input rows of a finished unit (pick counts candidates in `rows_in`)."""
+    unit = next(a for a in task if isinstance(a, Unit))
+    return unit.rows if unit.rows >= 0 else counts["rows_in"]
 
 
 def _mp_context():
@@ -464,7 +520,7 @@ def _map_unit(stage: Stage, unit: Unit, i: int, ctx: Context, dst: Path, batch_r
     removed = ShardWriter(dst / REMOVED / shard_name(i))
     rows_in, reasons = 0, Counter()
     schema = None
-    for batch in read_unit(unit, ctx.columns, batch_rows):
+    for batch in _metered(unit, i, ctx, batch_rows):
         result = _as_result(stage.map(batch, ctx))
         rows_in += batch.num_rows if result.rows_in is None else result.rows_in
         schema = result.kept.schema
@@ -481,6 +537,18 @@ def _map_unit(stage: Stage, unit: Unit, i: int, ctx: Context, dst: Path, batch_r
     return counts
 
 
+def _metered(unit: Unit, i: int, ctx: Context, batch_rows: int):
+    """The unit's batches, each counted into the progress tally once the loop body (the map)
+    has run on it; a test can kill the run after a unit's first batch (`batch:<i>`)."""
+    with unit_meter(i) as meter:
+        for k, batch in enumerate(read_unit(unit, ctx.columns, batch_rows)):
+            meter.start_batch(batch.num_rows)
+            yield batch
+            meter.end_batch()
+            if k == 0:
+                _kill_point(f"batch:{i}")
+
+
 def _stage_unit(stage: Stage, unit: Unit, i: int, ctx: Context, batch_rows: int) -> dict:
     """A stage with `select`: map every batch into a staged shard plus side arrays."""
     work = ctx.staging
@@ -488,7 +556,7 @@ def _stage_unit(stage: Stage, unit: Unit, i: int, ctx: Context, batch_rows: int)
     removed = ShardWriter(work / f"removed-{i:05d}.parquet", compression="lz4")
     arrays: dict[str, list[np.ndarray]] = {}
     rows_in, reasons, schema = 0, Counter(), None
-    for batch in read_unit(unit, ctx.columns, batch_rows):
+    for batch in _metered(unit, i, ctx, batch_rows):
         result = _as_result(stage.map(batch, ctx))
         rows_in += batch.num_rows if result.rows_in is None else result.rows_in
         kept = result.kept

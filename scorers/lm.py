@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from datasel.progress import batch_done
+
 log = logging.getLogger(__name__)
 
 # Logits per LM-head chunk: 32M fp32 = 128 MiB on a GPU; 1M = 4 MiB on a CPU, where a chunk
@@ -459,6 +461,7 @@ def _run(
     tok = lm.tokenizer
     pad_id = next(t for t in (tok.pad_token_id, tok.eos_token_id, 0) if t is not None)
     budget, lo = int(batch_tokens), 0
+    done = np.cumsum(plan.length) / max(1, int(plan.length.sum()))  # share of the work
     with torch.inference_mode():
         while lo < len(plan):
             rows = max(1, budget // _round_up(int(plan.length[lo])))
@@ -473,6 +476,7 @@ def _run(
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
+            batch_done(float(done[hi - 1]), int(plan.n_scored[lo:hi].sum()))
             lo = hi
     return totals.cpu().numpy().astype(np.float64), n_tok
 
