@@ -150,17 +150,17 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
     write_json({**plan, "key": key, "units": [unit_dict(u) for u in units]}, work / "plan.json")
     # the units of a model stage are cut once, after its speed is measured, before any work
     sample_units = [Unit(**u) for u in saved.get("sample_units", [])] or None
-    if stage.cut_by_speed and "unit_rows" not in saved:
+    if stage.cut_by_speed and "unit_bytes" not in saved:
         probe = Context(columns=columns, work=work, key=key, units=units, quiet=options.quiet)
-        unit_rows = _unit_rows(_rows_per_second(stage, probe), options.unit_seconds)
-        sample_units, units = units, cut_rows(units, unit_rows)
+        unit_bytes = _unit_bytes_of_work(_bytes_per_second(stage, probe), options.unit_seconds)
+        sample_units, units = units, cut_rows(units, unit_bytes)
         write_json(
             {
                 **plan,
                 "key": key,
                 "units": [unit_dict(u) for u in units],
                 "sample_units": [unit_dict(u) for u in sample_units],
-                "unit_rows": unit_rows,
+                "unit_bytes": unit_bytes,
             },
             work / "plan.json",
         )
@@ -242,15 +242,15 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
     return manifest
 
 
-# A model stage's units hold about `unit_seconds` of work at the speed measured on the first rows
-# (rounded down to a power of two rows, so that the cut rarely changes with the machine's load).
+# A model stage's units hold about `unit_seconds` of work at the speed measured on the first
+# rows, in input bytes per second (a file of long documents gets fewer rows per unit than one of
+# short ones), rounded down to a power of two so that the cut rarely changes with the load.
 PROBE_SECONDS = 1.0  # the probe maps growing batches of the first rows until one takes this
-MIN_UNIT_ROWS = 16
 
 
-def _rows_per_second(stage: Stage, ctx: Context) -> float:
-    """Rows per second of `stage.map` on the first rows of the input (the model loaded and warm:
-    the first, cold call is not timed unless it is the only one)."""
+def _bytes_per_second(stage: Stage, ctx: Context) -> float:
+    """Input bytes (Arrow) per second of `stage.map` on the first rows of the input, the model
+    loaded and warm: the first, cold call is timed only when it is the only one."""
     first = ctx.first_rows(4096)
     n, cold = 4, True
     while True:
@@ -259,13 +259,13 @@ def _rows_per_second(stage: Stage, ctx: Context) -> float:
         stage.map(batch, ctx)
         seconds = time.perf_counter() - t
         if n >= first.num_rows or (not cold and seconds >= PROBE_SECONDS) or seconds >= 10:
-            return n / max(seconds, 1e-6)
+            return batch.nbytes / max(seconds, 1e-6)
         n, cold = min(first.num_rows, n * 4), False
 
 
-def _unit_rows(rows_per_second: float, seconds: float) -> int:
-    rows = max(MIN_UNIT_ROWS, int(rows_per_second * seconds))
-    return 1 << (rows.bit_length() - 1)
+def _unit_bytes_of_work(bytes_per_second: float, seconds: float) -> int:
+    work = max(1, int(bytes_per_second * seconds))
+    return 1 << (work.bit_length() - 1)
 
 
 # With several workers, units are cut to about a quarter of each worker's share of the input, so

@@ -195,14 +195,16 @@ def _parquet_units(
     return units or [Unit(str(path), source, "parquet", 0, 0, 0, 0, 0)]
 
 
-def cut_rows(units: list[Unit], rows_per_unit: int) -> list[Unit]:
-    """The units cut further into pieces of at most `rows_per_unit` rows, as equal as can be,
-    for a stage whose every row is costly (a model): a kill then loses one small unit. A
-    compressed JSONL or an Arrow file is counted first (read through once); its pieces are
-    row windows, each read from the file's start (such files cannot seek to a row)."""
+def cut_rows(units: list[Unit], unit_bytes: int) -> list[Unit]:
+    """The units cut further into pieces of whole rows, about `unit_bytes` each (at the unit's
+    mean bytes per row) and as equal as can be, for a stage whose every row is costly (a
+    model): a kill then loses one small unit. A compressed JSONL or an Arrow file is counted
+    first (read through once); its pieces are row windows, each read from the file's start
+    (such files cannot seek to a row)."""
     out: list[Unit] = []
     for unit in units:
         unit = unit if unit.rows >= 0 else _counted(unit)
+        rows_per_unit = max(1, unit_bytes * unit.rows // max(1, unit.nbytes))
         if unit.rows <= rows_per_unit:
             out.append(unit)
             continue
@@ -213,17 +215,19 @@ def cut_rows(units: list[Unit], rows_per_unit: int) -> list[Unit]:
 
 
 def _counted(unit: Unit) -> Unit:
-    """A whole compressed JSONL or Arrow file as a row window over all its rows (lines)."""
+    """A whole compressed JSONL or Arrow file as a row window over all its rows (lines), with
+    its bytes uncompressed."""
+    rows, size = 0, 0
     if unit.fmt == "jsonl":
-        rows, last = 0, b"\n"
+        last = b"\n"
         with _open_text_stream(unit.path) as f:
             while chunk := _read(f, BLOCK_BYTES, unit.path):
-                rows += chunk.count(b"\n")
-                last = chunk[-1:]
+                rows, size, last = rows + chunk.count(b"\n"), size + len(chunk), chunk[-1:]
         rows += last != b"\n"
     else:
-        rows = sum(t.num_rows for t, _ in _read_arrow(unit))
-    return Unit(unit.path, unit.source, unit.fmt, 0, -1, 0, rows, unit.nbytes)
+        for table, _ in _read_arrow(unit):
+            rows, size = rows + table.num_rows, size + table.nbytes
+    return Unit(unit.path, unit.source, unit.fmt, 0, -1, 0, rows, size)
 
 
 def _pieces(unit: Unit, cuts: list[int]) -> list[Unit]:
