@@ -37,6 +37,12 @@ RUN_PARAMS = [
     ("overwrite", bool, False, "replace the output of another run in OUTPUT"),
     ("quiet", bool, False, "no progress bar or summary (for cron)"),
     ("engine", str, "local", "local (process pool) or ray (RAY_ADDRESS, else a local cluster)"),
+    (
+        "unit_seconds",
+        float,
+        30.0,
+        "model stages: seconds of work per output shard, about the most a kill loses",
+    ),
 ]
 
 

@@ -245,7 +245,7 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
 # A model stage's units hold about `unit_seconds` of work at the speed measured on the first
 # rows, in input bytes per second (a file of long documents gets fewer rows per unit than one of
 # short ones), rounded down to a power of two so that the cut rarely changes with the load.
-PROBE_SECONDS = 1.0  # the probe maps growing batches of the first rows until one takes this
+PROBE_SECONDS = 3.0  # the probe maps growing batches of the first rows until one takes this
 
 
 def _bytes_per_second(stage: Stage, ctx: Context) -> float:
