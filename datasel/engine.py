@@ -246,19 +246,22 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
 # rows, in input bytes per second (a file of long documents gets fewer rows per unit than one of
 # short ones), rounded down to a power of two so that the cut rarely changes with the load.
 PROBE_SECONDS = 3.0  # the probe maps growing batches of the first rows until one takes this
+PROBE_ROWS = 64  # ... and holds this many rows (small calls overstate the per-call overhead)
+PROBE_LIMIT = 30.0  # seconds the probe may take in all
 
 
 def _bytes_per_second(stage: Stage, ctx: Context) -> float:
     """Input bytes (Arrow) per second of `stage.map` on the first rows of the input, the model
     loaded and warm: the first, cold call is timed only when it is the only one."""
     first = ctx.first_rows(4096)
-    n, cold = 4, True
+    n, cold, start = 4, True, time.perf_counter()
     while True:
         batch = first.slice(0, n).combine_chunks().to_batches()[0]
         t = time.perf_counter()
         stage.map(batch, ctx)
         seconds = time.perf_counter() - t
-        if n >= first.num_rows or (not cold and seconds >= PROBE_SECONDS) or seconds >= 10:
+        enough = not cold and seconds >= PROBE_SECONDS and n >= PROBE_ROWS
+        if enough or n >= first.num_rows or time.perf_counter() - start >= PROBE_LIMIT:
             return batch.nbytes / max(seconds, 1e-6)
         n, cold = min(first.num_rows, n * 4), False
 

@@ -168,7 +168,7 @@ class Progress:
             if self.total
             else " rows"
         )
-        rate = f"{per_s:,.0f} rows/s" + (f", {tok_s:,.0f} tokens/s" if tok_s else "")
+        rate = f"{_rate(per_s)} rows/s" + (f", {tok_s:,.0f} tokens/s" if tok_s else "")
         eta = ""
         if self.total and per_s > 0:
             eta = f", ETA {time.strftime('%H:%M:%S', time.gmtime((self.total - rows) / per_s))}"
@@ -178,7 +178,7 @@ class Progress:
         if self.bar is None:
             return
         rows, per_s, tok_s = self.rates()
-        rate = f"{per_s:,.0f} rows/s" + (f" {tok_s:,.0f} tok/s" if tok_s else "")
+        rate = f"{_rate(per_s)} rows/s" + (f" {tok_s:,.0f} tok/s" if tok_s else "")
         self.bar.update(self.task, completed=rows, rate=rate)
 
     def _poll(self) -> None:
@@ -200,6 +200,10 @@ class Progress:
             self._thread.join()
         if self.bar is not None:
             self.bar.__exit__(*exc)
+
+
+def _rate(per_s: float) -> str:
+    return f"{per_s:.1f}" if per_s < 10 else f"{per_s:,.0f}"
 
 
 def summary_table(manifest: dict) -> Table:

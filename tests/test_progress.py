@@ -87,7 +87,7 @@ def test_the_units_of_a_model_stage_grow_with_its_rows(tmp_path, tiny_lm, monkey
     assert m["shards"] == 1
 
 
-def test_measured_speed_sets_the_unit_rows(tmp_path, tiny_lm):
+def test_measured_speed_sets_the_unit_bytes(tmp_path, tiny_lm):
     src = write_jsonl(tmp_path / "in.jsonl", docs(300))
     stage = ScorePpl(model=str(tiny_lm))
     from datasel.stage import Context
