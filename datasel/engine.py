@@ -147,23 +147,15 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
     if _known_rows(units) == 0:
         raise DataselError(f"empty input: no rows in {src}")
     work.mkdir(parents=True, exist_ok=True)
-    write_json({**plan, "key": key, "units": [unit_dict(u) for u in units]}, work / "plan.json")
+    _save_plan(work, {**saved, **plan, "key": key}, units)  # saved: what a resume must keep
     # the units of a model stage are cut once, after its speed is measured, before any work
-    sample_units = [Unit(**u) for u in saved.get("sample_units", [])] or None
     if stage.cut_by_speed and "unit_bytes" not in saved:
         probe = Context(columns=columns, work=work, key=key, units=units, quiet=options.quiet)
         unit_bytes = _unit_bytes_of_work(_bytes_per_second(stage, probe), options.unit_seconds)
-        sample_units, units = units, cut_rows(units, unit_bytes)
-        write_json(
-            {
-                **plan,
-                "key": key,
-                "units": [unit_dict(u) for u in units],
-                "sample_units": [unit_dict(u) for u in sample_units],
-                "unit_bytes": unit_bytes,
-            },
-            work / "plan.json",
-        )
+        saved = {"sample_units": [unit_dict(u) for u in units], "unit_bytes": unit_bytes}
+        units = cut_rows(units, unit_bytes)
+        _save_plan(work, {**saved, **plan, "key": key}, units)
+    sample_units = [Unit(**u) for u in saved.get("sample_units", [])] or None
 
     staging = work
     if stage.has_select() and stage.map_params is not None:
@@ -264,6 +256,10 @@ def _bytes_per_second(stage: Stage, ctx: Context) -> float:
         if enough or n >= first.num_rows or time.perf_counter() - start >= PROBE_LIMIT:
             return batch.nbytes / max(seconds, 1e-6)
         n, cold = min(first.num_rows, n * 4), False
+
+
+def _save_plan(work: Path, head: dict, units: list[Unit]) -> None:
+    write_json({**head, "units": [unit_dict(u) for u in units]}, work / "plan.json")
 
 
 def _unit_bytes_of_work(bytes_per_second: float, seconds: float) -> int:

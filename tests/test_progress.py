@@ -115,6 +115,7 @@ def test_progress_moves_before_the_unit_ends(tmp_path, tiny_lm, monkeypatch):
         seen.append((rows, toks, (tmp_path / "out" / "_work" / "done-00000.json").exists()))
 
     monkeypatch.setattr(scorers.lm, "batch_done", spy)
+    monkeypatch.setattr(engine, "_bytes_per_second", lambda stage, ctx: 1e9)  # one unit
     m = datasel.run(
         ScorePpl(model=str(tiny_lm), batch_tokens=256), src, tmp_path / "out", quiet=True
     )
@@ -190,6 +191,11 @@ def test_killed_inside_a_unit_resumes_identically_redoing_only_that_unit(tmp_pat
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     assert done and "00003" not in done  # killed inside unit 3, after the units before it
     assert sorted(before) == sorted(f"part-{k}.parquet" for k in done)
+    plan = json.loads((out / "_work" / "plan.json").read_text())
+    later = max(set(range(len(plan["units"]))) - {int(k) for k in done} - {3})
+    env["DATASEL_KILL_AT"] = f"batch:{later}"  # killed again: the cut stays the first attempt's
+    assert subprocess.run([sys.executable, "-c", code, str(out)], env=env).returncode == -9
+    assert json.loads((out / "_work" / "plan.json").read_text()) == plan
     env.pop("DATASEL_KILL_AT")
     subprocess.run([sys.executable, "-c", code, str(out)], env=env, check=True)
     assert {n: (out / n).stat().st_mtime_ns for n in before} == before  # not redone
