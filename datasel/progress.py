@@ -55,7 +55,8 @@ _meter: _Meter | None = None  # the unit this process is mapping now
 
 
 def use_tally(tally: Tally | None) -> None:
-    """Make units mapped in this process report to `tally` (a worker's pool initializer)."""
+    """Make units mapped in this process report to `tally`; worker processes forked after this
+    (the engine's pool is forked inside the step's `Progress`) inherit it."""
     global _tally
     _tally = tally
 
