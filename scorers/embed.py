@@ -391,8 +391,9 @@ class SentenceTransformerEmbedder:
 
         def counted(module, inputs, output):  # sentence-transformers runs one forward per batch
             nonlocal done
-            done += len(output["sentence_embedding"])
-            batch_done(done / len(texts))
+            if isinstance(output, dict) and output.get("sentence_embedding") is not None:
+                done += len(output["sentence_embedding"])
+                batch_done(done / len(texts))
 
         hook = self.model.register_forward_hook(counted)
         try:
