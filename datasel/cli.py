@@ -42,6 +42,12 @@ RUN_PARAMS = [
     ("quiet", bool, False, "no progress bar or summary (for cron)"),
     ("engine", str, "local", "local (process pool) or ray (RAY_ADDRESS, else a local cluster)"),
     ("on_bad_rows", str, "error", BAD_ROWS_HELP),
+    (
+        "unit_seconds",
+        float,
+        30.0,
+        "model stages: seconds of work per output shard, about the most a kill loses",
+    ),
 ]
 
 

@@ -40,6 +40,7 @@ from datasel.io import (
     Columns,
     ShardWriter,
     Unit,
+    cut_rows,
     digest,
     find_files,
     fingerprint,
@@ -55,7 +56,7 @@ from datasel.io import (
 )
 from datasel.lock import FolderLock
 from datasel.preflight import check_steps
-from datasel.progress import Progress
+from datasel.progress import Progress, unit_meter
 from datasel.stage import Context, Decision, MapResult, Stage, Staged, count_texts
 
 MANIFEST = "_manifest.json"
@@ -81,6 +82,7 @@ class RunOptions:
     batch_rows: int = 8192
     engine: str = "local"  # local | ray
     on_bad_rows: str = "error"  # error | skip: malformed, non-UTF-8 or type-changed JSONL lines
+    unit_seconds: float = 30.0  # model stages: seconds of work per unit, the most a kill loses
 
     def __post_init__(self):
         try:
@@ -155,15 +157,24 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
         return done
     work = dst / WORK
     # resuming: the units of the first attempt, whatever --workers says now
-    if (work / "plan.json").exists():
-        units = [Unit(**u) for u in json.loads((work / "plan.json").read_text())["units"]]
+    saved = json.loads((work / "plan.json").read_text()) if (work / "plan.json").exists() else {}
+    if saved:
+        units = [Unit(**u) for u in saved["units"]]
     else:
         shard_bytes, cut_bytes = _unit_bytes(src, stage, options)
         units = plan_units(
             src, shard_bytes=shard_bytes, shard_rows=options.shard_rows, cut_bytes=cut_bytes
         )
     work.mkdir(parents=True, exist_ok=True)
-    write_json({**plan, "key": key, "units": [unit_dict(u) for u in units]}, work / "plan.json")
+    _save_plan(work, {**saved, **plan, "key": key}, units)  # saved: what a resume must keep
+    # the units of a model stage are cut once, after its speed is measured, before any work
+    if stage.cut_by_speed and "unit_bytes" not in saved:
+        probe = Context(columns=columns, work=work, key=key, units=units, quiet=options.quiet)
+        unit_bytes = _unit_bytes_of_work(_bytes_per_second(stage, probe), options.unit_seconds)
+        saved = {"sample_units": [unit_dict(u) for u in units], "unit_bytes": unit_bytes}
+        units = cut_rows(units, unit_bytes)
+        _save_plan(work, {**saved, **plan, "key": key}, units)
+    sample_units = [Unit(**u) for u in saved.get("sample_units", [])] or None
 
     staging = work
     if stage.has_select() and stage.map_params is not None:
@@ -191,6 +202,7 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
         staging=staging,
         workers=options.workers,
         units=units,
+        sample_units=sample_units,
         quiet=options.quiet,
     )
     # no rows: nothing to learn or choose from, and every unit writes an empty shard
@@ -199,7 +211,9 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
         stage.fit(ctx)
     workers = 1 if stage.single_process else max(1, min(options.workers, len(units)))
     executor = ctx.executor = make_executor(options.engine, workers)
-    progress = Progress(f"{stage.name}", total=_known_rows(units), quiet=options.quiet)
+    progress = Progress(
+        f"{stage.name}", total=_known_rows(units), quiet=options.quiet, units=len(units)
+    )
     with _resume_hint(say), progress, executor:
         if stage.has_select() and not empty:
             counts = _parallel(
@@ -247,6 +261,39 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
 
         print_summary(manifest)
     return manifest
+
+
+# A model stage's units hold about `unit_seconds` of work at the speed measured on the first
+# rows, in input bytes per second (a file of long documents gets fewer rows per unit than one of
+# short ones), rounded down to a power of two so that the cut rarely changes with the load.
+PROBE_SECONDS = 3.0  # the probe maps growing batches of the first rows until one takes this
+PROBE_ROWS = 64  # ... and holds this many rows (small calls overstate the per-call overhead)
+PROBE_LIMIT = 30.0  # seconds the probe may take in all
+
+
+def _bytes_per_second(stage: Stage, ctx: Context) -> float:
+    """Input bytes (Arrow) per second of `stage.map` on the first rows of the input, the model
+    loaded and warm: the first, cold call is timed only when it is the only one."""
+    first = ctx.first_rows(4096)
+    n, cold, start = 4, True, time.perf_counter()
+    while True:
+        batch = first.slice(0, n).combine_chunks().to_batches()[0]
+        t = time.perf_counter()
+        stage.map(batch, ctx)
+        seconds = time.perf_counter() - t
+        enough = not cold and seconds >= PROBE_SECONDS and n >= PROBE_ROWS
+        if enough or n >= first.num_rows or time.perf_counter() - start >= PROBE_LIMIT:
+            return batch.nbytes / max(seconds, 1e-6)
+        n, cold = min(first.num_rows, n * 4), False
+
+
+def _save_plan(work: Path, head: dict, units: list[Unit]) -> None:
+    write_json({**head, "units": [unit_dict(u) for u in units]}, work / "plan.json")
+
+
+def _unit_bytes_of_work(bytes_per_second: float, seconds: float) -> int:
+    work = max(1, int(bytes_per_second * seconds))
+    return 1 << (work.bit_length() - 1)
 
 
 # With several workers, units are cut to about a quarter of each worker's share of the input, so
@@ -509,18 +556,26 @@ def _parallel(
         if marker(i).exists():
             results[i] = json.loads(marker(i).read_text())
             if progress:
-                progress.advance(results[i]["rows_in"])
+                progress.done(i, _unit_rows_read(tasks[i], results[i]))
         else:
             todo.append(i)
+    if progress:
+        progress.resumed()
     # largest units first (longest-processing-time order), so the last to finish are small
     todo.sort(key=lambda i: -max((a.nbytes for a in tasks[i] if isinstance(a, Unit)), default=0))
     for k, result in executor.map_unordered(fn, [tasks[i] for i in todo], stage):
         i = todo[k]
         results[i] = result
         if progress:
-            progress.advance(result["rows_in"])
+            progress.done(i, _unit_rows_read(tasks[i], result))
         _kill_point(f"{fn.__name__}:{i}")
     return [results[i] for i in range(len(tasks))]
+
+
+def _unit_rows_read(task: tuple, counts: dict) -> int:
+    """Input rows of a finished unit (pick counts candidates in `rows_in`)."""
+    unit = next(a for a in task if isinstance(a, Unit))
+    return unit.rows if unit.rows >= 0 else counts["rows_in"]
 
 
 def _mp_context():
@@ -535,7 +590,7 @@ def _map_unit(stage: Stage, unit: Unit, i: int, ctx: Context, dst: Path, batch_r
     removed = ShardWriter(dst / REMOVED / shard_name(i))
     rows_in, reasons, skipped, texts = 0, Counter(), [], Counter()
     schema = None
-    for batch in read_unit(unit, ctx.columns, batch_rows, skipped):
+    for batch in _metered(unit, i, ctx, batch_rows, skipped):
         result = _as_result(stage.map(batch, ctx))
         rows_in += batch.num_rows if result.rows_in is None else result.rows_in
         texts.update(_texts_read(batch, result, ctx))
@@ -560,6 +615,18 @@ def _map_unit(stage: Stage, unit: Unit, i: int, ctx: Context, dst: Path, batch_r
     return counts
 
 
+def _metered(unit: Unit, i: int, ctx: Context, batch_rows: int, skipped: list):
+    """The unit's batches, each counted into the progress tally once the loop body (the map)
+    has run on it; a test can kill the run after a unit's first batch (`batch:<i>`)."""
+    with unit_meter(i) as meter:
+        for k, batch in enumerate(read_unit(unit, ctx.columns, batch_rows, skipped)):
+            meter.start_batch(batch.num_rows)
+            yield batch
+            meter.end_batch()
+            if k == 0:
+                _kill_point(f"batch:{i}")
+
+
 def _stage_unit(stage: Stage, unit: Unit, i: int, ctx: Context, batch_rows: int) -> dict:
     """A stage with `select`: map every batch into a staged shard plus side arrays."""
     work = ctx.staging
@@ -567,7 +634,7 @@ def _stage_unit(stage: Stage, unit: Unit, i: int, ctx: Context, batch_rows: int)
     removed = ShardWriter(work / f"removed-{i:05d}.parquet", compression="lz4")
     arrays: dict[str, list[np.ndarray]] = {}
     rows_in, reasons, texts, schema, skipped = 0, Counter(), Counter(), None, []
-    for batch in read_unit(unit, ctx.columns, batch_rows, skipped):
+    for batch in _metered(unit, i, ctx, batch_rows, skipped):
         result = _as_result(stage.map(batch, ctx))
         rows_in += batch.num_rows if result.rows_in is None else result.rows_in
         texts.update(_texts_read(batch, result, ctx))

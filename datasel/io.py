@@ -3,7 +3,7 @@
 Inputs are planned into *units*: a plain JSONL file is cut at line boundaries every
 `shard_bytes`, a Parquet file at row-group boundaries every `shard_rows` rows or `shard_bytes`
 (a row group bigger than `cut_bytes` is cut into row ranges), and a compressed JSONL or Arrow
-file is one unit.
+file is one unit. Stages that run a model cut them further into row ranges (`cut_rows`).
 Unit `i` becomes output shard `part-{i:05d}.parquet`.
 """
 
@@ -224,6 +224,82 @@ def _parquet_units(
     return units or [Unit(str(path), source, "parquet", 0, 0, 0, 0, 0)]
 
 
+def cut_rows(units: list[Unit], unit_bytes: int) -> list[Unit]:
+    """The units cut further into pieces of whole rows, about `unit_bytes` each (at the unit's
+    mean bytes per row) and as equal as can be, for a stage whose every row is costly (a
+    model): a kill then loses one small unit. A compressed JSONL or an Arrow file is counted
+    first (read through once); its pieces are row windows, each read from the file's start
+    (such files cannot seek to a row)."""
+    out: list[Unit] = []
+    for unit in units:
+        unit = unit if unit.rows >= 0 else _counted(unit)
+        rows_per_unit = max(1, unit_bytes * unit.rows // max(1, unit.nbytes))
+        if unit.rows <= rows_per_unit:
+            out.append(unit)
+            continue
+        k = -(-unit.rows // rows_per_unit)
+        cuts = np.linspace(0, unit.rows, k + 1).round().astype(np.int64).tolist()
+        out += _pieces(unit, cuts)
+    return out
+
+
+def _counted(unit: Unit) -> Unit:
+    """A whole compressed JSONL or Arrow file as a row window over all its rows (lines), with
+    its bytes uncompressed."""
+    rows, size = 0, 0
+    if unit.fmt == "jsonl":
+        last = b"\n"
+        with _open_text_stream(unit.path) as f:
+            while chunk := _read(f, BLOCK_BYTES, unit.path):
+                rows, size, last = rows + chunk.count(b"\n"), size + len(chunk), chunk[-1:]
+        rows += last != b"\n"
+    else:
+        for table, _ in _read_arrow(unit):
+            rows, size = rows + table.num_rows, size + table.nbytes
+    return Unit(unit.path, unit.source, unit.fmt, 0, -1, 0, rows, size)
+
+
+def _pieces(unit: Unit, cuts: list[int]) -> list[Unit]:
+    """`unit` cut at these row offsets (0 and unit.rows included)."""
+    spans = list(zip(cuts[:-1], cuts[1:], strict=True))
+    size = [max(1, unit.nbytes) * (hi - lo) // unit.rows for lo, hi in spans]
+    if unit.fmt == "parquet":
+        meta = _parquet_metadata(Path(unit.path))
+        ends = np.cumsum([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+        out = []
+        for (lo, hi), n in zip(spans, size, strict=True):
+            first, last = unit.first_row + lo, unit.first_row + hi - 1
+            g0, g1 = (
+                int(np.searchsorted(ends, first, "right")),
+                int(np.searchsorted(ends, last, "right")),
+            )
+            out.append(Unit(unit.path, unit.source, "parquet", g0, g1 + 1, first, hi - lo, n))
+        return out
+    if unit.stop >= 0:  # plain JSONL: cut at the line starts
+        with open(unit.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            data = np.frombuffer(mm, np.uint8, count=unit.stop - unit.start, offset=unit.start)
+            ends = (np.flatnonzero(data == 0x0A) + 1 + unit.start).tolist()
+            del data
+        starts = [unit.start] + ends
+        return [
+            Unit(
+                unit.path,
+                unit.source,
+                "jsonl",
+                starts[lo],
+                unit.stop if hi == unit.rows else starts[hi],
+                unit.first_row + lo,
+                hi - lo,
+                n,
+            )
+            for (lo, hi), n in zip(spans, size, strict=True)
+        ]
+    return [
+        Unit(unit.path, unit.source, unit.fmt, 0, -1, unit.first_row + lo, hi - lo, n)
+        for (lo, hi), n in zip(spans, size, strict=True)
+    ]
+
+
 def input_bytes(src) -> int:
     """Bytes of text to read: uncompressed Parquet data, other files' sizes on disk."""
     total = 0
@@ -277,7 +353,24 @@ def _open_text_stream(path: str):
 def _jsonl_blocks(unit: Unit, block_bytes: int | None = None) -> Iterator[tuple[bytes, int]]:
     """Yield (block of whole lines, line number of its first line)."""
     block_bytes = block_bytes or BLOCK_BYTES
-    line = unit.first_row
+    if unit.stop >= 0 or unit.rows < 0:
+        yield from _jsonl_file_blocks(unit, unit.first_row, block_bytes)
+        return
+    # a row window of a compressed file: read from the start, keep lines [lo, hi)
+    lo, hi = unit.first_row, unit.first_row + unit.rows
+    for block, line in _jsonl_file_blocks(unit, 0, block_bytes):
+        if line >= hi:
+            return
+        ends = np.flatnonzero(np.frombuffer(block, np.uint8) == 0x0A) + 1
+        if block[-1:] != b"\n":  # the file's last line, without a newline
+            ends = np.append(ends, len(block))
+        if line + len(ends) <= lo:
+            continue
+        a, b = max(lo - line, 0), min(hi - line, len(ends))
+        yield block[int(ends[a - 1]) if a else 0 : int(ends[b - 1])], line + a
+
+
+def _jsonl_file_blocks(unit: Unit, line: int, block_bytes: int) -> Iterator[tuple[bytes, int]]:
     with _open_text_stream(unit.path) as f:
         if unit.start:
             f.seek(unit.start)
@@ -589,9 +682,14 @@ def _read_arrow(unit: Unit) -> Iterator[tuple[pa.Table, int]]:
         else:
             batches = iter(reader)
         row = 0
+        lo, hi = (unit.first_row, unit.first_row + unit.rows) if unit.rows >= 0 else (0, None)
         for batch in _checked(batches, unit.path):
-            yield pa.Table.from_batches([batch]), row
+            a, b = max(lo - row, 0), batch.num_rows if hi is None else min(hi - row, batch.num_rows)
+            if a < b:
+                yield pa.Table.from_batches([batch.slice(a, b - a)]), row + a
             row += batch.num_rows
+            if hi is not None and row >= hi:
+                return
 
 
 def _check_columns(table: pa.Table, unit: Unit, columns: Columns) -> pa.Table:

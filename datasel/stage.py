@@ -95,6 +95,9 @@ class Context:
     staging: Path | None = None  # where map writes staged shards and side arrays (default: work)
     workers: int = 1
     units: list = field(default_factory=list)
+    # the units before a model stage cut them by its speed: what `sample` reads, so that a
+    # sample never depends on the measured speed (default: `units`)
+    sample_units: list | None = None
     stats: dict = field(default_factory=dict)  # stage statistics, copied into the manifest
     quiet: bool = False
     executor: Any = None  # the engine's: map_unordered(fn, args) for work that select can spread
@@ -123,7 +126,7 @@ class Context:
         over the input, so files sorted by source, domain or date are sampled through, not
         only at their heads; those units are read whole.
         """
-        units = self.units
+        units = self.sample_units or self.units
         if len(units) > SAMPLE_UNITS:
             units = [units[i] for i in np.linspace(0, len(units) - 1, SAMPLE_UNITS).astype(int)]
         per_unit = max(1, -(-n // max(1, len(units))))
@@ -137,7 +140,7 @@ class Context:
         """The first `n` rows of the first unit that has any: a cheap look at the columns."""
         from datasel.io import read_unit
 
-        for unit in self.units:
+        for unit in self.sample_units or self.units:
             for batch in read_unit(unit, self.columns):
                 return pa.Table.from_batches([batch.slice(0, n)])
         raise DataselError("empty input: no rows to learn from")
@@ -253,6 +256,10 @@ class Stage:
     # cached in <output>/_cache/ so a rerun that changes only other (selection) parameters
     # with --overwrite skips fit's map work and redoes only `select`
     map_params: ClassVar[tuple[str, ...] | None] = None
+    # True for stages whose map runs a neural model (seconds per batch): their units are cut
+    # into row ranges of about `unit_seconds` of work at the speed measured on the first rows
+    # (`map` may run on them before `fit`), so a kill loses about that much
+    cut_by_speed: ClassVar[bool] = False
 
     def __call__(self, data, dst=None, **options):
         """Run this stage: on a path (writes `dst`, returns the manifest), or in memory on an

@@ -25,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
+from datasel.progress import batch_done
 from scorers.models import locate
 
 __all__ = [
@@ -387,14 +388,26 @@ class SentenceTransformerEmbedder:
 
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        with torch.inference_mode():
-            y = self.model.encode(
-                list(texts),
-                batch_size=self.batch_size,
-                convert_to_tensor=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
+        done = 0
+
+        def counted(module, inputs, output):  # sentence-transformers runs one forward per batch
+            nonlocal done
+            if isinstance(output, dict) and output.get("sentence_embedding") is not None:
+                done += len(output["sentence_embedding"])
+                batch_done(done / len(texts))
+
+        hook = self.model.register_forward_hook(counted)
+        try:
+            with torch.inference_mode():
+                y = self.model.encode(
+                    list(texts),
+                    batch_size=self.batch_size,
+                    convert_to_tensor=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
+        finally:
+            hook.remove()
         return _normalise(y.float().cpu().numpy())
 
 
@@ -449,6 +462,7 @@ class HFEncoderEmbedder:
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1).float() / mask.sum(1).float().clamp(min=1)
                 out[idx] = pooled.cpu().numpy()
+                batch_done(min(1.0, (i + self.batch_size) / len(texts)))
         return _normalise(out)
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from datasel.progress import batch_done
 from scorers.models import locate
 
 log = logging.getLogger(__name__)
@@ -450,6 +451,7 @@ def _run(
     tok = lm.tokenizer
     pad_id = next(t for t in (tok.pad_token_id, tok.eos_token_id, 0) if t is not None)
     budget, lo = int(batch_tokens), 0
+    done = np.cumsum(plan.length) / max(1, int(plan.length.sum()))  # share of the work
     with torch.inference_mode():
         while lo < len(plan):
             rows = max(1, budget // _round_up(int(plan.length[lo])))
@@ -464,6 +466,7 @@ def _run(
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
+            batch_done(float(done[hi - 1]), int(plan.n_scored[lo:hi].sum()))
             lo = hi
     return totals.cpu().numpy().astype(np.float64), n_tok
 

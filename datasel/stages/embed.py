@@ -192,6 +192,10 @@ class Embed(_Embedding):
     example = "datasel embed docs/ embedded/ --model hashing --dim 256"
     loads_model = True
 
+    @property
+    def cut_by_speed(self) -> bool:
+        return self._use_torch()
+
     model: str = param("hashing", help="hashing | minilm | saved hashing .npz | local model folder")
     dim: int = param(256, help="width of the hashing backend (neural models have their own)")
     reduce: str = param(

@@ -53,6 +53,7 @@ class Pick(Stage):
     example = "datasel pick sft-candidates.jsonl picked/ --model models/target-lm --responses-column responses"
     single_process = True
     loads_model = True
+    cut_by_speed = True
     needs_text = False
 
     model: str = param(help="the target model: local HF folder, .gguf file, or hub name")

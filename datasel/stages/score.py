@@ -247,6 +247,7 @@ class ScorePpl(Stage):
     example = "datasel score ppl docs/ scored/ --model models/smollm2-135m --column smol"
     single_process = True  # one model per device; torch uses the cores
     loads_model = True
+    cut_by_speed = True
 
     model: str = param(
         help="local Hugging Face model folder, a .gguf file, or a hub name (needs network)"
