@@ -106,11 +106,6 @@ def test_group_by_shape_and_top_k(tmp_path, tiny_lm):
     "rows, args, message",
     [
         (
-            [{"id": "a", "instruction": "x", "responses": []}],
-            [],
-            "instruction 'a' has no candidate responses",
-        ),
-        (
             [{"id": "a", "instruction": "x", "responses": "not a list"}],
             [],
             "not a list of candidates",
@@ -272,3 +267,20 @@ def test_ties_go_to_the_earlier_candidate(tmp_path, tiny_lm):
     )
     picked = {r["qid"]: r["id"] for r in read_dataset(tmp_path / "flat").to_pylist()}
     assert picked["q0"] == "q0-0" and picked["q1"] == "q1-0"
+
+
+def test_an_instruction_without_candidates_is_removed_with_its_reason(tmp_path, tiny_lm):
+    rows = [
+        {"id": "a", "instruction": "Name a colour.", "responses": ["Blue.", "Red, I think."]},
+        {"id": "b", "instruction": "Say hi.", "responses": []},
+        {"id": "c", "instruction": "Count to two.", "responses": None},
+    ]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = datasel.run(Pick(model=str(tiny_lm)), tmp_path / "in.jsonl", tmp_path / "out", quiet=True)
+    assert m["rows_in"] == 4 and m["kept"] == 1  # 2 candidates + one stand-in per empty list
+    assert m["removed"] == {"pick:rank=2": 1, "pick:no_candidates": 2}
+    assert m["stats"]["candidates"] == 2 and m["stats"]["instructions_without_candidates"] == 2
+    removed = read_removed(tmp_path / "out").to_pylist()
+    gone = {r["id"]: r for r in removed if r["reason"] == "pick:no_candidates"}
+    assert set(gone) == {"b", "c"} and all(r["response"] is None for r in gone.values())
+    assert read_dataset(tmp_path / "out").column("id").to_pylist() == ["a"]

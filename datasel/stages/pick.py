@@ -30,6 +30,8 @@ ALPACA = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response
 ALPACA_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
 
 
+NO_CANDIDATES = -1  # pick_candidate of the stand-in row of an instruction with none
+
 @register
 @dataclass(kw_only=True)
 class Pick(Stage):
@@ -43,7 +45,8 @@ class Pick(Stage):
     Only candidates with at least --min-response-tokens response tokens compete: an empty,
     whitespace-only or null one is never scored (its `pick_logprob` and `pick_tokens` are null)
     and goes to _removed/ as `pick:empty`, a shorter one as `pick:response_tokens<N`; when no
-    candidate of an instruction is left, all of them go as `pick:no_valid_candidate`. The
+    candidate of an instruction is left, all of them go as `pick:no_valid_candidate`, and an
+    instruction whose list is empty or null goes as one row, `pick:no_candidates`. The
     others are ranked by score; equal scores rank by the candidates' order (position in the
     list, or in the input with --group-by), so the earlier one wins. Identical responses to the
     same prompt are scored once, so they tie exactly.
@@ -255,11 +258,8 @@ class Pick(Stage):
             raise DataselError(
                 f"pick: --responses-column '{self.responses_column}' holds {typ}, not a list of candidates"
             )
-        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        lengths = pc.list_value_length(pc.fill_null(col, pa.scalar([], typ))).to_numpy()
         ids = table.column("id").to_pylist()
-        empty = np.flatnonzero(np.nan_to_num(lengths.astype(float), nan=0) == 0)
-        if empty.size:
-            raise DataselError(f"pick: instruction {ids[empty[0]]!r} has no candidate responses")
         value = typ.value_type
         if pa.types.is_struct(value):
             fields = [value.field(i).name for i in range(value.num_fields)]
@@ -286,16 +286,22 @@ class Pick(Stage):
             )
         else:
             texts, sources = flat.to_pylist(), [None] * len(flat)
-        rows = np.repeat(np.arange(table.num_rows), lengths.astype(np.int64))
-        index = np.arange(len(rows)) - np.repeat(
-            np.cumsum(lengths) - lengths, lengths.astype(np.int64)
-        )
+        # an instruction with no candidate (an empty or null list) stands as one null
+        # candidate, index NO_CANDIDATES, so that it is removed with its reason, not lost
+        counts = np.maximum(lengths, 1).astype(np.int64)
+        rows = np.repeat(np.arange(table.num_rows), counts)
+        index = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        real = lengths[rows] > 0
+        index[~real] = NO_CANDIDATES
+        response = np.full(len(rows), None, dtype=object)
+        source = np.full(len(rows), None, dtype=object)
+        response[real], source[real] = texts, sources
         return {
             "row": rows.tolist(),
             "group": [ids[r] for r in rows],
             "index": index.tolist(),
-            "response": texts,
-            "source": sources,
+            "response": response.tolist(),
+            "source": source.tolist(),
         }
 
     # ------------------------------------------------------------------ select
@@ -322,6 +328,8 @@ class Pick(Stage):
         reason[empty] = "pick:empty"
         reason[short] = f"pick:response_tokens<{self.min_response_tokens}"
         reason[~has_valid[gid]] = "pick:no_valid_candidate"
+        none = staged.column("pick_candidate").to_numpy(zero_copy_only=False) == NO_CANDIDATES
+        reason[none] = "pick:no_candidates"
         reason[keep] = None
         # every candidate's score, in candidate order, on every row of its instruction (null
         # where it was not scored)
@@ -335,12 +343,13 @@ class Pick(Stage):
         ctx.stats.update(
             {
                 "instructions": n_groups,
-                "candidates": int(n),
+                "candidates": int(n - none.sum()),
                 "picked": int(keep.sum()),
                 "picked_by_source": {s: picked.count(s) for s in sorted(set(picked))},
                 "empty_candidates": int(empty.sum()),
                 "short_candidates": int(short.sum()),
                 "instructions_without_valid_candidate": int((~has_valid).sum()),
+                "instructions_without_candidates": int(none.sum()),
             }
         )
         return Decision(
