@@ -455,6 +455,21 @@ def _promoted(schema: pa.Schema, later: pa.Schema) -> pa.Schema:
     return schema
 
 
+def one_type_per_column(files: list[Path]) -> None:
+    """Shards of one output where a column is null throughout some (a unit whose rows all had
+    it null) get its type from the others, so that the folder reads as one table."""
+    schemas = [pq.read_schema(f) for f in files]
+    merged = pa.schema([])
+    for schema in schemas:
+        merged = _promoted(merged, schema)
+        for field in schema:
+            if merged.get_field_index(field.name) < 0:
+                merged = merged.append(field)
+    for f, schema in zip(files, schemas, strict=True):
+        if (target := _promoted(schema, merged)) != schema:
+            write_table(read_table(f).cast(target), f)
+
+
 def _fills(old: pa.DataType, new: pa.DataType) -> bool:
     """Whether `new` is `old` with its null types made concrete (and nothing else changed)."""
     t = pa.types

@@ -238,7 +238,15 @@ class Staged:
         chunks = [
             read_table(self.shard(i), columns=[name]).column(0) for i in range(len(self.rows))
         ]
-        return pa.chunked_array([c for ch in chunks for c in ch.chunks], type=chunks[0].type)
+        # a shard whose rows all had the column null holds it as null: nulls of the others' type
+        types = {c.type for c in chunks if not pa.types.is_null(c.type)} or {chunks[0].type}
+        if len(types) > 1:
+            raise DataselError(
+                f"column '{name}' holds {' and '.join(sorted(map(str, types)))} in different "
+                "parts of the input"
+            )
+        (typ,) = types
+        return pa.chunked_array([c for ch in chunks for c in ch.cast(typ).chunks], type=typ)
 
     def array(self, name: str, i: int, mmap: bool = True) -> np.ndarray:
         return np.load(self.work / f"{name}-{i:05d}.npy", mmap_mode="r" if mmap else None)

@@ -320,6 +320,18 @@ def test_a_column_null_in_the_first_block_takes_the_type_of_later_rows(tmp_path,
     got = pq.read_table(sorted((tmp_path / "out").glob("part-*.parquet")))
     assert got.schema.field("score").type == pa.float64()
     assert got.column("score").to_pylist() == [r["score"] for r in rows]
+    # null throughout the first units (shards): the output still reads as one table, and a
+    # select over the column sees numbers and missing values, not a type clash
+    from datasel.stages.filter import Filter
+
+    for stage, kept in ((Dedup(), 500), (Filter(min=["score=220"]), 60)):
+        out = tmp_path / f"units-{stage.name}"
+        m = datasel.run(stage, tmp_path / "a.jsonl", out, quiet=True, shard_bytes=5000)
+        assert m["shards"] > 2 and m["kept"] == kept and m["rows_in"] == 500
+        for folder in (out, out / "_removed"):
+            if list(folder.glob("part-*.parquet")):
+                assert pq.read_table(folder).schema.field("score").type == pa.float64()
+    assert m["removed"] == {"filter:score missing": 400, "filter:score<220": 40}
     # a real type change after the promotion is named by its absolute line, or skipped
     rows[480]["score"] = "x"
     rows += [{"text": f"late {i}", "score": f"s{i}"} for i in range(100)]  # whole blocks
