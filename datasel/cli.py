@@ -396,10 +396,40 @@ def inspect_cmd(
         raise fail(str(e)) from None
 
 
+def _usage_error(e) -> str:
+    """click's usage errors (unknown or missing option, bad value) in one line, not its box."""
+    message = " ".join(e.format_message().split()).rstrip(".")
+    message = message[:1].lower() + message[1:]
+    ctx = getattr(e, "ctx", None)
+    if ctx is None:
+        return message
+    command = ctx.command_path.partition(" ")[2]
+    where = f"{command}: " if command else ""
+    return f"{where}{message} (see {ctx.command_path} --help)"
+
+
+def _click_exceptions():
+    try:
+        from typer._click import exceptions  # typer >= 0.2x carries its own click
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
 def main() -> None:
+    click = _click_exceptions()
     register_stages()
     try:
-        app()
+        # not standalone: click's errors come here instead of being drawn in a box
+        code = app(standalone_mode=False)
     except DataselError as e:  # raised outside a command (e.g. while parsing)
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except click.ClickException as e:
+        if type(e).__name__ != "NoArgsIsHelpError":  # typer has shown the help for that one
+            typer.echo(f"error: {_usage_error(e)}", err=True)
+        sys.exit(e.exit_code)
+    except click.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

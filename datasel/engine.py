@@ -46,6 +46,7 @@ from datasel.io import (
     fingerprint,
     has_rows,
     input_bytes,
+    one_type_per_column,
     plan_units,
     read_table,
     read_unit,
@@ -819,6 +820,8 @@ def _finish(
         **({"warnings": ctx.warnings} if ctx.warnings else {}),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    for folder in (dst, dst / REMOVED):
+        one_type_per_column(sorted(folder.glob("part-*.parquet")))
     write_json(manifest, dst / MANIFEST)
     shutil.rmtree(dst / WORK, ignore_errors=True)
     return manifest

@@ -439,6 +439,7 @@ def _read_jsonl(
         bad = _bad_utf8_rows(table)
         bad.update(_null_lines(table, block, first_line, rows))
         if schema is not None and table.num_rows:
+            schema = _promoted(schema, table.schema)
             bad.update(_type_changes(table, schema, set(bad)))
         if bad:
             table, rows = _drop_rows(
@@ -535,6 +536,45 @@ def _type_changes(table: pa.Table, schema: pa.Schema, known: set[int]) -> dict:
                     ),
                 )
     return bad
+
+
+def _promoted(schema: pa.Schema, later: pa.Schema) -> pa.Schema:
+    """`schema` with the columns that held only nulls so far (Arrow types them null, or a list
+    of null) given their type in `later` rows: the earlier nulls are nulls of that type."""
+    for i, field in enumerate(schema):
+        j = later.get_field_index(field.name)
+        if j >= 0 and field.type != later.field(j).type and _fills(field.type, later.field(j).type):
+            schema = schema.set(i, field.with_type(later.field(j).type))
+    return schema
+
+
+def one_type_per_column(files: list[Path]) -> None:
+    """Shards of one output where a column is null throughout some (a unit whose rows all had
+    it null) get its type from the others, so that the folder reads as one table."""
+    schemas = [pq.read_schema(f) for f in files]
+    merged = pa.schema([])
+    for schema in schemas:
+        merged = _promoted(merged, schema)
+        for field in schema:
+            if merged.get_field_index(field.name) < 0:
+                merged = merged.append(field)
+    for f, schema in zip(files, schemas, strict=True):
+        if (target := _promoted(schema, merged)) != schema:
+            write_table(read_table(f).cast(target), f)
+
+
+def _fills(old: pa.DataType, new: pa.DataType) -> bool:
+    """Whether `new` is `old` with its null types made concrete (and nothing else changed)."""
+    t = pa.types
+    if t.is_null(old):
+        return True
+    if (t.is_list(old) and t.is_list(new)) or (t.is_large_list(old) and t.is_large_list(new)):
+        return _fills(old.value_type, new.value_type)
+    if t.is_struct(old) and t.is_struct(new):
+        return [f.name for f in old] == [f.name for f in new] and all(
+            _fills(a.type, b.type) for a, b in zip(old, new, strict=True)
+        )
+    return old == new
 
 
 def _casts(col, typ: pa.DataType) -> bool:
@@ -806,9 +846,25 @@ class ShardWriter:
                 **_column_options(table),
             )
         elif table.schema != self.writer.schema:
+            schema = _promoted(self.writer.schema, table.schema)
+            if schema != self.writer.schema:
+                self._promote(schema, table)
             table = _conform(table, self.writer.schema, self.path)
         self.writer.write_table(table)
         self.rows += table.num_rows
+
+    def _promote(self, schema: pa.Schema, table: pa.Table) -> None:
+        """Columns null in the rows written so far have a type now: rewrite those rows with it
+        (once per such column and shard)."""
+        self.writer.close()
+        done = pq.ParquetFile(self.tmp).read().cast(schema)
+        self.writer = pq.ParquetWriter(
+            self.tmp,
+            schema,
+            compression=self.compression,
+            **_column_options(_conform(table, schema, self.path)),
+        )
+        self.writer.write_table(done)
 
     def close(self, empty_schema: pa.Schema | None = None) -> int:
         if self.writer is None:

@@ -50,11 +50,24 @@ def check_budget(size: int | None, fraction: float | None) -> None:
         raise ValueError(f"size must be >= 0, got {size}")
 
 
-def budget(n: int, size: int | None, fraction: float | None) -> int:
-    """Rows to select out of `n`."""
-    if size is not None and size > n:
-        raise DataselError(f"--size {size:,} is larger than the input ({n:,} rows)")
-    return size if size is not None else int(round(fraction * n))
+def budget(
+    available: int,
+    size: int | None,
+    fraction: float | None,
+    ctx: Context,
+    stage: str,
+    total: int | None = None,
+) -> int:
+    """Rows to select out of `available`: --size, or --fraction of `total` (default: all of
+    them). A budget over the rows there are is clamped to them, with a warning: a small day's
+    input is not an error."""
+    of = available if total is None else total
+    want = size if size is not None else int(round(fraction * of))
+    if want <= available:
+        return want
+    asked = f"--size {size:,}" if size is not None else f"--fraction {fraction:g} ({want:,} rows)"
+    ctx.warn(f"{stage}: {asked} is more than the {available:,} rows available: using {available:,}")
+    return available
 
 
 @dataclass
@@ -228,7 +241,15 @@ class Staged:
         chunks = [
             read_table(self.shard(i), columns=[name]).column(0) for i in range(len(self.rows))
         ]
-        return pa.chunked_array([c for ch in chunks for c in ch.chunks], type=chunks[0].type)
+        # a shard whose rows all had the column null holds it as null: nulls of the others' type
+        types = {c.type for c in chunks if not pa.types.is_null(c.type)} or {chunks[0].type}
+        if len(types) > 1:
+            raise DataselError(
+                f"column '{name}' holds {' and '.join(sorted(map(str, types)))} in different "
+                "parts of the input"
+            )
+        (typ,) = types
+        return pa.chunked_array([c for ch in chunks for c in ch.cast(typ).chunks], type=typ)
 
     def array(self, name: str, i: int, mmap: bool = True) -> np.ndarray:
         return np.load(self.work / f"{name}-{i:05d}.npy", mmap_mode="r" if mmap else None)

@@ -127,3 +127,56 @@ def test_a_stage_command_ends_with_its_headline(tmp_path, capsys):
     result = runner.invoke(app, ["dedup", str(tmp_path / "in.jsonl"), str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "1 cluster of duplicates" in result.output + capsys.readouterr().err
+
+
+def _main(monkeypatch, capsys, *args):
+    from datasel.cli import main
+
+    monkeypatch.setattr("sys.argv", ["datasel", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    out = capsys.readouterr()
+    return exit_.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    "args, names",
+    [
+        (["score", "ppl", "in.parquet", "out"], ["score ppl", "--model"]),
+        (["dedup", "in", "out", "--bogus"], ["dedup", "--bogus"]),
+        (["dedup", "in", "out", "--workers", "x"], ["dedup", "--workers"]),
+        (["dedup", "in", "out", "--threshold", "abc"], ["dedup", "--threshold"]),
+        (["filter", "in", "out", "--bogus"], ["filter", "--bogus"]),
+        (["shift", "dsir", "in", "out", "--target", "t", "--size", "abc"], ["--size"]),
+        (["dedup"], ["dedup", "input"]),
+        (["dedup", "in", "out", "--workers"], ["--workers"]),
+        (["score", "pxl"], ["pxl"]),
+    ],
+)
+def test_a_usage_error_is_one_line(monkeypatch, capsys, args, names):
+    code, out, err = _main(monkeypatch, capsys, *args)
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert all(name in err for name in names), err
+    assert "Traceback" not in err and not set("╭╮╰╯│─") & set(err), err
+
+
+def test_help_and_no_arguments_still_show_the_help(monkeypatch, capsys):
+    code, out, _ = _main(monkeypatch, capsys, "dedup", "--help")
+    assert code == 0 and "Usage" in out and "Example" in out
+    code, out, err = _main(monkeypatch, capsys, "shift")
+    assert code == 2 and "dsir" in out + err and "error" not in out + err
+
+
+def test_ctrl_c_in_a_command_says_how_to_resume(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"row {i}"} for i in range(10)])
+    code = "import sys; from datasel.cli import main; sys.argv[0] = 'datasel'; main()"
+    args = ["dedup", str(tmp_path / "in.jsonl"), str(tmp_path / "out"), "--workers", "1"]
+    env = dict(os.environ, DATASEL_KILL_AT="_stage_unit:0", DATASEL_KILL_SIGNAL="SIGINT")
+    run = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True)
+    assert run.returncode == 130 and b"run the same command again to resume" in run.stderr
+    assert b"Traceback" not in run.stderr

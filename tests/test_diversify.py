@@ -226,7 +226,6 @@ def test_kids_rounds_inside_one_selection(embedded, tmp_path):
         (["--size", "10", "--fraction", "0.1"], "exactly one of --size and --fraction"),
         (["--size", "10", "--levels", "2", "--quota", "proportional"], "use --levels 1"),
         (["--size", "10", "--rounds", "3"], "rounds > 1 needs --feedback"),
-        (["--size", "5000"], "cannot select 5000 rows: only 2250"),
     ],
 )
 def test_errors(embedded, tmp_path, args, message):
@@ -254,6 +253,18 @@ def test_k_larger_than_the_rows_clamps_with_a_warning(embedded, tmp_path):
     # the cached map (another --size only) clamps alike
     m = run(Diversify(k=50, size=5), src, tmp_path / "o", overwrite=True)
     assert m["warnings"] == [warning] and m["stats"]["k"] == 30 and m["kept"] == 5
+
+
+def test_a_size_over_the_rows_selects_them_all_with_a_warning(embedded, tmp_path):
+    src = tmp_path / "few.parquet"
+    pq.write_table(pq.read_table(embedded / "scored.parquet").slice(0, 30), src)
+    warning = "diversify: --size 100 is more than the 30 rows available: using 30"
+    m = run(Diversify(k=5, size=100, max_similarity=1), src, tmp_path / "o")
+    assert m["warnings"] == [warning] and m["kept"] == 30 == m["rows_in"]
+    assert m["removed_total"] == 0
+    # with near-duplicate skipping on, some may be left out, each with a reason
+    m = run(Diversify(k=5, size=100), src, tmp_path / "o2")
+    assert m["warnings"] == [warning] and m["kept"] + m["removed_total"] == 30
 
 
 def test_mixed_dimension_embeddings(tmp_path):

@@ -55,6 +55,14 @@ def test_filter_rules_and_reasons(tmp_path):
     assert any(v == "filter:top:s=50" for v in reasons.values())
 
 
+def test_filter_top_over_the_rows_keeps_them_all(tmp_path):
+    scored_input(tmp_path)
+    m = datasel.run(Filter(top=["t=500"]), tmp_path / "in.parquet", tmp_path / "out", quiet=True)
+    assert m["rows_in"] == 200 == m["kept"] + m["removed_total"] and m["kept"] == 200
+    m = datasel.run(Filter(top=["s=500"]), tmp_path / "in.parquet", tmp_path / "o2", quiet=True)
+    assert m["kept"] == 199 and m["removed"] == {"filter:s missing": 1}
+
+
 def test_filter_top_chars_keeps_a_share_of_characters(tmp_path):
     rows = scored_input(tmp_path)
     datasel.run(Filter(top_chars=["t=0.25"]), tmp_path / "in.parquet", tmp_path / "out", quiet=True)

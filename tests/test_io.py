@@ -300,3 +300,46 @@ def test_skipping_is_the_same_on_every_read(tmp_path):
         reads.append([b for u in units for b in read_unit(u, columns, batch_rows=64)])
     ids = [pa.Table.from_batches(r).column("id").to_pylist() for r in reads]
     assert ids[0] == ids[1] and len(ids[0]) == 300 - 43
+
+
+def test_a_column_null_in_the_first_block_takes_the_type_of_later_rows(tmp_path, monkeypatch):
+    """`"score": null` throughout the first block, numbers later: the nulls are nulls of a
+    number column, not a type change; a string after the numbers still is one, with its line."""
+    import pyarrow.parquet as pq
+
+    import datasel
+    import datasel.io as dio
+    from datasel.stages.dedup import Dedup
+
+    rows = [{"text": f"document {i}", "score": None} for i in range(400)]
+    rows += [{"text": f"document {i}", "score": i / 2} for i in range(400, 500)]
+    write_jsonl(tmp_path / "a.jsonl", rows)
+    monkeypatch.setattr(dio, "BLOCK_BYTES", 2000)  # ~50 lines a block
+    m = datasel.run(Dedup(), tmp_path / "a.jsonl", tmp_path / "out", workers=1, quiet=True)
+    assert m["rows_in"] == 500 == m["kept"] + m["removed_total"] and m["kept"] == 500
+    got = pq.read_table(sorted((tmp_path / "out").glob("part-*.parquet")))
+    assert got.schema.field("score").type == pa.float64()
+    assert got.column("score").to_pylist() == [r["score"] for r in rows]
+    # null throughout the first units (shards): the output still reads as one table, and a
+    # select over the column sees numbers and missing values, not a type clash
+    from datasel.stages.filter import Filter
+
+    for stage, kept in ((Dedup(), 500), (Filter(min=["score=220"]), 60)):
+        out = tmp_path / f"units-{stage.name}"
+        m = datasel.run(stage, tmp_path / "a.jsonl", out, quiet=True, shard_bytes=5000)
+        assert m["shards"] > 2 and m["kept"] == kept and m["rows_in"] == 500
+        for folder in (out, out / "_removed"):
+            if list(folder.glob("part-*.parquet")):
+                assert pq.read_table(folder).schema.field("score").type == pa.float64()
+    assert m["removed"] == {"filter:score missing": 400, "filter:score<220": 40}
+    # a real type change after the promotion is named by its absolute line, or skipped
+    rows[480]["score"] = "x"
+    rows += [{"text": f"late {i}", "score": f"s{i}"} for i in range(100)]  # whole blocks
+    write_jsonl(tmp_path / "b.jsonl", rows)
+    with pytest.raises(DataselError, match=r"b\.jsonl:481: type change: 'score' holds"):
+        datasel.run(Dedup(), tmp_path / "b.jsonl", tmp_path / "o2", workers=1, quiet=True)
+    m = datasel.run(
+        Dedup(), tmp_path / "b.jsonl", tmp_path / "o3", workers=1, quiet=True, on_bad_rows="skip"
+    )
+    assert m["kept"] == 499 and m["rows_in"] == 600
+    assert m["skipped"] == {"type_change": 101}

@@ -23,6 +23,7 @@ from datasel.stage import (
     register,
     set_aside_blank,
 )
+from datasel.stage import budget as select_budget
 from datasel.stages.embed import _Embedding, check_backend, check_model, read_embeddings
 
 QUOTAS = ("equal", "proportional")
@@ -299,9 +300,7 @@ class Diversify(_Embedding):
             picked = _floats(staged, self.selected_column, fill="zero") != 0
         rounds_of = np.where(picked, 0, -1).astype(np.int32)
         avail = n - int(picked.sum())
-        budget = self.size if self.size is not None else int(round(self.fraction * n))
-        if budget > avail:
-            raise DataselError(f"cannot select {budget} rows: only {avail} rows are available")
+        budget = select_budget(avail, self.size, self.fraction, ctx, "diversify", total=n)
 
         groups = np.zeros(k, np.int64)
         if self.levels == 2:

@@ -121,7 +121,7 @@ class Filter(Stage):
                 else:
                     cum = np.cumsum(chars[order])
                     k = int(np.searchsorted(cum, v * (cum[-1] if len(cum) else 0), side="left")) + 1
-                    k = min(k, len(order))
+                k = min(k, len(order))  # --top N over the rows left keeps them all
                 keep = np.zeros(n, dtype=bool)
                 keep[order[:k]] = True
                 out, label = alive & ~keep, f"filter:{kind.replace('_', '-')}:{col}={v:g}"

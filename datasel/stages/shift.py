@@ -87,8 +87,8 @@ class _Shift(Stage):
     def needs_text(self) -> bool:
         return self.template is None
 
-    def budget(self, n: int) -> int:
-        return budget(n, self.size, self.fraction)
+    def budget(self, n: int, ctx: Context) -> int:
+        return budget(n, self.size, self.fraction, ctx, self.name.replace("-", " "))
 
     def check(self) -> None:
         try:
@@ -217,7 +217,7 @@ class ShiftDsir(_Shift):
             w = log_ratio[staged.array("dsir_features", i)]
             logw[lo : lo + staged.rows[i]] = doc_sums(w, staged.array("dsir_nnz", i))
         live = self.live(staged)
-        k = self.budget(len(live))
+        k = self.budget(len(live), ctx)
         pick = topk(logw[live], k) if self.deterministic else gumbel_topk(logw[live], k, self.seed)
         decision = self.decision(len(logw), live, live[pick], "dsir_logw", logw[live])
         keep = decision.keep
@@ -377,7 +377,7 @@ class ShiftGotd(_Shift):
 
         ot = solve(x)
         grad = gotd_gradient(ot.f)
-        k = self.budget(len(grad))
+        k = self.budget(len(grad), ctx)
         pick = topk(grad, k, largest=False)
         after = solve(x[np.sort(pick)]) if k else ot
         ctx.stats.update(
