@@ -1,6 +1,6 @@
 """`datasel eval`: same numbers for the same seed, resume after a kill, packing, the random
 baseline matched in tokens, fine-tuning masks, and bad input as one line each. Tiny runs:
-4 steps of 4 x 256 tokens."""
+a one-layer GPT-2 from a config file, 16 steps of 4 x 64 tokens."""
 
 import json
 
@@ -19,6 +19,7 @@ pytest.importorskip("torch")
 pytest.importorskip("tokenizers")
 runner = CliRunner()
 FAST = {"tokens": 4096, "batch_size": 4, "eval_tokens": 512, "checkpoints": 2, "quiet": True}
+TINIER = {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 64}
 
 
 @pytest.fixture
@@ -35,12 +36,20 @@ def rows(texts):
 def sets(tmp_path_factory):
     d = tmp_path_factory.mktemp("sets")
     shouted = [t.upper() + " " + t.upper() for t in tiny_corpus(300, seed=2)]
+    (d / "model.json").write_text(json.dumps(TINIER))
     return {
+        "model": str(d / "model.json"),
         "plain": str(write_jsonl(d / "plain.jsonl", rows(tiny_corpus(300, seed=1)))),
         "shout": str(write_jsonl(d / "shout.jsonl", rows(shouted))),
         "pool": str(write_jsonl(d / "pool.jsonl", rows(tiny_corpus(600, seed=3) + shouted))),
         "heldout": str(write_jsonl(d / "heldout.jsonl", rows(tiny_corpus(200, seed=9)))),
     }
+
+
+@pytest.fixture
+def fast(sets, no_probe):
+    """Options of a fast run: the config-file model, 16 steps, no timing probe."""
+    return FAST | {"model_name": sets["model"]}
 
 
 def curves(result):
@@ -55,10 +64,10 @@ def arms(sets):
     return {"plain": sets["plain"], "shout": sets["shout"]}
 
 
-def test_same_seed_same_numbers_and_seeds_differ(tmp_path, sets, no_probe):
+def test_same_seed_same_numbers_and_seeds_differ(tmp_path, sets, fast):
     held = {"held": sets["heldout"]}
-    a = datasel.evaluate(tmp_path / "a", arms(sets), held, **FAST)
-    b = datasel.evaluate(tmp_path / "b", arms(sets), held, **FAST)
+    a = datasel.evaluate(tmp_path / "a", arms(sets), held, **fast)
+    b = datasel.evaluate(tmp_path / "b", arms(sets), held, **fast)
     assert curves(a) == curves(b)
     (p0, p1) = [r for r in a["runs"] if r["arm"] == "plain"]
     assert p0["curve"][-1]["eval"] != p1["curve"][-1]["eval"]  # seed 1 is another run
@@ -73,9 +82,9 @@ def test_same_seed_same_numbers_and_seeds_differ(tmp_path, sets, no_probe):
     assert (tmp_path / "a" / "report.html").read_text().count("<img") == 4
 
 
-def test_killed_eval_resumes_with_only_the_unfinished_runs(tmp_path, sets, monkeypatch, no_probe):
-    held = {"held": sets["heldout"]}
-    clean = datasel.evaluate(tmp_path / "clean", arms(sets), held, **FAST)
+def test_killed_eval_resumes_with_only_the_unfinished_runs(tmp_path, sets, monkeypatch, fast):
+    held, one = {"held": sets["heldout"]}, fast | {"seeds": 1}
+    clean = datasel.evaluate(tmp_path / "clean", arms(sets), held, **one)
     real, trained = train.train, []
 
     def killed_after_one(net, *a, **k):
@@ -86,24 +95,24 @@ def test_killed_eval_resumes_with_only_the_unfinished_runs(tmp_path, sets, monke
 
     monkeypatch.setattr(train, "train", killed_after_one)
     with pytest.raises(KeyboardInterrupt):
-        datasel.evaluate(tmp_path / "out", arms(sets), held, **FAST)
+        datasel.evaluate(tmp_path / "out", arms(sets), held, **one)
     assert [p.name for p in (tmp_path / "out" / "runs").glob("*.json")] == ["plain.seed0.json"]
 
     done = []
     monkeypatch.setattr(train, "train", lambda net, *a, **k: done.append(1) or real(net, *a, **k))
-    resumed = datasel.evaluate(tmp_path / "out", arms(sets), held, **FAST)
-    assert len(done) == 3
+    resumed = datasel.evaluate(tmp_path / "out", arms(sets), held, **one)
+    assert len(done) == 1
     assert curves(resumed) == curves(clean)
-    datasel.evaluate(tmp_path / "out", arms(sets), held, **FAST)
-    assert len(done) == 3  # all finished: nothing retrained
-    datasel.evaluate(tmp_path / "out", arms(sets), held, **FAST | {"checkpoints": 1})
-    assert len(done) == 7  # another setting: every run again
+    datasel.evaluate(tmp_path / "out", arms(sets), held, **one)
+    assert len(done) == 1  # all finished: nothing retrained
+    datasel.evaluate(tmp_path / "out", arms(sets), held, **one | {"checkpoints": 1})
+    assert len(done) == 3  # another setting: every run again
 
 
-def test_random_baseline_is_matched_in_tokens(tmp_path, sets, no_probe):
+def test_random_baseline_is_matched_in_tokens(tmp_path, sets, fast):
     result = datasel.evaluate(
         tmp_path / "o", {"plain": sets["plain"]}, {"held": sets["heldout"]},
-        baseline={"random": sets["pool"]}, seeds=2, **FAST,
+        baseline={"random": sets["pool"]}, seeds=2, **fast,
     )  # fmt: skip
     target = result["settings"]["match_tokens"]
     assert target == result["arms"]["plain"]["tokens"]
@@ -162,7 +171,8 @@ def test_cli_writes_results_and_table(tmp_path, sets):
         app,
         ["eval", str(tmp_path / "o"), "--train", f"plain={sets['plain']}", "--train",
          f"shout={sets['shout']}", "--eval", f"held={sets['heldout']}", "--tokens", "2048",
-         "--batch-size", "4", "--eval-tokens", "512", "--seeds", "2", "--checkpoints", "1"],
+         "--batch-size", "4", "--eval-tokens", "512", "--seeds", "2", "--checkpoints", "1",
+         "--model", sets["model"]],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "estimated time" in res.output and "vs plain" in res.output
