@@ -289,7 +289,9 @@ def _tokenizer(out: Path, spec, arms: dict, given: str | None, finetune: str | N
             return tokenizer._checked(AutoTokenizer.from_pretrained(finetune), finetune)
         except (OSError, ValueError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise DataselError(f"--finetune {finetune}: cannot load its tokenizer: {first}") from None
+            raise DataselError(
+                f"--finetune {finetune}: cannot load its tokenizer: {first}"
+            ) from None
     texts = {name: d.texts for name, d in arms.items()}
     return tokenizer.load_or_train(
         out / "tokenizer", texts, vocab_size=spec.vocab_size, given=given
