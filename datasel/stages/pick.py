@@ -32,6 +32,7 @@ ALPACA_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
 
 NO_CANDIDATES = -1  # pick_candidate of the stand-in row of an instruction with none
 
+
 @register
 @dataclass(kw_only=True)
 class Pick(Stage):
