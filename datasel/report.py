@@ -129,6 +129,7 @@ def summary_table(path: str | os.PathLike) -> Table:
             name,
             justify="left" if name in ("step", "removed by reason") else "right",
             overflow="fold",  # a narrow terminal wraps a reason, never cuts it
+            no_wrap=name != "removed by reason",  # the reasons take what the terminal lacks
         )
     for s in steps:
         m = s.manifest
