@@ -30,11 +30,12 @@ Sections (`--only shift,dedup,diversify,filter,pick`):
              source (the best one is reported). The base and target model is a tiny random GPT-2
              built from a config (tests/lm_fixtures.py): a smoke-level measure only.
 
-Time on the shared 2-core CPU at the default size (tiny, 1M tokens, 2 seeds, 50k eval tokens,
-~3-5 min per run): shift 5 arms x 2 seeds ~40 min; dedup 2 arms ~15 min; diversify 3 arms
-with 7 eval sets ~30 min; filter 3 arms ~20 min; pick 10 arms of a 50k-parameter model
-~5 min. Not measured at the default size yet: these are the evaluator's per-run timings
-(README, Eval) times the runs. The smoke command above takes ~1-3 min per section.
+Time: `datasel eval` prints its estimate before it starts. `tiny` trains 1M tokens in ~2.4
+CPU-minutes, ~4-7 min wall on the shared 2-core CPU under load (README, Eval), so at the default
+size: shift 10 runs (~1 h), dedup 4 (~25 min), diversify 6 with 7 eval sets (~45 min), filter
+6 (~35 min), pick 20 runs of a 50k-parameter model (~5 min, plus ~1.5 min for `pick` itself).
+Smoke command above, measured at load: shift 100 s, dedup + filter 100 s, diversify ~90 s,
+pick 126 s. The default size itself has not been run yet.
 """
 
 from __future__ import annotations
@@ -126,18 +127,23 @@ def table(title: str, result: dict, reference: str, how=statistics.fmean, label=
     sets = list(result["eval_sets"])
     arms = list(result["arms"])
     stats = {a: per_seed(result, a, sets, how) for a in arms}
+    w = max(map(len, arms))
     print(f"\n{title}" + (f" ({label})" if label else ""))
-    print(f"{'arm':<22} {'held-out bits/byte':>22} {'vs ' + reference:>16}  exceeds spread")
+    print(f"{'arm':<{w}} {'held-out bits/byte':>20} {'vs ' + reference:>16}  exceeds spread")
     rows = {}
     for a in arms:
         s = stats[a]
-        cell = f"{s['mean']:.4f} ± {s['spread']:.4f}" if s["spread"] is not None else f"{s['mean']:.4f}"
+        cell = (
+            f"{s['mean']:.4f} ± {s['spread']:.4f}"
+            if s["spread"] is not None
+            else f"{s['mean']:.4f}"
+        )
         if a == reference:
             d, line = None, f"{'(reference)':>16}"
         else:
             d = _difference(s, stats[reference])
             line = f"{d['difference']:+16.4f}  {'yes' if d['exceeds_spread'] else 'no'}"
-        print(f"{a:<22} {cell:>22} {line}")
+        print(f"{a:<{w}} {cell:>20} {line}")
         rows[a] = {**s, "vs_reference": d}
     return {"reference": reference, "over_eval_sets": how.__name__, "arms": rows}
 
@@ -259,7 +265,7 @@ def pick(args, docs: list[dict], work: Path) -> dict:
         c["text"] for r in train for c in r["responses"]])  # fmt: skip
     cands = write([{"id": r["id"], "instruction": prompt(r), "responses": r["responses"]}
                    for r in train], work / "candidates.parquet")  # fmt: skip
-    datasel.run(Pick(model=str(model), device="cpu"), cands, work / "pick", quiet=True, overwrite=True)
+    datasel.run(Pick(model=str(model)), cands, work / "pick", quiet=True, overwrite=True)
     arms = {"pick": str(work / "pick")}
     arms["random-pick"] = write(
         [{"instruction": prompt(r), "response": rng.choice(r["responses"])["text"]} for r in train],
