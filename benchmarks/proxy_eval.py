@@ -1,14 +1,15 @@
-"""What each stage buys: held-out loss of the same proxy LM trained on each stage's selection.
+r"""What each stage buys: held-out loss of the same proxy LM trained on each stage's selection.
 
     python benchmarks/proxy_eval.py                              # every section, tiny model, CPU
     python benchmarks/proxy_eval.py --only shift --domain man_pages
     python benchmarks/proxy_eval.py --model small --tokens 10000000 --eval-tokens 200000   # GPU
-    python benchmarks/proxy_eval.py --tokens 20000 --seeds 2 --pool 2000 --eval-tokens 2000  # smoke
+    python benchmarks/proxy_eval.py --tokens 20000 --pick-tokens 100000 --pool 2000 \
+        --eval-tokens 2000 --held 40                             # smoke test, ~7 min
 
 Every arm is judged by `datasel.evaluate` (no training loop here): the same model (`--model`,
 default `tiny`), tokenizer, token budget (`--tokens`), data order and seeds (`--seeds`, >= 2), on
-../shared/data. Per section, a table of held-out bits per byte (mean +- sd over seeds), the
-difference to the section's reference arm, and `*` when it exceeds the spread (larger than the
+../shared/data (`--data`). Per section, a table of held-out bits per byte (mean +- sd over seeds), the
+difference to the section's reference arm, and whether it exceeds the spread (larger than the
 sum of the two arms' sds, as `datasel eval` calls it). `--out` gets every figure as JSON.
 
 Sections (`--only shift,dedup,diversify,filter,pick`):
@@ -33,9 +34,9 @@ Sections (`--only shift,dedup,diversify,filter,pick`):
 Time: `datasel eval` prints its estimate before it starts. `tiny` trains 1M tokens in ~2.4
 CPU-minutes, ~4-7 min wall on the shared 2-core CPU under load (README, Eval), so at the default
 size: shift 10 runs (~1 h), dedup 4 (~25 min), diversify 6 with 7 eval sets (~45 min), filter
-6 (~35 min), pick 20 runs of a 50k-parameter model (~5 min, plus ~1.5 min for `pick` itself).
-Smoke command above, measured at load: shift 100 s, dedup + filter 100 s, diversify ~90 s,
-pick 126 s. The default size itself has not been run yet.
+6 (~35 min), pick 20 runs of a 50k-parameter model, 300k tokens each (~10 min, plus ~1.5 min
+for `pick` itself). The smoke command above (a smoke test, not a result) took, at load: shift
+100 s, dedup + filter 100 s, diversify ~90 s, pick ~130 s. The default size has not been run.
 """
 
 from __future__ import annotations
@@ -100,20 +101,17 @@ def cap(rows: list[dict], n: int | None, rng: random.Random) -> list[dict]:
 
 
 def judge(args, work: Path, train: dict, evals: dict, *, random_pool: str | None = None, **kw):
-    """datasel.evaluate with the benchmark's settings; returns eval.json's content."""
-    return datasel.evaluate(
-        work / "eval",
-        train,
-        evals,
-        model_name=args.model,
-        tokens=args.tokens,
-        seeds=args.seeds,
-        baseline={"random": random_pool} if random_pool else None,
-        eval_tokens=args.eval_tokens,
-        checkpoints=args.checkpoints,
-        quiet=args.quiet,
-        **kw,
-    )
+    """datasel.evaluate with the benchmark's settings (`kw` overrides); eval.json's content."""
+    settings = {
+        "model_name": args.model,
+        "tokens": args.tokens,
+        "seeds": args.seeds,
+        "baseline": {"random": random_pool} if random_pool else None,
+        "eval_tokens": args.eval_tokens,
+        "checkpoints": args.checkpoints,
+        "quiet": args.quiet,
+    }
+    return datasel.evaluate(work / "eval", train, evals, **(settings | kw))
 
 
 def per_seed(result: dict, arm: str, sets: list[str], how) -> dict:
@@ -232,7 +230,8 @@ def diversify(args, docs: list[dict], work: Path) -> dict:
 
 def filter_(args, docs: list[dict], work: Path) -> dict:
     print("filter: the perplexity filter and PreSelect are not run: they need a real scoring "
-          "model (score ppl --model, score preselect) that does not train in CPU minutes here")  # fmt: skip
+          "model (score ppl --model, score preselect) that does not train in CPU minutes "
+          "here")  # fmt: skip
     rng = random.Random(3)
     pool, held = split_held_out(docs, args.held // 4, rng)
     pool = cap(pool, args.pool, rng)
@@ -242,16 +241,17 @@ def filter_(args, docs: list[dict], work: Path) -> dict:
                     work / "gopher", quiet=True, overwrite=True)  # fmt: skip
     print(f"filter: pool {len(pool):,} documents; Gopher rules keep {m['kept']:,}")
     arms = {"gopher": str(work / "gopher"),
-            "random-same-size": write(rng.sample(pool, m["kept"]), work / "random.parquet")}  # fmt: skip
+            "random-same-size": write(rng.sample(pool, m["kept"]),
+                                      work / "random.parquet")}  # fmt: skip
     res = judge(args, work, arms, heldout_all(held, work), random_pool=pool_path)
     return table("filter: Gopher rules (held-out documents of every domain)", res, "random")
 
 
 def pick(args, docs: list[dict], work: Path) -> dict:
-    from tests.lm_fixtures import make_tiny_lm
-
-    print("pick: SMOKE-LEVEL measure: base and target model are a tiny random GPT-2 built from "
-          "a config (no real instruction model offline)")  # fmt: skip
+    if args.base is None:
+        print("pick: SMOKE-LEVEL measure: base and target model are a tiny random GPT-2 built "
+              "from a config (no real instruction model offline; give one with "
+              "--base)")  # fmt: skip
     rows = [json.loads(line) for line in open(args.data / "self-instruct-8way.jsonl")]
     rng = random.Random(4)
     rng.shuffle(rows)
@@ -261,8 +261,12 @@ def pick(args, docs: list[dict], work: Path) -> dict:
     def prompt(r: dict) -> str:
         return r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
 
-    model = make_tiny_lm(work / "model", corpus=[prompt(r) for r in train] + [
-        c["text"] for r in train for c in r["responses"]])  # fmt: skip
+    model = args.base
+    if model is None:
+        from tests.lm_fixtures import make_tiny_lm
+
+        model = make_tiny_lm(work / "model", corpus=[prompt(r) for r in train] + [
+            c["text"] for r in train for c in r["responses"]])  # fmt: skip
     cands = write([{"id": r["id"], "instruction": prompt(r), "responses": r["responses"]}
                    for r in train], work / "candidates.parquet")  # fmt: skip
     datasel.run(Pick(model=str(model)), cands, work / "pick", quiet=True, overwrite=True)
@@ -280,8 +284,9 @@ def pick(args, docs: list[dict], work: Path) -> dict:
         )  # fmt: skip
     evals = {"heldout": write([{"instruction": prompt(r), "response": r["target"]} for r in held],
                               work / "heldout.parquet")}  # fmt: skip
-    res = judge(args, work, arms, evals, finetune=str(model))
-    out = table("pick (fine-tuning; held-out reference bits per byte) [smoke-level]", res,
+    res = judge(args, work, arms, evals, finetune=str(model), tokens=args.pick_tokens)
+    smoke = " [smoke-level]" if args.base is None else ""
+    out = table(f"pick (fine-tuning; held-out reference bits per byte){smoke}", res,
                 "random-pick")  # fmt: skip
     best = min((a for a in arms if a.startswith("only-")), key=lambda a: out["arms"][a]["mean"])
     out["best_single_source"] = best
@@ -301,6 +306,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--eval-tokens", type=int, default=50_000)
     ap.add_argument("--checkpoints", type=int, default=2)
+    ap.add_argument("--pick-tokens", type=int, default=300_000,
+                    help="pick: fine-tuning tokens per arm (~4 epochs of an arm)")  # fmt: skip
+    ap.add_argument("--base", default=None, help="pick: a local HF model folder as the pick "
+                    "target and fine-tuning base (default: a tiny random GPT-2)")  # fmt: skip
     ap.add_argument("--domain", default="python_docs", help="shift: the target domain")
     ap.add_argument("--share", type=float, default=0.03, help="shift: the domain's pool share")
     ap.add_argument("--held", type=int, default=300, help="held-out eval documents (shift); "
