@@ -77,8 +77,14 @@ MIXTURE = [  # the diversify section's 7 domains
 
 
 def write(rows: list[dict], path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
+    """Write `rows` as Parquet, leaving an identical file untouched: its mtime is part of the
+    fingerprints by which datasel.run and datasel.evaluate reuse finished work on a rerun."""
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    data = buf.getvalue().to_pybytes()
+    if not path.is_file() or path.read_bytes() != data:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
     return str(path)
 
 
@@ -262,7 +268,9 @@ def pick(args, docs: list[dict], work: Path) -> dict:
         return r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
 
     model = args.base
-    if model is None:
+    if model is None and (work / "model" / "config.json").is_file():
+        model = work / "model"  # built by an earlier run: reused, so finished runs are too
+    elif model is None:
         from tests.lm_fixtures import make_tiny_lm
 
         model = make_tiny_lm(work / "model", corpus=[prompt(r) for r in train] + [
