@@ -8,9 +8,9 @@ r"""What each stage buys: held-out loss of the same proxy LM trained on each sta
 
 Every arm is judged by `datasel.evaluate` (no training loop here): the same model (`--model`,
 default `tiny`), tokenizer, token budget (`--tokens`), data order and seeds (`--seeds`, >= 2), on
-../shared/data (`--data`). Per section, a table of held-out bits per byte (mean +- sd over seeds), the
-difference to the section's reference arm, and whether it exceeds the spread (larger than the
-sum of the two arms' sds, as `datasel eval` calls it). `--out` gets every figure as JSON.
+../shared/data (`--data`). Per section, a table of held-out bits per byte (mean +- sd over
+seeds), the difference to the section's reference arm, and whether it exceeds the spread
+(larger than the sum of the two arms' sds, as `datasel eval` calls it). `--out` gets every figure as JSON.
 
 Sections (`--only shift,dedup,diversify,filter,pick`):
   shift      pool of whole dev-corpus documents with the target domain at `--share` (3%); target
@@ -158,6 +158,10 @@ def table(title: str, result: dict, reference: str, how=statistics.fmean, label=
 def shift(args, docs: list[dict], work: Path) -> dict:
     rng = random.Random(0)
     ours = [d for d in docs if d["domain"] == args.domain]
+    if len(ours) < 300 + args.held + 30:
+        sys.exit(f"shift: {args.domain} has {len(ours):,} documents; 300 target + "
+                 f"{args.held} held-out + some for the pool are needed (try --held or "
+                 "another --domain)")  # fmt: skip
     other = cap([d for d in docs if d["domain"] != args.domain], args.pool, rng)
     rng.shuffle(ours)
     target, heldout, rest = ours[:300], ours[300 : 300 + args.held], ours[300 + args.held :]
@@ -168,6 +172,7 @@ def shift(args, docs: list[dict], work: Path) -> dict:
     target_path = write([{"text": d["text"]} for d in target], work / "target.parquet")
     print(f"shift: pool {len(pool):,} documents, {k:,} ({k / len(pool):.1%}) {args.domain}; "
           f"target 300, eval {len(heldout)} held-out {args.domain} documents")  # fmt: skip
+    info = {"pool": len(pool), "domain_in_pool": k, "target": 300, "eval_docs": len(heldout)}
     arms = {
         "perfect": write([d for d in pool if d["domain"] == args.domain], work / "perfect.parquet"),
         "random-same-size": write(rng.sample(pool, k), work / "random.parquet"),
@@ -178,7 +183,8 @@ def shift(args, docs: list[dict], work: Path) -> dict:
     ):
         datasel.run(stage, pool_path, work / name, quiet=True, overwrite=True)
         got = pq.read_table(work / name, columns=["domain"]).column("domain").to_pylist()
-        print(f"  {name}: {len(got):,} selected, precision {got.count(args.domain) / len(got):.3f}")
+        info[f"{name}_precision"] = round(got.count(args.domain) / len(got), 4)
+        print(f"  {name}: {len(got):,} selected, precision {info[f'{name}_precision']:.3f}")
         arms[name] = str(work / name)
     evals = {args.domain: write(heldout, work / "heldout.parquet")}
     res = judge(args, work, arms, evals, random_pool=pool_path)
@@ -193,7 +199,7 @@ def shift(args, docs: list[dict], work: Path) -> dict:
         }
         print(f"  {a}: {vs_perfect:+.1%} vs perfect (bar <= +2%), "
               f"{vs_random:.1%} below random (bar >= 8%)")  # fmt: skip
-    return out
+    return out | {"info": info}
 
 
 def heldout_all(held: dict[str, list[dict]], work: Path) -> dict[str, str]:
@@ -213,7 +219,9 @@ def dedup(args, docs: list[dict], work: Path) -> dict:
           f"duplicates); dedup removed {m['removed_total']:,}")  # fmt: skip
     res = judge(args, work, {"duplicated": pool_path, "dedup": str(work / "dedup")},
                 heldout_all(held, work))  # fmt: skip
-    return table("dedup (held-out documents of every domain)", res, "duplicated")
+    out = table("dedup (held-out documents of every domain)", res, "duplicated")
+    return out | {"info": {"pool": len(rows), "injected": len(rows) - len(pool),
+                           "removed": m["removed_total"]}}  # fmt: skip
 
 
 def diversify(args, docs: list[dict], work: Path) -> dict:
@@ -231,6 +239,7 @@ def diversify(args, docs: list[dict], work: Path) -> dict:
     return {
         "mean": table("diversify", res, "random", statistics.fmean, "mean of the 7 domains"),
         "worst": table("diversify", res, "random", max, "worst of the 7 domains"),
+        "info": {"pool": len(pool), "selected": size, "domains": MIXTURE},
     }
 
 
@@ -250,7 +259,9 @@ def filter_(args, docs: list[dict], work: Path) -> dict:
             "random-same-size": write(rng.sample(pool, m["kept"]),
                                       work / "random.parquet")}  # fmt: skip
     res = judge(args, work, arms, heldout_all(held, work), random_pool=pool_path)
-    return table("filter: Gopher rules (held-out documents of every domain)", res, "random")
+    out = table("filter: Gopher rules (held-out documents of every domain)", res, "random")
+    return out | {"info": {"pool": len(pool), "gopher_kept": m["kept"],
+                           "not_run": ["perplexity filter", "PreSelect"]}}  # fmt: skip
 
 
 def pick(args, docs: list[dict], work: Path) -> dict:
@@ -298,6 +309,8 @@ def pick(args, docs: list[dict], work: Path) -> dict:
                 "random-pick")  # fmt: skip
     best = min((a for a in arms if a.startswith("only-")), key=lambda a: out["arms"][a]["mean"])
     out["best_single_source"] = best
+    out["info"] = {"train_instructions": len(train), "heldout_instructions": len(held),
+                   "base": str(model), "smoke_level": args.base is None}  # fmt: skip
     print(f"  best single source: {best} ({out['arms'][best]['mean']:.4f}); note that picking it "
           "uses the held-out set, so it is an optimistic ceiling")  # fmt: skip
     return out
