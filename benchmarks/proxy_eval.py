@@ -10,7 +10,7 @@ Every arm is judged by `datasel.evaluate` (no training loop here): the same mode
 default `tiny`), tokenizer, token budget (`--tokens`), data order and seeds (`--seeds`, >= 2), on
 ../shared/data (`--data`). Per section, a table of held-out bits per byte (mean +- sd over
 seeds), the difference to the section's reference arm, and whether it exceeds the spread
-(larger than the sum of the two arms' sds, as `datasel eval` calls it). `--out` gets every figure as JSON.
+(larger than the sum of the two arms' sds, as `datasel eval` calls it). `--out`: all as JSON.
 
 Sections (`--only shift,dedup,diversify,filter,pick`):
   shift      pool of whole dev-corpus documents with the target domain at `--share` (3%); target
