@@ -84,11 +84,16 @@ def test_quotas_per_cluster(embedded, tmp_path, quota):
         assert want[want < sizes].max() - want[want < sizes].min() <= 1
 
 
-def test_levels_2_balances_groups_exactly(embedded, tmp_path):
-    run(Diversify(k=K, size=300, max_similarity=1.0), embedded / "emb", tmp_path / "o")
+@pytest.mark.parametrize("quota", ["equal", "sqrt"])
+def test_levels_2_quotas_over_groups_exactly(embedded, tmp_path, quota):
+    run(Diversify(k=K, size=300, quota=quota, max_similarity=1.0), embedded / "emb", tmp_path / "o")
     g = json.loads((tmp_path / "o" / "_manifest.json").read_text())["stats"]["groups"]
     assert g["count"] >= 2
-    assert g["picked"] == allocate(np.array(g["size"]), 300).tolist()
+    size = np.array(g["size"])
+    want = allocate(size, 300, None if quota == "equal" else np.sqrt(size))
+    assert g["picked"] == want.tolist()
+    if quota == "sqrt":  # between equal and proportional: large groups get more, not all
+        assert want[0] > want[-1] and want[0] / want[-1] < size[0] / size[-1]
 
 
 def test_seed_determinism_and_cached_map(embedded, tmp_path, monkeypatch):
@@ -108,7 +113,13 @@ def test_seed_determinism_and_cached_map(embedded, tmp_path, monkeypatch):
 
 def test_weight_by_samples_by_score(embedded, tmp_path):
     stage = Diversify(
-        k=K, size=300, levels=1, weight_by="score", temperature=1e-4, max_similarity=1.0
+        k=K,
+        size=300,
+        levels=1,
+        quota="equal",
+        weight_by="score",
+        temperature=1e-4,
+        max_similarity=1.0,
     )
     run(stage, embedded / "scored.parquet", tmp_path / "o")
     kept, removed = output(tmp_path / "o")
@@ -146,7 +157,13 @@ def test_near_duplicates_are_not_picked_twice(tmp_path):
 def test_kids_feedback_shifts_the_next_round(embedded, tmp_path):
     t = 0.5
     stage = Diversify(
-        k=K, size=400, levels=1, feedback="fb", feedback_temperature=t, max_similarity=1.0
+        k=K,
+        size=400,
+        levels=1,
+        quota="equal",
+        feedback="fb",
+        feedback_temperature=t,
+        max_similarity=1.0,
     )
     run(stage, embedded / "scored.parquet", tmp_path / "o")
     kept, removed = output(tmp_path / "o")
@@ -195,6 +212,7 @@ def test_kids_rounds_inside_one_selection(embedded, tmp_path):
         k=K,
         size=301,
         levels=1,
+        quota="equal",
         feedback="fb",
         rounds=2,
         feedback_temperature=0.5,
@@ -224,7 +242,7 @@ def test_kids_rounds_inside_one_selection(embedded, tmp_path):
         (["--size", "10", "--feedback", "fb"], "--feedback needs a previous selection"),
         (["--size", "10", "--model", "column", "--embedding-column", "vec"], "no column 'vec'"),
         (["--size", "10", "--fraction", "0.1"], "exactly one of --size and --fraction"),
-        (["--size", "10", "--levels", "2", "--quota", "proportional"], "use --levels 1"),
+        (["--size", "10", "--cluster-quota", "flat"], "cluster_quota must be equal, sqrt or"),
         (["--size", "10", "--rounds", "3"], "rounds > 1 needs --feedback"),
         (["--size", "5000"], "cannot select 5000 rows: only 2250"),
     ],
