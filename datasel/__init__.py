@@ -9,6 +9,7 @@ SAMPLE = Path(__file__).parent / "data" / "sample.parquet"
 
 from datasel.engine import RunOptions, apply, run  # noqa: E402
 from datasel.errors import DataselError  # noqa: E402
+from datasel.eval import evaluate  # noqa: E402
 from datasel.pipeline import Pipeline  # noqa: E402
 from datasel.stages import STAGES  # noqa: E402
 from datasel.stages.dedup import Dedup  # noqa: E402
@@ -23,6 +24,7 @@ __all__ = [
     "Pipeline",
     "RunOptions",
     "apply",
+    "evaluate",
     "run",
     "__version__",
 ]

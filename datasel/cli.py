@@ -14,6 +14,7 @@ import typer
 
 from datasel.engine import RunOptions
 from datasel.errors import DataselError
+from datasel.eval.command import eval_command
 from datasel.stage import STAGES, Stage
 
 app = typer.Typer(
@@ -388,6 +389,9 @@ def inspect_cmd(
         show(path, rows, columns)
     except DataselError as e:
         raise fail(str(e)) from None
+
+
+app.command("eval")(eval_command)
 
 
 def main() -> None:

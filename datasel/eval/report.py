@@ -1,0 +1,247 @@
+"""The eval's results: eval.json's summary, a terminal table and report.html.
+
+The spread of a figure is the standard deviation over seeds (sample, n-1). A difference between
+two arms "exceeds the spread" when it is larger than the sum of their two spreads (their
+mean +- spread intervals do not overlap); with one seed no difference is called.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import statistics
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+METRICS = {"bpb": "bits per byte", "loss": "nats per token"}
+
+
+class Bar:
+    """Training steps of all runs still to do, with an ETA; only on a terminal."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.bar = None
+        if not quiet and sys.stderr.isatty() and total:
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("steps, ETA"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self.task = self.bar.add_task("eval", total=total)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def describe(self, what: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, description=what)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+def summarize(*, runs: list[dict], arms: dict, sets: dict, settings: dict) -> dict:
+    """eval.json: settings, arms, eval sets, every run's curve, the final-checkpoint mean and
+    spread per arm and eval set, and each arm against the reference arm (`random` when there
+    is one, else the first arm)."""
+    summary: dict[str, dict] = {}
+    for arm in arms:
+        mine = [r for r in runs if r["arm"] == arm]
+        summary[arm] = {
+            s: {m: _stats([r["curve"][-1]["eval"][s][m] for r in mine]) for m in METRICS}
+            for s in sets
+        }
+    ref = "random" if "random" in arms else next(iter(arms))
+    compare = {
+        arm: {s: _difference(summary[arm][s]["bpb"], summary[ref][s]["bpb"]) for s in sets}
+        for arm in arms
+        if arm != ref
+    }
+    return {
+        "settings": settings,
+        "arms": arms,
+        "eval_sets": sets,
+        "metrics": METRICS,
+        "spread": "standard deviation over seeds (n-1); a difference exceeds the spread when "
+        "it is larger than the sum of the two arms' spreads",
+        "summary": summary,
+        "reference": ref,
+        "vs_reference": compare,
+        "runs": [{k: v for k, v in r.items() if k != "key"} for r in runs],
+    }
+
+
+def _stats(values: list[float]) -> dict:
+    spread = statistics.stdev(values) if len(values) > 1 else None
+    return {
+        "mean": round(statistics.fmean(values), 6),
+        "spread": None if spread is None else round(spread, 6),
+        "values": values,
+    }
+
+
+def _difference(a: dict, ref: dict) -> dict:
+    diff = a["mean"] - ref["mean"]
+    if a["spread"] is None or ref["spread"] is None:
+        return {"difference": round(diff, 6), "exceeds_spread": None}
+    return {
+        "difference": round(diff, 6),
+        "exceeds_spread": abs(diff) > a["spread"] + ref["spread"],
+    }
+
+
+def _cell(stats: dict, digits: int = 4) -> str:
+    spread = "" if stats["spread"] is None else f" ±{stats['spread']:.{digits}f}"
+    return f"{stats['mean']:.{digits}f}{spread}"
+
+
+def _delta(d: dict | None) -> str:
+    if d is None:
+        return "(reference)"
+    mark = {True: " *", False: "", None: " ?"}[d["exceeds_spread"]]
+    return f"{d['difference']:+.4f}{mark}"
+
+
+def table(result: dict) -> Table:
+    seeds = result["settings"]["seeds"]
+    t = Table(
+        title=f"held-out bits per byte (nats per token), mean ±spread over {seeds} seed(s)",
+        title_justify="left",
+    )
+    t.add_column("arm")
+    for s in result["eval_sets"]:
+        t.add_column(s, justify="right")
+        t.add_column(f"vs {result['reference']}", justify="right")
+    for arm, per_set in result["summary"].items():
+        row = [arm]
+        for s, st in per_set.items():
+            row.append(f"{_cell(st['bpb'])} ({_cell(st['loss'], 3)})")
+            row.append(_delta(result["vs_reference"].get(arm, {}).get(s)))
+        t.add_row(*row)
+    t.caption = (
+        "* the difference exceeds the seeds' spread (sum of the two standard deviations); "
+        + ("? one seed: no spread to compare with" if seeds < 2 else "lower is better")
+    )
+    return t
+
+
+def print_table(result: dict) -> None:
+    Console().print(table(result))
+
+
+# ---------------------------------------------------------------- report.html
+
+
+def write_html(result: dict, path: Path) -> Path | None:
+    """report.html with a results table, learning curves and a bar chart with error bars;
+    without matplotlib (the `report` extra) the page says so and keeps the table."""
+    from datasel.report import _CSS, _PAGE, _plotter, _png
+
+    fig = _plotter()
+    body = [f"<header><h1>datasel eval</h1><p class='path'>{html.escape(str(path.parent))}</p>"]
+    body.append(f"<p class='lead'>{html.escape(_settings_line(result))}</p></header>")
+    body.append(f"<section><h2>Final checkpoint</h2>{_html_table(result)}</section>")
+    if fig is None:
+        body.append(
+            '<p class="note">Plots need matplotlib: <code>pip install "datasel[report]"</code>.</p>'
+        )
+    else:
+        for metric, label in METRICS.items():
+            body.append(f"<section><h2>{label}</h2>")
+            body.append(_img(_png(_bars(fig, result, metric, label)), "mean ± spread over seeds"))
+            body.append(_img(_png(_curves(fig, result, metric, label)), "mean over seeds; band: min to max"))  # fmt: skip
+            body.append("</section>")
+    page = _PAGE.format(title="datasel eval", css=_CSS, body="\n".join(body))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _settings_line(result: dict) -> str:
+    st = result["settings"]
+    return (
+        f"model {st['model']['name']} ({result['runs'][0]['parameters']:,} parameters), "
+        f"{st['tokens']:,} training tokens per arm, {st['seeds']} seed(s), "
+        f"device {st['recipe']['device']}; reference arm: {result['reference']}"
+    )
+
+
+def _img(png: str, caption: str) -> str:
+    return (
+        f'<figure><img src="data:image/png;base64,{png}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def _html_table(result: dict) -> str:
+    t = table(result)
+    head = "".join(f"<th>{html.escape(str(c.header))}</th>" for c in t.columns)
+    rows = []
+    for i in range(t.row_count):
+        cells = "".join(f"<td class='num'>{html.escape(str(c._cells[i]))}</td>" for c in t.columns)
+        rows.append(f"<tr>{cells}</tr>")
+    return (
+        f"<p>{html.escape(str(t.title))}</p><table><thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table><p class='muted'>{html.escape(str(t.caption))}</p>"
+    )
+
+
+def _bars(figure, result: dict, metric: str, label: str):
+    import numpy as np
+
+    arms, sets = list(result["summary"]), list(result["eval_sets"])
+    fig = figure(3.2)
+    ax = fig.add_subplot()
+    width = 0.8 / len(arms)
+    for k, arm in enumerate(arms):
+        st = [result["summary"][arm][s][metric] for s in sets]
+        x = np.arange(len(sets)) + (k - (len(arms) - 1) / 2) * width
+        err = [v["spread"] or 0.0 for v in st]
+        ax.bar(x, [v["mean"] for v in st], width, yerr=err, capsize=3, label=arm)
+    lows = [v for a in arms for s in sets for v in result["summary"][a][s][metric]["values"]]
+    highs = lows
+    pad = (max(highs) - min(lows)) * 0.5 or 0.05
+    ax.set_ylim(min(lows) - pad, max(highs) + pad)
+    ax.set_xticks(range(len(sets)), sets)
+    ax.set_ylabel(label)
+    ax.set_title(
+        f"held-out {label} at the last checkpoint (lower is better)", fontsize=10, loc="left"
+    )
+    ax.legend(fontsize=8, frameon=False, ncols=min(4, len(arms)))
+    return fig
+
+
+def _curves(figure, result: dict, metric: str, label: str):
+    import numpy as np
+
+    sets = list(result["eval_sets"])
+    fig = figure(3.0)
+    axes = fig.subplots(1, len(sets), squeeze=False)[0]
+    for ax, s in zip(axes, sets, strict=True):
+        for arm in result["summary"]:
+            runs = [r for r in result["runs"] if r["arm"] == arm]
+            x = [c["tokens"] for c in runs[0]["curve"]]
+            y = np.array([[c["eval"][s][metric] for c in r["curve"]] for r in runs])
+            (line,) = ax.plot(x, y.mean(0), marker="o", markersize=3, label=arm)
+            ax.fill_between(x, y.min(0), y.max(0), color=line.get_color(), alpha=0.2)
+        ax.set_title(s, fontsize=10, loc="left")
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=8, frameon=False)
+    return fig

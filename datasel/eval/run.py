@@ -1,0 +1,312 @@
+"""`datasel eval`: train the same proxy model on each selection (arm), compare held-out loss.
+
+Layout of the output folder:
+    tokenizer/              the one tokenizer of every arm (trained once; reused on resume)
+    runs/ARM.seedS.json     one finished (arm, seed): its learning curve, written atomically
+    eval.json               every run plus the mean and spread per arm and eval set
+    report.html             learning curves and a bar chart with error bars
+
+A run file is reused only when its settings fingerprint (model, recipe, token budget, tokenizer,
+the arm's and eval sets' input files) matches, so a killed eval resumes with the unfinished
+(arm, seed) pairs and a changed setting reruns what it changes.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from datasel.errors import DataselError
+from datasel.eval import data, metrics, model, report, tokenizer, train
+from datasel.io import digest, find_files, fingerprint, write_json
+
+BASELINES = ("random",)
+
+
+def _require_extra() -> None:
+    try:
+        import tokenizers  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise DataselError(
+            f"datasel eval needs torch, transformers and tokenizers ({e.name} is missing): "
+            "pip install 'datasel[lm]'"
+        ) from None
+
+
+def evaluate(
+    out: str | Path,
+    train_sets: dict[str, str],
+    eval_sets: dict[str, str],
+    *,
+    model_name: str = "tiny",
+    tokens: int = 1_000_000,
+    seeds: int = 2,
+    baseline: dict[str, str] | None = None,
+    tokenizer_path: str | None = None,
+    finetune: str | None = None,
+    text_column: str = "text",
+    prompt_column: str = "instruction",
+    response_column: str = "response",
+    eval_tokens: int = 50_000,
+    checkpoints: int = 4,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    quiet: bool = False,
+) -> dict:
+    """Train the same small causal LM on each arm and score held-out loss on each eval set.
+
+    Parameters
+    ----------
+    out
+        Folder for eval.json, report.html, the tokenizer and per-run results (resumable).
+    train_sets
+        Arm name -> dataset (file, folder or glob, any format datasel reads).
+    eval_sets
+        Eval set name -> dataset of held-out documents (or instruction/reference pairs).
+    model_name
+        Preset (``tiny`` ~1M parameters, ``small`` ~9M, ``base`` ~124M), a JSON config file or
+        a local HF model folder (its config; trained from scratch).
+    tokens
+        Training tokens per arm (an arm with fewer is repeated; its epochs are recorded).
+    seeds
+        Runs per arm (seeds 0..N-1): every figure is a mean with its spread.
+    baseline
+        ``{"random": POOL}``: adds an arm of random POOL documents matched in tokens to the
+        arms (their median size), drawn anew for each seed.
+    tokenizer_path
+        A local HF tokenizer folder; default: byte-level BPE trained on a sample of all arms.
+    finetune
+        A local HF model folder: fine-tune it on each arm's prompt/response pairs, loss on the
+        response only; eval sets are instruction/reference pairs.
+    eval_tokens
+        Tokens scored per eval set (documents sampled once, the same for every run).
+    checkpoints
+        Evaluations per run, evenly spaced (learning curves); the last is the final model.
+
+    Returns
+    -------
+    dict
+        The content of eval.json.
+
+    Examples
+    --------
+    >>> datasel.evaluate("out/eval", {"dsir": "sel/dsir", "all": "pool/"},
+    ...                  {"target": "heldout.jsonl"}, baseline={"random": "pool/"})  # doctest: +SKIP
+    """
+    _require_extra()
+    out = Path(out)
+    baseline = dict(baseline or {})
+    _check_names(train_sets, eval_sets, baseline)
+    for name, value in (("tokens", tokens), ("seeds", seeds), ("checkpoints", checkpoints)):
+        if value < 1:
+            raise DataselError(f"--{name} must be at least 1, got {value}")
+    spec = model.resolve_model(finetune or model_name, finetune=finetune is not None)
+    spec = replace(spec, lr=lr or spec.lr, batch_size=batch_size or spec.batch_size)
+    if eval_tokens < spec.context:
+        raise DataselError(f"--eval-tokens {eval_tokens} is below one context ({spec.context})")
+    blocks = tokens // spec.context // spec.batch_size * spec.batch_size
+    if blocks == 0:
+        raise DataselError(
+            f"--tokens {tokens:,} is less than one step ({spec.batch_size} x {spec.context} tokens)"
+        )
+    device = _device(device)
+    say = (lambda *_: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    pairs = finetune is not None
+    read = {
+        "text_column": response_column if pairs else text_column,
+        "prompt_column": prompt_column if pairs else None,
+    }
+    arms = {name: data.read_docs(name, path, **read) for name, path in train_sets.items()}
+    pools = {name: data.read_docs(name, path, **read) for name, path in baseline.items()}
+    held = {name: data.read_docs(name, path, **read) for name, path in eval_sets.items()}
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _tokenizer(out, spec, arms | pools, tokenizer_path, finetune)
+    if pairs:
+        from datasel.eval.sft import format_prompts
+
+        for docs in [*arms.values(), *pools.values(), *held.values()]:
+            docs.prompts = format_prompts(tok, docs.prompts)
+    sets = [metrics.prepare(d, tok, max_tokens=eval_tokens, context=spec.context) for d in held.values()]  # fmt: skip
+    sizes = {name: d.count_tokens(tok) for name, d in arms.items()} if pools else {}
+    target = int(statistics.median(sizes.values())) if pools else None
+
+    recipe = train.Recipe(
+        lr=spec.lr, batch_size=spec.batch_size, checkpoints=checkpoints, device=device
+    )
+    common = {
+        "model": asdict(spec),
+        "tokens": blocks * spec.context,
+        "recipe": asdict(recipe) | {"device": device.split(":")[0]},
+        "tokenizer": digest(tok.backend_tokenizer.to_str()),
+        "eval": {s.name: [s.info(), _files(s.path)] for s in sets},
+        "format": read,
+    }
+    todo, done = [], {}
+    every = [*arms, *pools]
+    for seed in range(seeds):
+        for name in every:
+            what = {
+                "arm": name,
+                "seed": seed,
+                "input": _files(train_sets.get(name) or baseline[name]),
+            }
+            if name in pools:
+                what["match_tokens"] = target
+            key = digest(common | what)
+            path = out / "runs" / f"{name}.seed{seed}.json"
+            prev = _load(path)
+            if prev is not None and prev.get("key") == key:
+                done[(name, seed)] = prev
+            else:
+                todo.append((name, seed, key, path))
+
+    steps = blocks // spec.batch_size
+    say(
+        f"eval: {len(every)} arm(s) x {seeds} seed(s), {len(todo)} run(s) to train "
+        f"({len(done)} done); model {spec.name}, {blocks * spec.context:,} tokens per run "
+        f"({steps} steps of {spec.batch_size} x {spec.context}), device {device}"
+    )
+    if todo:
+        per_step = _time_step(spec, tok, recipe)
+        eval_cost = sum(s.tokens for s in sets) * len(train.checkpoint_steps(steps, checkpoints))
+        per_run = steps * per_step + eval_cost / (spec.batch_size * spec.context) * per_step / 3
+        say(f"estimated time: {_clock(per_run * len(todo))} ({per_step:.2f} s per step)")
+
+    started = time.perf_counter()
+    with report.Bar(sum(1 for _ in todo) * steps, quiet) as bar:
+        for k, (name, seed, key, path) in enumerate(todo):
+            bar.describe(f"{name} seed {seed}")
+            docs = arms.get(name) or pools[name]
+            subset = None
+            if name in pools:
+                subset = data.take_tokens(docs, tok, target, np.random.default_rng([seed, 1]))
+            x, mask, epochs = data.training_blocks(
+                docs, tok, blocks=blocks, context=spec.context, seed=seed, subset=subset
+            )
+            net = model.build_model(spec, tok, seed)
+            t0 = time.perf_counter()
+            curve = train.train(
+                net,
+                x,
+                mask,
+                recipe,
+                evaluate=lambda net=net: metrics.score(
+                    net, tok, sets, context=spec.context, device=device
+                ),
+                on_step=bar.advance,
+            )
+            result = {
+                "key": key,
+                "arm": name,
+                "seed": seed,
+                "device": device,
+                "parameters": model.count_parameters(net),
+                "docs": len(docs) if subset is None else len(subset),
+                "epochs": round(epochs, 4),
+                "seconds": round(time.perf_counter() - t0, 2),
+                "curve": curve,
+            }
+            write_json(result, path)
+            done[(name, seed)] = result
+            left = (time.perf_counter() - started) / (k + 1) * (len(todo) - k - 1)
+            final = ", ".join(f"{s}={v['bpb']:.4f}" for s, v in curve[-1]["eval"].items())
+            say(
+                f"[{k + 1}/{len(todo)}] {name} seed {seed}: {result['seconds']:.0f} s, "
+                f"{epochs:.2f} epoch(s), bits per byte {final}; left ~{_clock(left)}"
+            )
+
+    result = report.summarize(
+        runs=[done[(n, s)] for s in range(seeds) for n in every],
+        arms={
+            n: {"path": train_sets.get(n) or baseline[n], "docs": len((arms | pools)[n]),
+                "skipped_empty": (arms | pools)[n].empty, "tokens": sizes.get(n)}
+            for n in every
+        },
+        sets={s.name: s.info() for s in sets},
+        settings=common | {"seeds": seeds, "baseline": baseline, "match_tokens": target},
+    )  # fmt: skip
+    write_json(result, out / "eval.json")
+    page = report.write_html(result, out / "report.html")
+    if not quiet:
+        report.print_table(result)
+        say(f"eval.json: {out / 'eval.json'}" + (f"; report: {page}" if page else ""))
+    return result
+
+
+def _check_names(train_sets: dict, eval_sets: dict, baseline: dict) -> None:
+    if not train_sets:
+        raise DataselError("give at least one arm to train: --train NAME=PATH")
+    if not eval_sets:
+        raise DataselError("give at least one held-out set: --eval NAME=PATH")
+    for kind in baseline:
+        if kind not in BASELINES:
+            raise DataselError(f"--baseline {kind}: unknown kind (use {', '.join(BASELINES)}=POOL)")
+        if kind in train_sets:
+            raise DataselError(f"--train {kind}=...: the name is taken by --baseline {kind}")
+    for name in [*train_sets, *eval_sets]:
+        if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise DataselError(f"name {name!r}: use letters, digits, '-', '_' or '.'")
+
+
+def _files(path: str) -> list[dict]:
+    return fingerprint(find_files(path)[0])
+
+
+def _load(path: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DataselError(f"--device {device}: no CUDA device here")
+    return device
+
+
+def _tokenizer(out: Path, spec, arms: dict, given: str | None, finetune: str | None):
+    if finetune is not None:
+        from transformers import AutoTokenizer
+
+        return tokenizer._checked(AutoTokenizer.from_pretrained(finetune), finetune)
+    texts = {name: d.texts for name, d in arms.items()}
+    return tokenizer.load_or_train(
+        out / "tokenizer", texts, vocab_size=spec.vocab_size, given=given
+    )
+
+
+def _time_step(spec, tok, recipe) -> float:
+    """Seconds per training step, measured on two steps of random tokens after a warm-up one."""
+    net = model.build_model(spec, tok, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, len(tok), size=(3 * spec.batch_size, spec.context), dtype=np.int64)
+    times = []
+    probe = replace(recipe, checkpoints=1)
+    train.train(net, x, None, probe, evaluate=dict, on_step=lambda: times.append(time.perf_counter()))  # fmt: skip
+    return (times[-1] - times[0]) / 2
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds // 60 % 60:02d} min"

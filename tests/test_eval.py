@@ -1,0 +1,225 @@
+"""`datasel eval`: same numbers for the same seed, resume after a kill, packing, the random
+baseline matched in tokens, fine-tuning masks, and bad input as one line each. Tiny runs:
+4 steps of 4 x 256 tokens."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import datasel
+from datasel.cli import app
+from datasel.errors import DataselError
+from datasel.eval import data, run, train
+from tests.conftest import write_jsonl
+from tests.lm_fixtures import make_tiny_lm, tiny_corpus
+
+pytest.importorskip("torch")
+pytest.importorskip("tokenizers")
+runner = CliRunner()
+FAST = {"tokens": 4096, "batch_size": 4, "eval_tokens": 512, "checkpoints": 2, "quiet": True}
+
+
+@pytest.fixture
+def no_probe(monkeypatch):
+    """Skip the timing probe (two training steps before the runs, for the estimate)."""
+    monkeypatch.setattr(run, "_time_step", lambda *a: 0.1)
+
+
+def rows(texts):
+    return [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)]
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sets")
+    shouted = [t.upper() + " " + t.upper() for t in tiny_corpus(300, seed=2)]
+    return {
+        "plain": str(write_jsonl(d / "plain.jsonl", rows(tiny_corpus(300, seed=1)))),
+        "shout": str(write_jsonl(d / "shout.jsonl", rows(shouted))),
+        "pool": str(write_jsonl(d / "pool.jsonl", rows(tiny_corpus(600, seed=3) + shouted))),
+        "heldout": str(write_jsonl(d / "heldout.jsonl", rows(tiny_corpus(200, seed=9)))),
+    }
+
+
+def curves(result):
+    """Every run's numbers, without its timings."""
+    return [
+        (r["arm"], r["seed"], [(c["train_loss"], c["eval"]) for c in r["curve"]])
+        for r in result["runs"]
+    ]
+
+
+def arms(sets):
+    return {"plain": sets["plain"], "shout": sets["shout"]}
+
+
+def test_same_seed_same_numbers_and_seeds_differ(tmp_path, sets, no_probe):
+    held = {"held": sets["heldout"]}
+    a = datasel.evaluate(tmp_path / "a", arms(sets), held, **FAST)
+    b = datasel.evaluate(tmp_path / "b", arms(sets), held, **FAST)
+    assert curves(a) == curves(b)
+    (p0, p1) = [r for r in a["runs"] if r["arm"] == "plain"]
+    assert p0["curve"][-1]["eval"] != p1["curve"][-1]["eval"]  # seed 1 is another run
+    s = a["summary"]["plain"]["held"]["bpb"]
+    assert s["mean"] == pytest.approx(np.mean(s["values"])) and s["spread"] > 0
+    # the arm trained on plain text predicts plain held-out text better than the shouted arm
+    assert (
+        a["summary"]["plain"]["held"]["bpb"]["mean"] < a["summary"]["shout"]["held"]["bpb"]["mean"]
+    )
+    saved = json.loads((tmp_path / "a" / "eval.json").read_text())
+    assert [len(r["curve"]) for r in saved["runs"]] == [2, 2, 2, 2]
+    assert (tmp_path / "a" / "report.html").read_text().count("<img") == 4
+
+
+def test_killed_eval_resumes_with_only_the_unfinished_runs(tmp_path, sets, monkeypatch, no_probe):
+    held = {"held": sets["heldout"]}
+    clean = datasel.evaluate(tmp_path / "clean", arms(sets), held, **FAST)
+    real, trained = train.train, []
+
+    def killed_after_one(net, *a, **k):
+        if trained:
+            raise KeyboardInterrupt  # as a kill during the second run
+        trained.append(1)
+        return real(net, *a, **k)
+
+    monkeypatch.setattr(train, "train", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        datasel.evaluate(tmp_path / "out", arms(sets), held, **FAST)
+    assert [p.name for p in (tmp_path / "out" / "runs").glob("*.json")] == ["plain.seed0.json"]
+
+    done = []
+    monkeypatch.setattr(train, "train", lambda net, *a, **k: done.append(1) or real(net, *a, **k))
+    resumed = datasel.evaluate(tmp_path / "out", arms(sets), held, **FAST)
+    assert len(done) == 3
+    assert curves(resumed) == curves(clean)
+    datasel.evaluate(tmp_path / "out", arms(sets), held, **FAST)
+    assert len(done) == 3  # all finished: nothing retrained
+    datasel.evaluate(tmp_path / "out", arms(sets), held, **FAST | {"checkpoints": 1})
+    assert len(done) == 7  # another setting: every run again
+
+
+def test_random_baseline_is_matched_in_tokens(tmp_path, sets, no_probe):
+    result = datasel.evaluate(
+        tmp_path / "o", {"plain": sets["plain"]}, {"held": sets["heldout"]},
+        baseline={"random": sets["pool"]}, seeds=2, **FAST,
+    )  # fmt: skip
+    target = result["settings"]["match_tokens"]
+    assert target == result["arms"]["plain"]["tokens"]
+    tok = datasel.eval.tokenizer.load_or_train(
+        tmp_path / "o" / "tokenizer", {}, vocab_size=0, given=None
+    )
+    pool = data.read_docs("random", sets["pool"], text_column="text", prompt_column=None)
+    picks = []
+    for seed in (0, 1):
+        idx = data.take_tokens(pool, tok, target, np.random.default_rng([seed, 1]))
+        sizes = [len(ids) for ids, _ in pool.tokens(tok, idx)]
+        assert sum(sizes) >= target > sum(sizes) - sizes[-1]
+        picks.append(set(idx.tolist()))
+    assert picks[0] != picks[1]  # drawn anew per seed
+    assert [r["docs"] for r in result["runs"] if r["arm"] == "random"] == [len(p) for p in picks]
+    assert result["reference"] == "random" and "plain" in result["vs_reference"]
+
+
+def test_packing_separates_documents_and_repeats_small_arms(sets):
+    tok = datasel.eval.tokenizer.train_bpe(tiny_corpus(300), 300)
+    docs = data.read_docs("plain", sets["plain"], text_column="text", prompt_column=None)
+    total = docs.count_tokens(tok)
+    blocks, mask, epochs = data.training_blocks(docs, tok, blocks=8, context=total // 4, seed=0)
+    assert mask is None and blocks.shape == (8, total // 4)
+    assert epochs == pytest.approx(2.0, abs=0.05)  # twice the arm's tokens
+    assert (blocks == tok.eos_token_id).sum() == pytest.approx(2 * len(docs), abs=3)
+    again, _, _ = data.training_blocks(docs, tok, blocks=8, context=total // 4, seed=0)
+    other, _, _ = data.training_blocks(docs, tok, blocks=8, context=total // 4, seed=1)
+    assert (again == blocks).all() and not (other == blocks).all()
+
+
+def test_finetuning_masks_prompts_and_runs(tmp_path, no_probe):
+    lm = make_tiny_lm(tmp_path / "lm", n_positions=256)
+    texts = tiny_corpus(240, seed=4)
+    pairs = [{"instruction": texts[i], "response": texts[i + 1]} for i in range(0, 240, 2)]
+    arm = write_jsonl(tmp_path / "sft.jsonl", pairs[:100])
+    held = write_jsonl(tmp_path / "held.jsonl", pairs[100:])
+    docs = data.read_docs("sft", str(arm), text_column="response", prompt_column="instruction")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(lm)
+    ((ids, mask),) = docs.tokens(tok, [0])
+    n_resp = len(tok(pairs[0]["response"], add_special_tokens=False)["input_ids"])
+    assert mask.sum() == n_resp + 1 and mask[-n_resp - 1 :].all()  # response + EOS only
+    assert ids[-1] == tok.eos_token_id
+    result = datasel.evaluate(
+        tmp_path / "o", {"sft": str(arm)}, {"held": str(held)}, finetune=str(lm), seeds=1,
+        **FAST | {"eval_tokens": 300},
+    )  # fmt: skip
+    final = result["summary"]["sft"]["held"]
+    assert 0 < final["loss"]["mean"] < 20 and final["bpb"]["spread"] is None
+
+
+def test_cli_writes_results_and_table(tmp_path, sets):
+    res = runner.invoke(
+        app,
+        ["eval", str(tmp_path / "o"), "--train", f"plain={sets['plain']}", "--train",
+         f"shout={sets['shout']}", "--eval", f"held={sets['heldout']}", "--tokens", "2048",
+         "--batch-size", "4", "--eval-tokens", "512", "--seeds", "2", "--checkpoints", "1"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "estimated time" in res.output and "vs plain" in res.output
+    assert (tmp_path / "o" / "eval.json").is_file()
+
+
+def one_line_error(tmp_path, sets, *args):
+    base = ["eval", str(tmp_path / "o"), "--tokens", "1024", "--batch-size", "4", "--quiet"]
+    res = runner.invoke(app, base + list(args))
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    return lines[0]
+
+
+def test_bad_input_one_line_each(tmp_path, sets):
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    tiny = write_jsonl(tmp_path / "tiny.jsonl", rows(["A short one."]))
+    held = f"held={sets['heldout']}"
+    msg = one_line_error(tmp_path, sets, "--train", f"e={empty}", "--eval", held)
+    assert "empty.jsonl" in msg and "no rows" in msg
+    msg = one_line_error(tmp_path, sets, "--train", f"p={sets['plain']}", "--eval", f"t={tiny}")
+    assert "tiny.jsonl" in msg and "fewer than one context window" in msg
+    msg = one_line_error(
+        tmp_path, sets, "--train", f"p={sets['plain']}", "--eval", held, "--model", "huge"
+    )
+    assert "--model huge" in msg and "tiny" in msg
+    msg = one_line_error(
+        tmp_path,
+        sets,
+        "--train",
+        f"p={sets['plain']}",
+        "--eval",
+        held,
+        "--finetune",
+        str(tmp_path / "nope"),
+    )
+    assert "nope" in msg and "does not exist" in msg
+    lm = make_tiny_lm(tmp_path / "lm")
+    msg = one_line_error(
+        tmp_path, sets, "--train", f"p={sets['plain']}", "--eval", held, "--finetune", str(lm)
+    )
+    assert "plain.jsonl" in msg and "no column 'instruction'" in msg
+    msg = one_line_error(tmp_path, sets, "--train", "p", "--eval", held)
+    assert "NAME=PATH" in msg
+
+
+def test_missing_extra_names_it(tmp_path, sets, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_tokenizers(name, *a, **k):
+        if name == "tokenizers":
+            raise ImportError("no tokenizers", name="tokenizers")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_tokenizers)
+    with pytest.raises(DataselError, match=r"pip install 'datasel\[lm\]'"):
+        run.evaluate(tmp_path / "o", {"p": sets["plain"]}, {"h": sets["heldout"]})
