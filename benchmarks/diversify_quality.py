@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--dup-threshold", type=float, default=0.5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--heldout", nargs="+", choices=sorted(CORPORA), help="held-out loss instead")
-    ap.add_argument("--tokens", type=int, default=100_000, help="--heldout: training tokens")
+    ap.add_argument("--tokens", type=int, default=150_000, help="--heldout: training tokens")
     args = ap.parse_args()
     if args.heldout:
         return heldout(args)
@@ -260,6 +260,8 @@ def heldout(args) -> None:
             model_name="tiny",
             tokens=args.tokens,
             seeds=args.seeds,
+            eval_tokens=20_000,
+            checkpoints=1,
             quiet=True,
         )
         print(f"== {name}: {table.num_rows:,} rows, {len(sizes)} domains, select {budget:,}")

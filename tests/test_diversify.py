@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 import datasel
 from datasel.cli import app, register_stages
-from datasel.ops.quotas import allocate, kids_weights
+from datasel.ops.quotas import allocate, allocate_nested, kids_weights
 from datasel.stages.diversify import Diversify
 from datasel.stages.embed import Embed
 from tests.conftest import read_dataset, read_removed, sample_rows, write_parquet
@@ -203,6 +203,21 @@ def test_kids_feedback_shifts_the_next_round(embedded, tmp_path):
     assert 0 < math.sum() < K
     in_math = np.isin(cluster, np.flatnonzero(math))
     assert (new & in_math).sum() / 400 > (before & in_math).sum() / before.sum() + 0.15
+
+
+@pytest.mark.parametrize("quota, cluster_quota", [("sqrt", "proportional"), ("equal", "equal")])
+def test_kids_weights_multiply_the_levels_2_shares(quota, cluster_quota):
+    # uniform feedback weights change nothing: kIDS allocates by the quota rule's own shares
+    sizes, groups = np.array([100, 100, 10, 90]), np.array([0, 0, 0, 1])
+    stage = Diversify(size=60, quota=quota, cluster_quota=cluster_quota)
+    q = stage._quotas(sizes, groups, 60, np.full(4, 0.25), allocate, allocate_nested)
+    p = {"equal": 0.0, "sqrt": 0.5, "proportional": 1.0}
+    want = allocate_nested(sizes, groups, 60, p[quota], p[cluster_quota])
+    assert q.tolist() == want.tolist() == ([17, 17, 2, 24] if quota == "sqrt" else [10, 10, 10, 30])
+    # a cluster with twice the feedback weight gets about twice its share
+    w = np.array([0.4, 0.2, 0.2, 0.2])
+    q2 = stage._quotas(sizes, groups, 60, w, allocate, allocate_nested)
+    assert q2[0] > q[0] and q2.sum() == 60
 
 
 def test_kids_rounds_inside_one_selection(embedded, tmp_path):
