@@ -8,12 +8,22 @@ maximum, uniform over 10 domains, is ln 10 = 2.303). It also counts duplicate pa
 selection: pairs of documents that `datasel dedup` puts in one cluster (exact or MinHash near
 duplicates at --dup-threshold), and the number expected from a random sample of the same size.
 
-Methods: kMQ (`--levels 1`: equal quotas per k-means cluster, Yu et al. 2024) and the default
-`--levels 2` (equal quotas per group of clusters, groups by spectral clustering of the clusters'
-topology graph, then equal per cluster).
+Methods: kMQ (`--levels 1 --quota equal`: equal quotas per k-means cluster, Yu et al. 2024) and
+`--levels 2 --quota equal --cluster-quota equal` (equal quotas per group of clusters, groups by
+spectral clustering of the clusters' topology graph, then equal per cluster).
 
     python benchmarks/diversify_quality.py                      # ~5 min on 2 cores
     python benchmarks/diversify_quality.py --reduce random svd --k 100 300 --seeds 2
+
+Entropy is a stand-in. --heldout measures what a selection is for: `datasel eval` trains the
+same tiny GPT-2 on each arm (same tokenizer, same --tokens, same order, --seeds seeds) and
+scores bits per byte on documents of each domain held out of the pool. Arms: diversify with
+the defaults, diversify with equal quotas (the defaults before: equal over groups and over
+clusters), and a random selection of the same number of rows. Corpora, all built from
+dev-corpus: mix7 (7 domains, skewed as web mixtures are), loo9 (the 9 domains other than
+python_docs, natural sizes), skew (one domain 85%) and pass7 (120-word passages, 7 domains).
+
+    python benchmarks/diversify_quality.py --heldout mix7 skew pass7 loo9 --seeds 2  # ~15 min a corpus
 """
 
 from __future__ import annotations
@@ -69,7 +79,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="seeds (k-means and sampling) per method")
     ap.add_argument("--dup-threshold", type=float, default=0.5)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--heldout", nargs="+", choices=sorted(CORPORA), help="held-out loss instead")
+    ap.add_argument("--tokens", type=int, default=150_000, help="--heldout: training tokens")
     args = ap.parse_args()
+    if args.heldout:
+        return heldout(args)
 
     tmp = Path(tempfile.mkdtemp(prefix="diversify-quality-"))
     run = dict(quiet=True, workers=args.workers, overwrite=True)
@@ -123,7 +137,16 @@ def main() -> None:
             for seed in range(args.seeds):
                 out = tmp / f"div-{reduce}-{levels}-{k}-{seed}"
                 t = time.perf_counter()
-                stage = Diversify(k=k, fraction=args.frac, levels=levels, seed=seed)
+                # equal quotas: kMQ, and the --levels 2 default before the held-out-loss
+                # measure (--heldout) made it sqrt over groups, proportional inside
+                stage = Diversify(
+                    k=k,
+                    fraction=args.frac,
+                    levels=levels,
+                    seed=seed,
+                    quota="equal",
+                    cluster_quota="equal",
+                )
                 datasel.run(stage, emb, out, **run)
                 secs.append(time.perf_counter() - t)
                 ids = read(out, ["id"])["id"]
@@ -149,6 +172,112 @@ def main() -> None:
     print(
         f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB (driver)"
     )
+
+
+EVAL_DOCS = 25  # held-out documents per domain, never in a pool
+CORPORA = {  # name -> ({domain: documents in the pool}, passages)
+    "mix7": ({"math_word_problems": 5000, "python_docs": 2500, "abc_news_rural": 1500,
+              "movie_reviews": 900, "man_pages": 500, "bible_kjv": 300, "us_speeches": 150}, False),
+    "loo9": ({"math_word_problems": 10**9, "abc_news_rural": 10**9, "movie_reviews": 10**9,
+              "man_pages": 10**9, "literature_shakespeare": 10**9, "bible_kjv": 10**9,
+              "abc_news_science": 10**9, "us_speeches": 10**9, "literature_milton": 10**9}, False),
+    "skew": ({"python_docs": 4000, "literature_shakespeare": 250, "abc_news_science": 200,
+              "man_pages": 150, "movie_reviews": 100, "literature_milton": 80}, False),
+    "pass7": ({"abc_news_rural": 2000, "man_pages": 1000, "movie_reviews": 600, "bible_kjv": 400,
+               "literature_shakespeare": 300, "abc_news_science": 200, "literature_milton": 100},
+              True),
+}  # fmt: skip
+
+
+def passages(texts: list[str], words: int = 120) -> list[str]:
+    out = []
+    for text in texts:
+        w = text.split(" ")
+        out += [p for i in range(0, len(w), words) if (p := " ".join(w[i : i + words]).strip())]
+    return out
+
+
+def heldout(args) -> None:
+    """Held-out bits per byte of a tiny LM trained on diversify's selection vs random's."""
+    import gzip
+    import json
+
+    import pyarrow as pa
+
+    docs = [json.loads(line) for line in gzip.open(DATA, "rt")]
+    np.random.default_rng(123).shuffle(docs)
+    held, pool = {}, {}
+    for d in docs:
+        side = held if len(held.setdefault(d["domain"], [])) < EVAL_DOCS else pool
+        side.setdefault(d["domain"], []).append(d["text"])
+    tmp = Path(tempfile.mkdtemp(prefix="diversify-heldout-"))
+    run = dict(quiet=True, workers=args.workers, overwrite=True)
+    for name in args.heldout:
+        sizes, cut = CORPORA[name]
+        texts, domains, evals = [], [], {}
+        for dom, n in sizes.items():
+            src = passages(pool[dom]) if cut else pool[dom]
+            texts += src[:n]
+            domains += [dom] * len(src[:n])
+            evals[dom] = tmp / name / f"heldout-{dom}.parquet"
+            evals[dom].parent.mkdir(parents=True, exist_ok=True)
+            eval_texts = [t[:3000] for t in (passages(held[dom]) if cut else held[dom])]
+            pq.write_table(pa.table({"text": eval_texts}), evals[dom])
+        order = np.random.default_rng(7).permutation(len(texts))
+        table = pa.table(
+            {
+                "id": [f"{name}-{i}" for i in order],
+                "domain": [domains[i] for i in order],
+                "text": [texts[i] for i in order],
+            }
+        )
+        src = tmp / name / "pool.parquet"
+        pq.write_table(table, src)
+        budget = int(round(args.frac * table.num_rows))
+        arms = {}
+        for arm, stage in (
+            ("diversify", Diversify(fraction=args.frac)),
+            ("equal", Diversify(fraction=args.frac, quota="equal", cluster_quota="equal")),
+        ):
+            datasel.run(stage, src, tmp / name / arm, **run)
+            arms[arm] = tmp / name / arm
+        rows = np.sort(np.random.default_rng(1).choice(table.num_rows, budget, replace=False))
+        arms["random"] = tmp / name / "random.parquet"
+        pq.write_table(table.take(rows), arms["random"])
+        names = np.unique(domains)
+        h = {}
+        for arm, path in arms.items():
+            picked = (
+                read(path, ["domain"])["domain"]
+                if path.is_dir()
+                else table.take(rows)["domain"].to_pylist()
+            )
+            h[arm] = entropy(np.searchsorted(names, picked))
+        result = datasel.evaluate(
+            tmp / name / "eval",
+            {k: str(v) for k, v in arms.items()},
+            {k: str(v) for k, v in evals.items()},
+            model_name="tiny",
+            tokens=args.tokens,
+            seeds=args.seeds,
+            eval_tokens=20_000,
+            checkpoints=1,
+            quiet=True,
+        )
+        print(f"== {name}: {table.num_rows:,} rows, {len(sizes)} domains, select {budget:,}")
+        print(f"   {'arm':10s} {'mean bpb':>16s} {'worst domain':>22s} {'entropy (stand-in)':>19s}")
+        for arm in arms:
+            per_seed = [
+                np.mean([r["curve"][-1]["eval"][d]["bpb"] for d in evals])
+                for r in result["runs"]
+                if r["arm"] == arm
+            ]
+            means = {d: result["summary"][arm][d]["bpb"]["mean"] for d in evals}
+            worst = max(means, key=means.get)
+            print(
+                f"   {arm:10s} {np.mean(per_seed):8.4f} ±{np.std(per_seed):.4f} "
+                f"{worst[:13]:>13s} {means[worst]:.4f} {h[arm]:19.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 import datasel
 from datasel.cli import app, register_stages
-from datasel.ops.quotas import allocate, kids_weights
+from datasel.ops.quotas import allocate, allocate_nested, kids_weights
 from datasel.stages.diversify import Diversify
 from datasel.stages.embed import Embed
 from tests.conftest import read_dataset, read_removed, sample_rows, write_parquet
@@ -84,11 +84,16 @@ def test_quotas_per_cluster(embedded, tmp_path, quota):
         assert want[want < sizes].max() - want[want < sizes].min() <= 1
 
 
-def test_levels_2_balances_groups_exactly(embedded, tmp_path):
-    run(Diversify(k=K, size=300, max_similarity=1.0), embedded / "emb", tmp_path / "o")
+@pytest.mark.parametrize("quota", ["equal", "sqrt"])
+def test_levels_2_quotas_over_groups_exactly(embedded, tmp_path, quota):
+    run(Diversify(k=K, size=300, quota=quota, max_similarity=1.0), embedded / "emb", tmp_path / "o")
     g = json.loads((tmp_path / "o" / "_manifest.json").read_text())["stats"]["groups"]
     assert g["count"] >= 2
-    assert g["picked"] == allocate(np.array(g["size"]), 300).tolist()
+    size = np.array(g["size"])
+    want = allocate(size, 300, None if quota == "equal" else np.sqrt(size))
+    assert g["picked"] == want.tolist()
+    if quota == "sqrt":  # between equal and proportional: large groups get more, not all
+        assert want[0] > want[-1] and want[0] / want[-1] < size[0] / size[-1]
 
 
 def test_seed_determinism_and_cached_map(embedded, tmp_path, monkeypatch):
@@ -108,7 +113,13 @@ def test_seed_determinism_and_cached_map(embedded, tmp_path, monkeypatch):
 
 def test_weight_by_samples_by_score(embedded, tmp_path):
     stage = Diversify(
-        k=K, size=300, levels=1, weight_by="score", temperature=1e-4, max_similarity=1.0
+        k=K,
+        size=300,
+        levels=1,
+        quota="equal",
+        weight_by="score",
+        temperature=1e-4,
+        max_similarity=1.0,
     )
     run(stage, embedded / "scored.parquet", tmp_path / "o")
     kept, removed = output(tmp_path / "o")
@@ -146,7 +157,13 @@ def test_near_duplicates_are_not_picked_twice(tmp_path):
 def test_kids_feedback_shifts_the_next_round(embedded, tmp_path):
     t = 0.5
     stage = Diversify(
-        k=K, size=400, levels=1, feedback="fb", feedback_temperature=t, max_similarity=1.0
+        k=K,
+        size=400,
+        levels=1,
+        quota="equal",
+        feedback="fb",
+        feedback_temperature=t,
+        max_similarity=1.0,
     )
     run(stage, embedded / "scored.parquet", tmp_path / "o")
     kept, removed = output(tmp_path / "o")
@@ -188,6 +205,21 @@ def test_kids_feedback_shifts_the_next_round(embedded, tmp_path):
     assert (new & in_math).sum() / 400 > (before & in_math).sum() / before.sum() + 0.15
 
 
+@pytest.mark.parametrize("quota, cluster_quota", [("sqrt", "proportional"), ("equal", "equal")])
+def test_kids_weights_multiply_the_levels_2_shares(quota, cluster_quota):
+    # uniform feedback weights change nothing: kIDS allocates by the quota rule's own shares
+    sizes, groups = np.array([100, 100, 10, 90]), np.array([0, 0, 0, 1])
+    stage = Diversify(size=60, quota=quota, cluster_quota=cluster_quota)
+    q = stage._quotas(sizes, groups, 60, np.full(4, 0.25), allocate, allocate_nested)
+    p = {"equal": 0.0, "sqrt": 0.5, "proportional": 1.0}
+    want = allocate_nested(sizes, groups, 60, p[quota], p[cluster_quota])
+    assert q.tolist() == want.tolist() == ([17, 17, 2, 24] if quota == "sqrt" else [10, 10, 10, 30])
+    # a cluster with twice the feedback weight gets about twice its share
+    w = np.array([0.4, 0.2, 0.2, 0.2])
+    q2 = stage._quotas(sizes, groups, 60, w, allocate, allocate_nested)
+    assert q2[0] > q[0] and q2.sum() == 60
+
+
 def test_kids_rounds_inside_one_selection(embedded, tmp_path):
     src = tmp_path / "in.parquet"
     pq.write_table(pq.read_table(embedded / "scored.parquet").drop_columns(["selected"]), src)
@@ -195,6 +227,7 @@ def test_kids_rounds_inside_one_selection(embedded, tmp_path):
         k=K,
         size=301,
         levels=1,
+        quota="equal",
         feedback="fb",
         rounds=2,
         feedback_temperature=0.5,
@@ -224,7 +257,7 @@ def test_kids_rounds_inside_one_selection(embedded, tmp_path):
         (["--size", "10", "--feedback", "fb"], "--feedback needs a previous selection"),
         (["--size", "10", "--model", "column", "--embedding-column", "vec"], "no column 'vec'"),
         (["--size", "10", "--fraction", "0.1"], "exactly one of --size and --fraction"),
-        (["--size", "10", "--levels", "2", "--quota", "proportional"], "use --levels 1"),
+        (["--size", "10", "--cluster-quota", "flat"], "cluster_quota must be equal, sqrt or"),
         (["--size", "10", "--rounds", "3"], "rounds > 1 needs --feedback"),
     ],
 )

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from datasel.ops.kmeans import assign, fit_kmeans
-from datasel.ops.quotas import allocate, kids_weights, sample_within
+from datasel.ops.quotas import allocate, allocate_nested, kids_weights, sample_within
 
 
 def blobs(n_per=200, k=5, dim=16, seed=0):
@@ -104,6 +104,22 @@ def test_allocate_proportional_and_zero_weights():
 
 
 # --- sample_within ---------------------------------------------------------------------------
+
+
+def test_allocate_nested_powers():
+    # group 0: three clusters of 100, 100, 10 rows; group 1: one cluster of 90 rows
+    sizes, groups = np.array([100, 100, 10, 90]), np.array([0, 0, 0, 1])
+    eq = allocate_nested(sizes, groups, 60)  # equal over groups, then over clusters
+    assert eq.tolist() == [10, 10, 10, 30]
+    prop = allocate_nested(sizes, groups, 60, 1.0, 1.0)  # a random sample's expected shares
+    assert prop.tolist() == [20, 20, 2, 18]
+    # sqrt over groups (210 vs 90 rows: 60 * sqrt(210) / (sqrt(210) + sqrt(90)) = 36.1),
+    # then proportional inside group 0 (100:100:10)
+    mixed = allocate_nested(sizes, groups, 60, 0.5, 1.0)
+    assert mixed.tolist() == [17, 17, 2, 24]
+    # a group smaller than its share is taken whole and gives the rest to the others
+    small = allocate_nested(np.array([100, 5]), np.array([0, 1]), 60, 0.5, 1.0)
+    assert small.tolist() == [55, 5] and small.sum() == 60
 
 
 def test_sample_within_quotas_determinism_and_exclusion():

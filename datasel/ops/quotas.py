@@ -80,34 +80,52 @@ def allocate(sizes: np.ndarray, budget: int, weights: np.ndarray | None = None) 
     return quota
 
 
-def allocate_nested(sizes: np.ndarray, groups: np.ndarray, budget: int) -> np.ndarray:
-    """Quotas equal per group of clusters, then equal per cluster inside each group.
+def allocate_nested(
+    sizes: np.ndarray,
+    groups: np.ndarray,
+    budget: int,
+    group_power: float = 0.0,
+    cluster_power: float = 0.0,
+) -> np.ndarray:
+    """Quotas per group of clusters, then per cluster inside each group.
 
-    Both levels water-fill as :func:`allocate`: a group with fewer rows than its share gives
-    its leftover to the other groups, a cluster to the other clusters of its group. This is
-    the balanced sampling of hierarchical clusters of Vo et al. 2024 ("Automatic Data Curation
-    for Self-Supervised Learning: A Clustering-Based Approach"), with two levels.
+    A group's share of the budget is proportional to ``group size ** group_power``, a
+    cluster's share of its group's quota to ``cluster size ** cluster_power``: power 0 splits
+    equally (the balanced sampling of hierarchical clusters of Vo et al. 2024, "Automatic Data
+    Curation for Self-Supervised Learning: A Clustering-Based Approach"), 1 follows the sizes
+    (a random sample's shares), 0.5 is in between (temperature sampling of domains, as
+    multilingual LMs sample languages). Both levels water-fill as :func:`allocate`: a group
+    with fewer rows than its share gives its leftover to the other groups, a cluster to the
+    other clusters of its group.
 
     Examples
     --------
     >>> allocate_nested(np.array([50, 50, 50, 50]), np.array([0, 0, 0, 1]), 40)
     array([ 7,  7,  6, 20])
+    >>> allocate_nested(np.array([50, 50, 50, 50]), np.array([0, 0, 0, 1]), 40, 0.5, 1.0)
+    array([ 9,  8,  8, 15])
     """
     sizes = np.asarray(sizes, np.int64)
     groups = np.asarray(groups, np.int64)
     if groups.shape != sizes.shape or (groups.size and groups.min() < 0):
         raise ValueError("groups must give a non-negative group label to every cluster")
     n_groups = int(groups.max()) + 1 if groups.size else 0
-    per_group = allocate(
-        np.bincount(groups, weights=sizes, minlength=n_groups).astype(np.int64), budget
-    )
+    group_sizes = np.bincount(groups, weights=sizes, minlength=n_groups).astype(np.int64)
+    per_group = allocate(group_sizes, budget, _powered(group_sizes, group_power))
     quota = np.zeros(sizes.size, np.int64)
     order = np.argsort(groups, kind="stable")
     bounds = np.searchsorted(groups[order], np.arange(n_groups + 1))
     for g in range(n_groups):
         members = order[bounds[g] : bounds[g + 1]]
-        quota[members] = allocate(sizes[members], int(per_group[g]))
+        quota[members] = allocate(
+            sizes[members], int(per_group[g]), _powered(sizes[members], cluster_power)
+        )
     return quota
+
+
+def _powered(sizes: np.ndarray, power: float) -> np.ndarray | None:
+    """``sizes ** power`` as :func:`allocate` weights; None (equal shares) for power 0."""
+    return None if power == 0 else sizes.astype(np.float64) ** power
 
 
 def sample_within(
