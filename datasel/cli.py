@@ -412,16 +412,18 @@ def _usage_error(e) -> str:
     return f"{where}{message} (see {ctx.command_path} --help)"
 
 
-def _click_exceptions():
-    try:
-        from typer._click import exceptions  # typer >= 0.2x carries its own click
+def _click_exceptions() -> tuple[type, type]:
+    """(ClickException, Abort) of the click that typer runs on."""
+    try:  # typer >= 0.2x carries its own click
+        from typer._click.exceptions import ClickException
+        from typer.exceptions import Abort
     except ImportError:
-        from click import exceptions
-    return exceptions
+        from click.exceptions import Abort, ClickException
+    return ClickException, Abort
 
 
 def main() -> None:
-    click = _click_exceptions()
+    ClickException, Abort = _click_exceptions()
     register_stages()
     try:
         # not standalone: click's errors come here instead of being drawn in a box
@@ -429,11 +431,11 @@ def main() -> None:
     except DataselError as e:  # raised outside a command (e.g. while parsing)
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except click.ClickException as e:
+    except ClickException as e:
         if type(e).__name__ != "NoArgsIsHelpError":  # typer has shown the help for that one
             typer.echo(f"error: {_usage_error(e)}", err=True)
         sys.exit(e.exit_code)
-    except click.Abort:
+    except Abort:
         typer.echo("error: aborted", err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

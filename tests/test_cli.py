@@ -1,5 +1,7 @@
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -180,3 +182,17 @@ def test_ctrl_c_in_a_command_says_how_to_resume(tmp_path):
     run = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True)
     assert run.returncode == 130 and b"run the same command again to resume" in run.stderr
     assert b"Traceback" not in run.stderr
+
+
+def test_help_into_a_closed_pipe_prints_no_traceback():
+    """`datasel eval --help | head -3`: the reader goes away mid-help (it was a traceback)."""
+    code = (
+        "from datasel.cli import main; import sys; sys.argv = ['datasel', 'eval', '--help']; main()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # nobody reads the help
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in err, err
