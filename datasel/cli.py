@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import re
 import sys
 import typing
 from pathlib import Path
@@ -53,15 +54,19 @@ RUN_PARAMS = [
 
 
 def _no_type_on_flags() -> None:
-    """typer 0.2x labels every option with its type, flags too (`--quiet <bool>`); a flag
-    takes no value, so show none."""
+    """typer 0.2x labels every option with its type, flags too (`--quiet <bool>`), and a
+    repeatable one as `<list[str]>`: a flag takes no value, so show none; a repeatable option
+    takes one value each time, so show that value's type."""
     from typer.core import TyperOption
 
     show = getattr(TyperOption, "display_type_rich", None)
     if show is not None and not getattr(show, "_datasel", False):
 
         def display_type_rich(self, ctx):
-            return None if self.is_flag else show(self, ctx)
+            shown = None if self.is_flag else show(self, ctx)
+            if self.multiple and isinstance(shown, str):
+                shown = re.sub(r"list\[(\w+)\]", r"\1", shown)
+            return shown
 
         display_type_rich._datasel = True
         TyperOption.display_type_rich = display_type_rich
@@ -156,8 +161,12 @@ def _stage_command(cls: type[Stage]):
 
 
 def _help(cls: type[Stage]) -> str:
-    doc = "\n\n".join(map(_reflow, inspect.cleandoc(cls.__doc__ or "").split("\n\n")))
+    doc = _reflowed(cls.__doc__)
     return f"{doc}\n\nExample:\n\n  {cls.example}" if cls.example else doc
+
+
+def _reflowed(doc: str | None) -> str:
+    return "\n\n".join(map(_reflow, inspect.cleandoc(doc or "").split("\n\n")))
 
 
 def _reflow(paragraph: str) -> str:
@@ -397,7 +406,7 @@ def inspect_cmd(
         raise fail(str(e)) from None
 
 
-app.command("eval")(eval_command)
+app.command("eval", help=_reflowed(eval_command.__doc__))(eval_command)
 
 
 def _usage_error(e) -> str:

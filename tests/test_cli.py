@@ -33,6 +33,9 @@ def test_help_shows_flags_as_flags_and_the_workers_default_once():
         assert all(line.count("default") == 1 for line in lines), lines
     result = runner.invoke(app, ["shift", "dsir", "--help"], env={"COLUMNS": "200"})
     assert re.search(r"--deterministic\s+plain top-k", result.output)
+    for args in (["filter"], ["eval"]):  # repeatable options show the type of one value
+        result = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "200"})
+        assert "list[" not in result.output and re.search(r"--(max|train)\s+<str>", result.output)
 
 
 def test_dedup_command_and_inspect(tmp_path):
