@@ -704,6 +704,9 @@ def _plot_hist(plt, col: str, kept: tuple, gone: tuple, cuts) -> str | None:
     finite = both[np.isfinite(both)]
     bad = both.size - finite.size
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if hi == lo:  # one distinct value: a window around it (bins from it to it + 1 misled)
+        pad = 0.1 * max(abs(lo), 1.0)
+        lo, hi = lo - pad, hi + pad
     # a cut-off far past the values (e.g. Gopher's 100,000 words) would squeeze them into a bin
     far = [(v, label) for v, label in cuts if not lo - (hi - lo) <= v <= hi + (hi - lo)]
     cuts = [c for c in cuts if c not in far]

@@ -282,3 +282,25 @@ def test_null_and_empty_texts_are_shown(tmp_path):
     assert "no text" in text and re.search(r"01-dedup .*│ 1 null, 1 empty │", text)
     page = build_report(tmp_path / "run").read_text()
     assert "without text: 1 null, 1 empty" in page
+
+
+def test_a_histogram_of_one_distinct_value_is_drawn_around_it(monkeypatch):
+    """Two removed rows at Jaccard 0.996: the bins were [0.996, 1.996], and 0.8 'off the scale'."""
+    import matplotlib.axes
+
+    from datasel.report import _plot_hist, _plotter
+
+    seen = {}
+    real_hist = matplotlib.axes.Axes.hist
+
+    def hist(self, data, bins=None, **kw):
+        seen["bins"] = np.asarray(bins)
+        return real_hist(self, data, bins=bins, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "hist", hist)
+    values = np.array([0.99609375, 0.99609375])
+    png = _plot_hist(_plotter(), "dedup_jaccard", (np.array([]), 0), (values, 2), [(0.8, "t")])
+    assert png is not None
+    bins = seen["bins"]
+    assert bins[0] <= 0.8 and bins[-1] < 1.2  # the cut-off is on the scale, the value inside
+    assert ((bins[:-1] <= 0.99609375) & (0.99609375 < bins[1:])).sum() == 1
