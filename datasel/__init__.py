@@ -1,10 +1,9 @@
 """datasel: turn a raw text corpus into a smaller, better LLM training set."""
 
-from pathlib import Path
+from datasel.io import BUNDLED
+from datasel.version import __version__
 
-__version__ = "0.1.0"
-
-SAMPLE = Path(__file__).parent / "data" / "sample.parquet"
+SAMPLE = BUNDLED / "sample.parquet"
 """A bundled sample of real text (see datasel/data/LICENSES.md) for the quickstart and examples."""
 
 from datasel.engine import RunOptions, apply, run  # noqa: E402

@@ -32,7 +32,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datasel import __version__
 from datasel.bad_rows import check_mode, skipped_table
 from datasel.bad_rows import count as count_skipped
 from datasel.errors import DataselError
@@ -59,6 +58,7 @@ from datasel.lock import FolderLock
 from datasel.preflight import check_steps
 from datasel.progress import Progress, unit_meter
 from datasel.stage import Context, Decision, MapResult, Stage, Staged, count_texts
+from datasel.version import __version__
 
 MANIFEST = "_manifest.json"
 CACHE = "_cache"

@@ -161,8 +161,3 @@ def lsh_params(threshold: float, num_perm: int, fn_weight: float = 0.5) -> tuple
     fn = np.trapezoid((1 - hi**r) ** b, hi, axis=1)
     best = pairs[np.argmin((1 - fn_weight) * fp + fn_weight * fn)]
     return int(best[0]), int(best[1])
-
-
-def estimate_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
-    """Fraction of equal signature values, row by row."""
-    return (sig_a == sig_b).mean(axis=1)
