@@ -53,7 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import datasel
-from datasel.eval.report import _difference, _stats
+from datasel.eval.report import difference, seed_stats
 from datasel.stages.diversify import Diversify
 from datasel.stages.heuristics import GOPHER_MAX, GOPHER_MIN, ScoreHeuristics
 from datasel.stages.pick import Pick
@@ -123,7 +123,7 @@ def judge(args, work: Path, train: dict, evals: dict, *, random_pool: str | None
 def per_seed(result: dict, arm: str, sets: list[str], how) -> dict:
     """Mean and spread over seeds of `how` (mean, max) over the eval sets' final bits per byte."""
     runs = sorted((r for r in result["runs"] if r["arm"] == arm), key=lambda r: r["seed"])
-    return _stats([how([r["curve"][-1]["eval"][s]["bpb"] for s in sets]) for r in runs])
+    return seed_stats([how([r["curve"][-1]["eval"][s]["bpb"] for s in sets]) for r in runs])
 
 
 def table(title: str, result: dict, reference: str, how=statistics.fmean, label="") -> dict:
@@ -145,7 +145,7 @@ def table(title: str, result: dict, reference: str, how=statistics.fmean, label=
         if a == reference:
             d, line = None, f"{'(reference)':>16}"
         else:
-            d = _difference(s, stats[reference])
+            d = difference(s, stats[reference])
             line = f"{d['difference']:+16.4f}  {'yes' if d['exceeds_spread'] else 'no'}"
         print(f"{a:<{w}} {cell:>20} {line}")
         rows[a] = {**s, "vs_reference": d}

@@ -63,12 +63,12 @@ def summarize(*, runs: list[dict], arms: dict, sets: dict, settings: dict) -> di
     for arm in arms:
         mine = [r for r in runs if r["arm"] == arm]
         summary[arm] = {
-            s: {m: _stats([r["curve"][-1]["eval"][s][m] for r in mine]) for m in METRICS}
+            s: {m: seed_stats([r["curve"][-1]["eval"][s][m] for r in mine]) for m in METRICS}
             for s in sets
         }
     ref = "random" if "random" in arms else next(iter(arms))
     compare = {
-        arm: {s: _difference(summary[arm][s]["bpb"], summary[ref][s]["bpb"]) for s in sets}
+        arm: {s: difference(summary[arm][s]["bpb"], summary[ref][s]["bpb"]) for s in sets}
         for arm in arms
         if arm != ref
     }
@@ -86,7 +86,8 @@ def summarize(*, runs: list[dict], arms: dict, sets: dict, settings: dict) -> di
     }
 
 
-def _stats(values: list[float]) -> dict:
+def seed_stats(values: list[float]) -> dict:
+    """Mean and spread (sample standard deviation; None for one seed) of a figure over seeds."""
     spread = statistics.stdev(values) if len(values) > 1 else None
     return {
         "mean": round(statistics.fmean(values), 6),
@@ -95,7 +96,8 @@ def _stats(values: list[float]) -> dict:
     }
 
 
-def _difference(a: dict, ref: dict) -> dict:
+def difference(a: dict, ref: dict) -> dict:
+    """a - ref, and whether it exceeds the seeds' spread (the sum of the two deviations)."""
     diff = a["mean"] - ref["mean"]
     if a["spread"] is None or ref["spread"] is None:
         return {"difference": round(diff, 6), "exceeds_spread": None}
