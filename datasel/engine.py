@@ -37,6 +37,7 @@ from datasel.bad_rows import count as count_skipped
 from datasel.errors import DataselError
 from datasel.io import (
     Columns,
+    added_columns,
     ShardWriter,
     Unit,
     cut_rows,
@@ -230,10 +231,14 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
                 progress.status("select")
                 decision = stage.select(staged, ctx) if staged.total else _keep_all(0)
                 _save_decision(decision, staged, work)
-                write_json({"stats": ctx.stats, "warnings": ctx.warnings}, work / "select.json")
+                write_json(
+                    {"stats": ctx.stats, "warnings": ctx.warnings, "cutoffs": ctx.cutoffs},
+                    work / "select.json",
+                )
                 _kill_point("select")
             selected = json.loads((work / "select.json").read_text())
             ctx.stats, ctx.warnings = selected["stats"], selected.get("warnings", [])
+            ctx.cutoffs = selected.get("cutoffs", {})
             progress.status("write")
             counts = _parallel(
                 _apply_unit,
@@ -799,10 +804,12 @@ def _finish(
         }
     else:
         skipped_keys = {}
+    outputs = [f for folder in (dst, dst / REMOVED) for f in sorted(folder.glob("part-*.parquet"))]
     manifest = {
         "stage": plan["stage"],
         "params": plan["params"],
         "columns": plan["columns"],
+        "added_columns": added_columns(units, ctx.columns, outputs),  # the report plots these
         "version": __version__,
         "key": key,
         "inputs": plan["inputs"],
@@ -817,6 +824,7 @@ def _finish(
         "shards": len(units),
         "seconds": round(seconds, 3),
         "stats": ctx.stats,
+        "cutoffs": ctx.cutoffs,  # column -> what select kept on one side of (Context.cutoff)
         **({"warnings": ctx.warnings} if ctx.warnings else {}),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -563,6 +563,21 @@ def one_type_per_column(files: list[Path]) -> None:
             write_table(read_table(f).cast(target), f)
 
 
+def added_columns(units: list[Unit], columns: Columns, outputs: list[Path]) -> list[str]:
+    """The columns of the `outputs` shards (kept and removed rows) that the rows read from
+    `units` lack, but `reason`: what a step added, in output order ([] when no unit has rows)."""
+    for unit in units:
+        for batch in read_unit(unit, columns):
+            return new_columns(batch.schema.names, outputs)
+    return []
+
+
+def new_columns(before: list[str], files: list[Path]) -> list[str]:
+    """The columns of the Parquet `files` (in their order) that `before` lacks, but `reason`."""
+    names = dict.fromkeys(n for f in files for n in pq.read_schema(f).names)
+    return [n for n in names if n not in before and n != "reason"]
+
+
 def _fills(old: pa.DataType, new: pa.DataType) -> bool:
     """Whether `new` is `old` with its null types made concrete (and nothing else changed)."""
     t = pa.types

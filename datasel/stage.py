@@ -115,6 +115,8 @@ class Context:
     quiet: bool = False
     executor: Any = None  # the engine's: map_unordered(fn, args) for work that select can spread
     warnings: list[str] = field(default_factory=list)  # one line each, copied into the manifest
+    # column -> the cut-offs `select` applied to it, copied into the manifest (see `cutoff`)
+    cutoffs: dict[str, list[dict]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.staging is None:
@@ -128,6 +130,14 @@ class Context:
                 from datasel.progress import console
 
                 console.print(f"[yellow]warning[/]: {message}", highlight=False)
+
+    def cutoff(self, column: str, value: float | dict, label: str) -> None:
+        """Record a cut-off that `select` applied to `column`, for the manifest and the report:
+        a number the kept rows lie on one side of, or {value of the column: rows allowed} for a
+        quota per group (e.g. per cluster). Call it from `select`, which runs in this process."""
+        if not isinstance(value, dict):
+            value = float(value)
+        self.cutoffs.setdefault(column, []).append({"value": value, "label": label})
 
     def __getstate__(self):  # workers get everything but the engine itself
         return {**self.__dict__, "executor": None}

@@ -165,6 +165,8 @@ class Dedup(Stage):
                 "candidate_edges": int(len(u)),
             }
         )
+        if not self.exact_only:  # near duplicates: estimated Jaccard to their keeper
+            ctx.cutoff("dedup_jaccard", self.threshold, f"threshold {self.threshold:g}")
         if index:
             index.append(ctx.key, store, np.flatnonzero(keep))
             ctx.stats["index_documents_after"] = n_old + int(keep.sum())

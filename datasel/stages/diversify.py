@@ -321,7 +321,7 @@ class Diversify(_Embedding):
         vectors = _Vectors(staged) if self.max_similarity < 1 else None
         per_round = np.full(self.rounds, budget // self.rounds)
         per_round[: budget % self.rounds] += 1
-        history = []
+        history, quotas = [], np.zeros(k, np.int64)
         for r, b in enumerate(per_round, start=1):
             sizes = np.bincount(labels[~picked], minlength=k)
             weights = None
@@ -331,13 +331,15 @@ class Diversify(_Embedding):
             def rule(sizes, b=int(b), weights=weights):
                 return self._quotas(sizes, groups, b, weights, allocate, allocate_nested)
 
+            quota = rule(sizes)
+            quotas += quota  # as allotted before any cluster fell short of distinct rows
             done = np.flatnonzero(picked)
             if self.max_similarity < 1:
                 new = sample_distinct(
                     labels, rule, rng, vectors, self.max_similarity, scores, self.temperature, done
                 )
             else:
-                new = sample_within(labels, rule(sizes), rng, scores, self.temperature, done)
+                new = sample_within(labels, quota, rng, scores, self.temperature, done)
             picked[new] = True
             rounds_of[new] = r
             if weights is not None:
@@ -355,6 +357,7 @@ class Diversify(_Embedding):
 
         reason = np.where(picked, None, "diversify:not_sampled").astype(object)
         ctx.stats.update(self._stats(labels, groups, picked, scores, history))
+        ctx.cutoff("cluster", {c: int(quotas[c]) for c in np.unique(labels).tolist()}, "quota")
         kept = {}
         if self.feedback is not None:
             kept["diversify_round"] = pa.array(rounds_of)

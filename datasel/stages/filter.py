@@ -109,8 +109,10 @@ class Filter(Stage):
             alive &= ~missing
             if kind == "min":
                 out, label = alive & (values < v), f"filter:{col}<{v:g}"
+                ctx.cutoff(col, v, f"min {v:g}")
             elif kind == "max":
                 out, label = alive & (values > v), f"filter:{col}>{v:g}"
+                ctx.cutoff(col, v, f"max {v:g}")
             else:
                 idx = np.flatnonzero(alive)
                 order = idx[np.lexsort((idx, -values[idx]))]  # highest first, ties by position
@@ -126,7 +128,9 @@ class Filter(Stage):
                 keep[order[:k]] = True
                 out, label = alive & ~keep, f"filter:{kind.replace('_', '-')}:{col}={v:g}"
                 if k:
-                    stats[f"{kind}:{col}:threshold"] = float(values[order[k - 1]])
+                    cut = float(values[order[k - 1]])
+                    stats[f"{kind}:{col}:threshold"] = cut
+                    ctx.cutoff(col, cut, f"{kind.replace('_', '-')} {v:g}: ≥ {cut:.4g}")
             reason[out] = label
             alive &= ~out
         ctx.stats.update(stats)

@@ -341,6 +341,8 @@ class Pick(Stage):
         ranks = pa.array(rank + 1, mask=~valid)
         sources = staged.column("pick_source").to_pylist()
         picked = [s for s, k in zip(sources, keep, strict=True) if k and s is not None]
+        ctx.cutoff("pick_rank", self.top_k, f"rank ≤ {self.top_k}")
+        ctx.cutoff("pick_tokens", self.min_response_tokens, f"min {self.min_response_tokens}")
         ctx.stats.update(
             {
                 "instructions": n_groups,

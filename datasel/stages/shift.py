@@ -220,6 +220,9 @@ class ShiftDsir(_Shift):
         k = self.budget(len(live), ctx)
         pick = topk(logw[live], k) if self.deterministic else gumbel_topk(logw[live], k, self.seed)
         decision = self.decision(len(logw), live, live[pick], "dsir_logw", logw[live])
+        if self.deterministic and k:  # Gumbel top-k draws: no single cut-off on the weight
+            cut = logw[live][pick].min()
+            ctx.cutoff("dsir_logw", cut, f"top {k:,}: ≥ {cut:.4g}")
         keep = decision.keep
         chosen = _chosen_totals(staged, units, keep, self.buckets)
         p = np.exp(self.log_p)
@@ -380,6 +383,9 @@ class ShiftGotd(_Shift):
         k = self.budget(len(grad), ctx)
         pick = topk(grad, k, largest=False)
         after = solve(x[np.sort(pick)]) if k else ot
+        if k:
+            cut = grad[pick].max()
+            ctx.cutoff("gotd_grad", cut, f"lowest {k:,}: ≤ {cut:.4g}")
         ctx.stats.update(
             {
                 "selected": int(k),
