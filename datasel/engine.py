@@ -37,9 +37,9 @@ from datasel.bad_rows import count as count_skipped
 from datasel.errors import DataselError
 from datasel.io import (
     Columns,
-    added_columns,
     ShardWriter,
     Unit,
+    added_columns,
     cut_rows,
     digest,
     find_files,

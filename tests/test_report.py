@@ -21,8 +21,9 @@ KL_BEFORE, KL_AFTER = 0.8125, 0.3125
 
 
 def _synthetic_step(prev, dst, rng) -> dict:
-    """A hand-made step after dedup: adds `ppl_bpb` and `cluster`, removes ppl_bpb > 1.2, and
-    reports a KL drop, written in the engine's layout (shards, _removed/, _manifest.json)."""
+    """A hand-made step after dedup: adds `ppl_bpb` and `cluster`, removes ppl_bpb > 1.2 with
+    quotas per cluster, and reports a KL drop, written in the engine's layout (shards, _removed/,
+    _manifest.json with the facts the engine and a stage record: added columns, cut-offs)."""
     src = sorted(prev.glob("part-*.parquet"))[0]
     table = pq.read_table(src)
     n = table.num_rows
@@ -38,6 +39,7 @@ def _synthetic_step(prev, dst, rng) -> dict:
         "stage": "filter",
         "params": {"max": ["ppl_bpb=1.2"], "min": []},
         "columns": {"text": "text", "id": "id"},
+        "added_columns": ["ppl_bpb", "cluster"],
         "version": datasel.__version__,
         "inputs": [{"path": str(src), "size": src.stat().st_size, "mtime_ns": 0}],
         "rows_in": n,
@@ -47,6 +49,10 @@ def _synthetic_step(prev, dst, rng) -> dict:
         "shards": 1,
         "seconds": 1.25,
         "stats": {"kl_before": KL_BEFORE, "kl_after": KL_AFTER, "nested": {"a": 1}},
+        "cutoffs": {
+            "ppl_bpb": [{"value": 1.2, "label": "max 1.2"}],
+            "cluster": [{"value": {str(c): 40 for c in range(23)}, "label": "quota"}],
+        },
         "finished_at": "2026-01-01T00:00:00Z",
     }
     (dst / "_manifest.json").write_text(json.dumps(manifest))
@@ -121,7 +127,7 @@ def test_thresholds_and_kl(run):
 
 
 def test_big_steps_are_sampled_and_reweighted(run, tmp_path, monkeypatch):
-    from datasel import report as mod
+    from datasel.report import read as mod
 
     out, manifests, _, _ = run
     filt = manifests[1]
@@ -288,7 +294,7 @@ def test_a_histogram_of_one_distinct_value_is_drawn_around_it(monkeypatch):
     """Two removed rows at Jaccard 0.996: the bins were [0.996, 1.996], and 0.8 'off the scale'."""
     import matplotlib.axes
 
-    from datasel.report import _plot_hist, _plotter
+    from datasel.report.plots import histogram, plotter
 
     seen = {}
     real_hist = matplotlib.axes.Axes.hist
@@ -299,7 +305,7 @@ def test_a_histogram_of_one_distinct_value_is_drawn_around_it(monkeypatch):
 
     monkeypatch.setattr(matplotlib.axes.Axes, "hist", hist)
     values = np.array([0.99609375, 0.99609375])
-    png = _plot_hist(_plotter(), "dedup_jaccard", (np.array([]), 0), (values, 2), [(0.8, "t")])
+    png = histogram(plotter(), "dedup_jaccard", (np.array([]), 0), (values, 2), [(0.8, "t")])
     assert png is not None
     bins = seen["bins"]
     assert bins[0] <= 0.8 and bins[-1] < 1.2  # the cut-off is on the scale, the value inside

@@ -152,9 +152,10 @@ def print_table(result: dict) -> None:
 def write_html(result: dict, path: Path) -> Path | None:
     """report.html with a results table, learning curves and a bar chart with error bars;
     without matplotlib (the `report` extra) the page says so and keeps the table."""
-    from datasel.report import _CSS, _PAGE, _plotter, _png
+    from datasel.report.html import CSS, PAGE
+    from datasel.report.plots import plotter, png
 
-    fig = _plotter()
+    fig = plotter()
     body = [f"<header><h1>datasel eval</h1><p class='path'>{html.escape(str(path.parent))}</p>"]
     body.append(f"<p class='lead'>{html.escape(_settings_line(result))}</p></header>")
     body.append(f"<section><h2>Final checkpoint</h2>{_html_table(result)}</section>")
@@ -165,10 +166,10 @@ def write_html(result: dict, path: Path) -> Path | None:
     else:
         for metric, label in METRICS.items():
             body.append(f"<section><h2>{label}</h2>")
-            body.append(_img(_png(_bars(fig, result, metric, label)), "mean ± spread over seeds"))
-            body.append(_img(_png(_curves(fig, result, metric, label)), "mean over seeds; band: min to max"))  # fmt: skip
+            body.append(_img(png(_bars(fig, result, metric, label)), "mean ± spread over seeds"))
+            body.append(_img(png(_curves(fig, result, metric, label)), "mean over seeds; band: min to max"))  # fmt: skip
             body.append("</section>")
-    page = _PAGE.format(title="datasel eval", css=_CSS, body="\n".join(body))
+    page = PAGE.format(title="datasel eval", css=CSS, body="\n".join(body))
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, path)
