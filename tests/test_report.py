@@ -1,6 +1,7 @@
 import base64
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -310,3 +311,89 @@ def test_a_histogram_of_one_distinct_value_is_drawn_around_it(monkeypatch):
     bins = seen["bins"]
     assert bins[0] <= 0.8 and bins[-1] < 1.2  # the cut-off is on the scale, the value inside
     assert ((bins[:-1] <= 0.99609375) & (0.99609375 < bins[1:])).sum() == 1
+
+
+def _alts(page: str) -> list[str]:
+    return re.findall(r'alt="([^"]*)"', page)
+
+
+@pytest.fixture(scope="module")
+def odd_run(tmp_path_factory):
+    """Gopher statistics under a prefix no name rule knows (`qx7_`), then a filter on one."""
+    tmp = tmp_path_factory.mktemp("odd")
+    pq.write_table(pq.read_table(datasel.SAMPLE).slice(0, 300), tmp / "in.parquet")
+    from datasel.stages.heuristics import ScoreHeuristics
+
+    steps = [ScoreHeuristics(column="qx7"), datasel.Filter(max=["qx7_words=200"])]
+    manifests = datasel.Pipeline(steps).run(tmp / "in.parquet", tmp / "run", quiet=True)
+    return tmp / "run", manifests
+
+
+def test_columns_a_step_added_get_histograms_with_the_manifests_cut_offs(
+    odd_run, tmp_path, monkeypatch
+):
+    out, (scored, filtered) = odd_run
+    odd = [f"qx7_{s}" for s in ("words", "mean_word_length", "symbol_ratio", "bullet_lines")]
+    assert scored["added_columns"][:4] == odd and scored["cutoffs"] == {}
+    assert filtered["added_columns"] == []
+    assert filtered["cutoffs"] == {"qx7_words": [{"value": 200.0, "label": "max 200"}]}
+    alts = _alts(build_report(out).read_text())
+    assert "qx7_mean_word_length histogram; thresholds: none" in alts  # added by step 1
+    # the column step 2 cuts is drawn once, there, with its cut-off
+    assert alts.count("qx7_words histogram; thresholds: 200") == 1
+    assert not any(a.startswith("qx7_words histogram; thresholds: none") for a in alts)
+
+    # the line drawn is the one the manifest records, whatever the parameters say
+    import shutil
+
+    step = shutil.copytree(out / "02-filter", tmp_path / "02-filter")
+    edited = json.loads((step / "_manifest.json").read_text())
+    edited["cutoffs"]["qx7_words"] = [{"value": 321, "label": "recorded 321"}]
+    (step / "_manifest.json").write_text(json.dumps(edited))
+    from datasel.report import plots
+
+    drawn = {}
+    real = plots.histogram
+
+    def histogram(plt, col, kept, gone, cuts):
+        drawn[col] = cuts
+        return real(plt, col, kept, gone, cuts)
+
+    monkeypatch.setattr(plots, "histogram", histogram)
+    alts = _alts(build_report(step).read_text())
+    assert "qx7_words histogram; thresholds: 321" in alts
+    assert drawn["qx7_words"] == [(321, "recorded 321")]
+
+
+def test_a_manifest_without_the_facts_reads_its_schema_not_names(odd_run, tmp_path):
+    """A manifest from before `added_columns` and `cutoffs`: the added columns are those of its
+    shards that its input lacked (the input file, or the previous step's shards), and no
+    cut-off is drawn (none is guessed from the parameters or the reasons)."""
+    import shutil
+
+    out, _ = odd_run
+    old = tmp_path / "old"
+    shutil.copytree(out, old, ignore=shutil.ignore_patterns("*.html"))
+    for step in ("01-score-heuristics", "02-filter"):
+        m = json.loads((old / step / "_manifest.json").read_text())
+        del m["added_columns"], m["cutoffs"]
+        (old / step / "_manifest.json").write_text(json.dumps(m))
+    steps = find_steps(old)
+    assert [f.name for f in steps[0].added][:2] == ["qx7_words", "qx7_mean_word_length"]
+    assert steps[1].previous is None  # it read the original run's folder, not this copy
+    alts = _alts(build_report(old).read_text())
+    assert "qx7_words histogram; thresholds: none" in alts
+    assert not any("thresholds: 200" in a for a in alts)
+
+
+def test_cut_offs_survive_a_run_killed_after_its_selection(tmp_path):
+    """Killed after `select`, a resumed run writes the cut-offs that selection recorded."""
+    out = tmp_path / "out"
+    code = f"import datasel; datasel.run(datasel.Dedup(threshold=0.7), datasel.SAMPLE, {str(out)!r}, quiet=True)"  # fmt: skip
+    env = dict(os.environ, DATASEL_KILL_AT="select")
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == -9
+    env.pop("DATASEL_KILL_AT")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    m = json.loads((out / "_manifest.json").read_text())
+    assert m["cutoffs"] == {"dedup_jaccard": [{"value": 0.7, "label": "threshold 0.7"}]}
+    assert m["added_columns"] == ["duplicate_of", "dedup_jaccard"]
