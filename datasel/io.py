@@ -16,7 +16,7 @@ import json
 import mmap
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -563,7 +563,7 @@ def one_type_per_column(files: list[Path]) -> None:
             write_table(read_table(f).cast(target), f)
 
 
-def added_columns(units: list[Unit], columns: Columns, outputs: list[Path]) -> list[str]:
+def added_columns(units: Iterable[Unit], columns: Columns, outputs: list[Path]) -> list[str]:
     """The columns of the `outputs` shards (kept and removed rows) that the rows read from
     `units` lack, but `reason`: what a step added, in output order ([] when no unit has rows)."""
     for unit in units:

@@ -103,7 +103,7 @@ class Step:
         paths = [p for i in self.manifest.get("inputs") or [] if (p := Path(i["path"])).is_file()]
         ids = (self.manifest.get("columns") or {}).get("id", "id")
         try:
-            units = [u for p in paths for u in plan_units(FileList((str(p),), str(p.parent)))]
+            units = (u for p in paths for u in plan_units(FileList((str(p),), str(p.parent))))
             return added_columns(units, Columns(text=None, id=ids), outputs)
         except (DataselError, OSError, pa.ArrowException):
             return []
