@@ -123,6 +123,7 @@ def test_thresholds_and_kl(run):
     assert "ppl_bpb histogram; thresholds: 1.2" in alts
     assert "dedup_jaccard histogram; thresholds: 0.8" in alts  # Dedup's threshold parameter
     assert "cluster sizes and picks" in alts
+    assert "12 clusters;" in page and "quotas 480" in page  # 40 each, from the manifest
     assert f"kl: {KL_BEFORE:.4g} → {KL_AFTER:.4g} (-62%)" in page
     assert "nested.a" in page  # nested stats are flattened into the table
 

@@ -55,9 +55,9 @@ def axes(fig, title: str, grid: str = "y"):
     return ax
 
 
-def legend_above(ax) -> None:
+def legend_above(ax, ncols: int = 2) -> None:
     """Legend on the title line, right-aligned, where it never covers the data."""
-    ax.legend(loc="lower right", bbox_to_anchor=(1, 1), ncols=2, fontsize=8, frameon=False)
+    ax.legend(loc="lower right", bbox_to_anchor=(1, 1), ncols=ncols, fontsize=8, frameon=False)
 
 
 def funnel(plt, steps: list[Step], colors: dict) -> str | None:
@@ -170,7 +170,7 @@ def clusters(
     else:
         ax.set_xlabel(f"{name}s, largest first")
     ax.set_ylabel("rows")
-    legend_above(ax)
+    legend_above(ax, ncols=3)
     return png(fig)
 
 
