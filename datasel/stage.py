@@ -76,8 +76,8 @@ class Needs:
     """What a stage needs from the engine that runs it: the one record the engines read.
 
     A stage declares it as a class attribute (`needs = Needs(model=True, ...)`), or as a
-    property where it depends on the parameters (a torch model or hashing, a template or a
-    text column).
+    property where it depends on the parameters or on what `fit` chose (a torch model or
+    hashing, a template or a text column).
     """
 
     text: bool = True  # the input must have a text column (--text-column)
@@ -322,7 +322,7 @@ class Stage:
     `example` (shown in `--help`), declare what they need (`needs`), and implement `map` and
     optionally `fit` / `select`.
 
-    `fit` and `select` run in the driver; `map` runs in worker processes (or Ray actors) on
+    `fit` and `select` run in the driver; `map` may run in worker processes (or Ray actors) on
     copies of the stage and its Context. So only `fit` and `select` report statistics
     (`ctx.stats`, copied into the manifest): what `map` learns per row travels back in its
     `MapResult` (rows in, null and empty texts, removed rows with their reasons, side arrays
