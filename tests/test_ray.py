@@ -14,6 +14,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import datasel  # noqa: E402
+from datasel.device import pick_device  # noqa: E402
 from datasel.errors import DataselError  # noqa: E402
 from datasel.ray_engine import RayExecutor  # noqa: E402
 from datasel.stage import MapResult, Needs, Stage  # noqa: E402
@@ -173,7 +174,8 @@ def test_model_stage_asks_for_the_gpu_of_a_cluster_that_has_one(cluster, tmp_pat
     assert m["kept"] == 60
     local, via_ray = read_dataset(tmp_path / "local"), read_dataset(tmp_path / "ray")
     assert set(via_ray.column("gpus").to_pylist()) == {1.0}  # each actor holds the one GPU
-    assert set(via_ray.column("device").to_pylist()) == {"cpu"}  # there is no real one: CPU
+    # on the GPU where there is a real one, else (as here) on CPU
+    assert set(via_ray.column("device").to_pylist()) == {pick_device("auto", "test")}
     assert via_ray.column("id").equals(local.column("id"))
     np.testing.assert_allclose(
         via_ray.column("ppl_bpb").to_numpy(), local.column("ppl_bpb").to_numpy(), rtol=1e-5
