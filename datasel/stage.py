@@ -89,9 +89,8 @@ class Needs:
     # map runs in one process: a torch model on one device, torch's threads use the cores (and
     # torch's thread pool does not survive the fork of a process pool)
     single_process: bool = False
-    # map takes seconds a batch: units are cut into row ranges of about --unit-seconds of work
-    # at the speed measured on the first rows (map may run on them before fit), so that a kill
-    # loses about that much
+    # map takes seconds a batch: units are cut into row ranges of about --unit-seconds of work,
+    # estimated from `Stage.model_size`, so that a kill loses about that much
     cut_by_speed: bool = False
 
     def gpus_on(self, cluster_gpus: float) -> float:
@@ -161,7 +160,7 @@ class Context:
     workers: int = 1
     units: list = field(default_factory=list)
     # the units before a model stage cut them by its speed: what `sample` reads, so that a
-    # sample never depends on the measured speed (default: `units`)
+    # sample never depends on the model size (default: `units`)
     sample_units: list | None = None
     stats: dict = field(default_factory=dict)  # stage statistics, copied into the manifest
     quiet: bool = False
@@ -366,6 +365,10 @@ class Stage:
 
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
         return MapResult(batch)
+
+    def model_size(self, ctx: Context) -> tuple[int, str]:
+        """(parameters, device) of the model `map` runs: stages whose needs say `cut_by_speed`."""
+        raise NotImplementedError(f"{self.name} sets cut_by_speed but has no model_size")
 
     def select(self, staged: Staged, ctx: Context) -> Decision:
         raise NotImplementedError

@@ -20,6 +20,7 @@ from datasel.stage import (
     register,
     spread_rows,
 )
+from scorers.models import model_size
 
 REDUCE = ("svd", "random")
 # the hashing fit sample: up to this many input rows are read (spread over the input), then
@@ -176,6 +177,10 @@ class _Embedding(Stage):
             ),
             travels=not neural(model),
         )
+
+    def model_size(self, ctx: Context) -> tuple[int, str]:
+        embedder = self.embedder(ctx)
+        return model_size(embedder.model, embedder.device)
 
     def encode(self, batch: pa.RecordBatch, ctx: Context) -> np.ndarray:
         return self.embedder(ctx).encode(ctx.texts(batch))

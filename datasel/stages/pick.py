@@ -26,6 +26,7 @@ from datasel.stage import (
     param,
     register,
 )
+from scorers.models import model_size
 
 ALPACA = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 ALPACA_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
@@ -111,6 +112,9 @@ class Pick(Stage):
         from datasel.stages.score import load_causal_lm
 
         return self.loaded("lm", lambda: load_causal_lm(self.model, self.device))
+
+    def model_size(self, ctx: Context) -> tuple[int, str]:
+        return model_size(self.lm().model, self.lm().device)
 
     def check(self) -> None:
         from datasel.stages.score import check_lm
