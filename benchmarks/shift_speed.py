@@ -226,9 +226,9 @@ def kmeans_torch(y: np.ndarray, k: int, iters: int, device, seed: int = 0):
 def bench_gotd(args) -> None:
     import torch
 
-    dev = torch.device(
-        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    from datasel.device import pick_device
+
+    dev = torch.device(pick_device(args.device, "the GOT-D benchmark", "embed"))
     cuda = dev.type == "cuda"
     name = torch.cuda.get_device_name(dev) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"GOT-D: device {name}, dim {args.dim}, eps {args.eps}, tol {args.tol}, sqeuclidean cost on unit vectors")  # fmt: skip

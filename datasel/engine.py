@@ -132,7 +132,7 @@ def run(
 
 def stage_columns(stage: Stage, options: RunOptions) -> Columns:
     return Columns(
-        options.text_column if stage.needs_text else None, options.id_column, options.on_bad_rows
+        options.text_column if stage.needs.text else None, options.id_column, options.on_bad_rows
     )
 
 
@@ -170,7 +170,7 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     _save_plan(work, {**saved, **plan, "key": key}, units)  # saved: what a resume must keep
     # the units of a model stage are cut once, from its model's size, before any work
-    if stage.cut_by_speed and "unit_bytes" not in saved:
+    if stage.needs.cut_by_speed and "unit_bytes" not in saved:
         probe = Context(columns=columns, work=work, key=key, units=units, quiet=options.quiet)
         unit_bytes = _unit_bytes_of_work(_bytes_per_second(stage, probe), options.unit_seconds)
         saved = {"sample_units": [unit_dict(u) for u in units], "unit_bytes": unit_bytes}
@@ -211,7 +211,7 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
     empty = _fits_or_selects(stage) and not any(has_rows(u, columns) for u in units)
     if not empty:
         stage.fit(ctx)
-    workers = 1 if stage.single_process else max(1, min(options.workers, len(units)))
+    workers = 1 if stage.needs.single_process else max(1, min(options.workers, len(units)))
     executor = ctx.executor = make_executor(options.engine, workers)
     progress = Progress(
         f"{stage.name}", total=_known_rows(units), quiet=options.quiet, units=len(units)
@@ -302,7 +302,7 @@ MIN_UNIT_BYTES = 8 << 20
 
 def _unit_bytes(src, stage: Stage, options: RunOptions) -> tuple[int, int]:
     """(unit bytes, bytes above which a Parquet row group is cut into row ranges)."""
-    if stage.single_process or options.workers <= 1:
+    if stage.needs.single_process or options.workers <= 1:
         return options.shard_bytes, options.shard_bytes
     total = input_bytes(src)
     quarter = min(options.shard_bytes, max(MIN_UNIT_BYTES, total // (4 * options.workers)))

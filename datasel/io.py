@@ -643,9 +643,12 @@ def has_rows(unit: Unit, columns: Columns) -> bool:
     return next(read_unit(unit, columns), None) is not None
 
 
+TEXT_COLUMN = "text"  # the text column when none is named (--text-column)
+
+
 @dataclass(frozen=True)
 class Columns:
-    text: str | None = "text"  # None: the stage needs no text column
+    text: str | None = TEXT_COLUMN  # None: the stage needs no text column
     id: str = "id"
     on_bad_rows: str = "error"  # JSONL lines that cannot be rows: error | skip (see bad_rows.py)
 

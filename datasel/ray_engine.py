@@ -2,8 +2,9 @@
 
 `RayExecutor` connects to the cluster named by `RAY_ADDRESS` (or one `ray.init` already opened
 in this process), else starts a quiet local cluster and shuts it down afterwards. Plain calls
-become Ray tasks; calls for a stage with `loads_model = True` run on one actor per worker that
-holds the stage, so its model is loaded once per actor (with `num_gpus` GPUs each).
+become Ray tasks; calls for a stage that needs a model (`stage.needs.model`) run on one actor
+per worker that holds the stage, so its model is loaded once per actor (with `needs.gpus` GPUs
+each on a cluster that has GPUs).
 
 Every worker reads its input and writes its shard itself: on a multi-node cluster the input and
 output folders must be on storage that every node sees (NFS, a shared or FUSE-mounted disk).
@@ -108,14 +109,14 @@ class RayExecutor:
     ) -> Iterator[tuple[int, Any]]:
         """Yield (position, result) as each call `fn(*args[position])` finishes.
 
-        With a `stage` whose `loads_model` is True, the calls run on actors that each hold one
+        With a `stage` that needs a model, the calls run on actors that each hold one
         copy of the stage (its model loaded once per actor); otherwise they are plain tasks.
         An exception raised in a call is raised here with its own type and message.
         """
         if not args:
             return
         self.start()
-        if stage is not None and getattr(stage, "loads_model", False):
+        if stage is not None and stage.needs.model:
             yield from self._on_actors(fn, args, stage)
         else:
             yield from self._as_tasks(fn, self._share(args))
@@ -159,7 +160,7 @@ class RayExecutor:
 
     def _on_actors(self, fn: Callable, args: list[tuple], stage: Any) -> Iterator[tuple[int, Any]]:
         ray = self.ray
-        gpus = float(getattr(stage, "num_gpus", 0) or 0)
+        gpus = float(stage.needs.gpus_on(self.ray.cluster_resources().get("GPU", 0)))
         n = min(len(args), self._actor_slots(gpus, getattr(stage, "name", "") or "stage"))
         # the actor's own copy of the stage replaces the one in the arguments, so a model the
         # stage caches on itself survives from one call to the next

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -68,6 +69,56 @@ def budget(
     asked = f"--size {size:,}" if size is not None else f"--fraction {fraction:g} ({want:,} rows)"
     ctx.warn(f"{stage}: {asked} is more than the {available:,} rows available: using {available:,}")
     return available
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a stage needs from the engine that runs it: the one record the engines read.
+
+    A stage declares it as a class attribute (`needs = Needs(model=True, ...)`), or as a
+    property where it depends on the parameters or on what `fit` chose (a torch model or
+    hashing, a template or a text column).
+    """
+
+    text: bool = True  # the input must have a text column (--text-column)
+    # map holds a model, loaded once per worker: on Ray each worker is an actor holding the stage
+    model: bool = False
+    # GPUs each model worker asks for, on a Ray cluster that has GPUs (on one without, none:
+    # the model runs on CPU there)
+    gpus: float = 0
+    # map runs in one process: a torch model on one device, torch's threads use the cores (and
+    # torch's thread pool does not survive the fork of a process pool)
+    single_process: bool = False
+    # map takes seconds a batch: units are cut into row ranges of about --unit-seconds of work,
+    # estimated from `Stage.model_size`, so that a kill loses about that much
+    cut_by_speed: bool = False
+
+    def gpus_on(self, cluster_gpus: float) -> float:
+        """GPUs a model worker requests on a cluster that has `cluster_gpus` in all."""
+        return self.gpus if cluster_gpus > 0 else 0
+
+
+class Loaded:
+    """The models a stage loaded, by name, kept for the life of this process.
+
+    Pickled, it keeps only the models loaded with `travels=True` (fitted ones, which cannot be
+    loaded again): a stage sent to a worker process or a Ray actor loads its own copy of each
+    other model there, once, on that worker's device. See `Stage.loaded`.
+    """
+
+    def __init__(self):
+        self.models: dict[str, Any] = {}
+        self.travelling: set[str] = set()
+
+    def get(self, name: str, load: Callable[[], Any], travels: bool) -> Any:
+        if self.models.get(name) is None:
+            self.models[name] = load()
+            (self.travelling.add if travels else self.travelling.discard)(name)
+        return self.models[name]
+
+    def __getstate__(self) -> dict:
+        kept = {k: v for k, v in self.models.items() if k in self.travelling}
+        return {"models": kept, "travelling": set(self.travelling)}
 
 
 @dataclass
@@ -141,6 +192,10 @@ class Context:
 
     def __getstate__(self):  # workers get everything but the engine itself
         return {**self.__dict__, "executor": None}
+
+    def texts(self, batch: pa.RecordBatch | pa.Table) -> list[str]:
+        """The text column of `batch` as Python strings, "" where null."""
+        return batch.column(self.columns.text).fill_null("").to_pylist()
 
     def sample(self, n: int, columns: list[str] | None = None) -> pa.Table:
         """Up to `n` rows spread evenly over the input (deterministic), in input order.
@@ -273,24 +328,26 @@ class Staged:
 @dataclass(kw_only=True)
 class Stage:
     """Base class. Subclasses set `name`, write a docstring (first line = CLI help) and
-    `example` (shown in `--help`), and implement `map` and optionally `fit` / `select`."""
+    `example` (shown in `--help`), declare what they need (`needs`), and implement `map` and
+    optionally `fit` / `select`.
+
+    `fit` and `select` run in the driver; `map` may run in worker processes (or Ray actors) on
+    copies of the stage and its Context. So only `fit` and `select` report statistics
+    (`ctx.stats`, copied into the manifest): what `map` learns per row travels back in its
+    `MapResult` (rows in, null and empty texts, removed rows with their reasons, side arrays
+    for `select`), never in `ctx.stats`, which a worker's copy would lose.
+    """
 
     name: ClassVar[str] = ""
     example: ClassVar[str] = ""
-    # set by stages whose work is better done in one process (a model on one GPU)
-    single_process: ClassVar[bool] = False
+    needs: ClassVar[Needs] = Needs()
     # False for stages whose map only computes side arrays for select: the staged shard then
     # holds just `id` and `narrow_columns()`, and the final write re-reads the input
     map_adds_columns: ClassVar[bool] = True
-    needs_text: ClassVar[bool] = True  # False: the input need not have a text column
     # names of the parameters that `fit` and `map` depend on; when set, the staged shards are
     # cached in <output>/_cache/ so a rerun that changes only other (selection) parameters
     # with --overwrite skips fit's map work and redoes only `select`
     map_params: ClassVar[tuple[str, ...] | None] = None
-    # True for stages whose map runs a neural model (seconds per batch): their units are cut
-    # into row ranges of about `unit_seconds` of work, estimated from `model_size`, so a kill
-    # loses about that much
-    cut_by_speed: ClassVar[bool] = False
 
     def __call__(self, data, dst=None, **options):
         """Run this stage: on a path (writes `dst`, returns the manifest), or in memory on an
@@ -306,11 +363,21 @@ class Stage:
     def fit(self, ctx: Context) -> None:  # noqa: B027 - optional hook
         """Learn global state before `map` (optional)."""
 
+    def loaded(self, name: str, load: Callable[[], Any], travels: bool = False) -> Any:
+        """The model `name`: what `load()` returns, loaded on first use and kept for the life of
+        this process. It is left out when the stage is pickled (unless `travels`, for a fitted
+        model that cannot be loaded again), so each worker loads its own copy (see `Loaded`)."""
+        return self.__dict__.setdefault("_loaded", Loaded()).get(name, load, travels)
+
+    def unload(self) -> None:
+        """Forget the models loaded so far: the next `loaded` loads (or fits) them anew."""
+        self.__dict__.pop("_loaded", None)
+
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
         return MapResult(batch)
 
     def model_size(self, ctx: Context) -> tuple[int, str]:
-        """(parameters, device) of the model `map` runs; stages with `cut_by_speed` define it."""
+        """(parameters, device) of the model `map` runs: stages whose needs say `cut_by_speed`."""
         raise NotImplementedError(f"{self.name} sets cut_by_speed but has no model_size")
 
     def select(self, staged: Staged, ctx: Context) -> Decision:
@@ -329,7 +396,7 @@ class Stage:
 
     def reads(self, columns: Columns) -> dict[str, str]:
         """Input columns this stage needs, each with the option that names it."""
-        return {columns.text: "text-column"} if self.needs_text and columns.text else {}
+        return {columns.text: "text-column"} if self.needs.text and columns.text else {}
 
     def numeric_reads(self) -> set[str]:
         """The columns of `reads` that must hold numbers."""

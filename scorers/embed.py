@@ -25,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
+from datasel.device import check_device, import_torch, pick_device
 from datasel.progress import batch_done
 from scorers.models import locate
 
@@ -334,23 +335,12 @@ class HashingEmbedder:
 # Torch encoders
 
 
-def _torch():
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError("neural embedders need torch: pip install 'datasel[embed]'") from e
-    return torch
+WHAT = "a neural embedder"  # who needs torch, in its error
 
 
 def _device(device: str) -> str:
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"device={device!r}: expected 'auto', 'cpu' or 'cuda'")
-    torch = _torch()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} but torch sees no CUDA device")
-    return device
+    check_device(device)
+    return pick_device(device, WHAT, "embed")
 
 
 class SentenceTransformerEmbedder:
@@ -361,7 +351,7 @@ class SentenceTransformerEmbedder:
     """
 
     def __init__(self, path: str | os.PathLike, *, device: str = "auto", batch_size: int = 64):
-        _torch()
+        import_torch(WHAT, "embed")
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as e:
@@ -426,7 +416,7 @@ class HFEncoderEmbedder:
         batch_size: int = 64,
         max_length: int = 512,
     ):
-        torch = _torch()
+        torch = import_torch(WHAT, "embed")
         try:
             from transformers import AutoModel, AutoTokenizer
         except ImportError as e:

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from datasel.device import import_torch, pick_device
+from datasel.errors import import_extra
 from datasel.progress import batch_done
 from scorers.models import locate
 
@@ -54,15 +56,7 @@ _TOKEN_CHUNK = 512
 _LOG2E = 1 / math.log(2)
 
 
-def _torch():
-    try:
-        import torch
-        import transformers  # noqa: F401
-    except ImportError as e:  # pragma: no cover - exercised only without the extra
-        raise ImportError(
-            "scoring with a language model needs torch and transformers: install datasel[lm]"
-        ) from e
-    return torch
+WHAT = "scoring with a language model"  # who needs torch and transformers, in their errors
 
 
 @dataclass
@@ -99,7 +93,8 @@ class LM:
 
 
 def _resolve_dtype(dtype: str, device: str):
-    torch = _torch()
+    import torch
+
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     names = {
@@ -161,7 +156,8 @@ def load_lm(
     --------
     >>> lm = load_lm("models/smollm2-135m", device="cpu")  # doctest: +SKIP
     """
-    torch = _torch()
+    import_torch(WHAT)
+    import_extra("transformers", "lm", WHAT)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ref = locate(model)  # one line, at once, for a name that is neither local nor reachable
@@ -173,8 +169,7 @@ def load_lm(
     if gguf_file is not None and ref.local and not (Path(src) / gguf_file).is_file():
         raise FileNotFoundError(f"GGUF file not found: {Path(src) / gguf_file}")
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device(device, WHAT)
     tdtype = _resolve_dtype(dtype, device)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     extra["local_files_only"] = ref.offline
@@ -332,7 +327,8 @@ def _head_parts(model):
 
 def _score_batch(lm: LM, b: dict[str, np.ndarray], totals) -> None:
     """Forward one batch and add its per-document negative log-likelihoods to `totals`."""
-    torch = _torch()
+    import torch
+
     dev = torch.device(lm.device)
     cuda = dev.type == "cuda"
 
@@ -378,7 +374,8 @@ def _nll_vocab_blocked(x, target, head, transform):
     where a log-sum-exp takes five. A term overflows only if a logit exceeds the target's by
     more than ~88 nats; such rows are redone by `_nll_logsumexp`, as are models whose logits
     are transformed (scaled, soft-capped) or not fp32."""
-    torch = _torch()
+    import torch
+
     weight, bias = head.weight, head.bias
     tgt = (x * weight[target]).sum(-1)
     if bias is not None:
@@ -409,7 +406,8 @@ def _nll_vocab_blocked(x, target, head, transform):
 
 def _nll_logsumexp(x, tgt, weight, bias, transform):
     """`_nll_vocab_blocked` by a max-shifted log-sum-exp per block: safe for any logits."""
-    torch = _torch()
+    import torch
+
     n, vocab = x.shape[0], weight.shape[0]
     lse = torch.full((n,), -math.inf, dtype=torch.float32, device=x.device)
     for v in range(0, vocab, _VOCAB_BLOCK):
@@ -431,7 +429,8 @@ def _run(
     max_tokens: int | None,
     stride: int | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    torch = _torch()
+    import torch
+
     dev = torch.device(lm.device)
     if batch_tokens is None:
         batch_tokens = _BATCH_TOKENS.get(dev.type, 16384)

@@ -63,7 +63,7 @@ def test_embed_hf_encoder_folder(tiny_bert, tmp_path):  # noqa: F811
     datasel.run(stage, tmp_path / "in.parquet", tmp_path / "out", quiet=True)
     _, x = vectors(tmp_path / "out")
     np.testing.assert_allclose(x, mean_pool_reference(tiny_bert, texts), atol=2e-5)
-    assert stage.single_process and not Embed().single_process
+    assert stage.needs.single_process and not Embed().needs.single_process
 
 
 def test_embed_cli(docs, tmp_path):

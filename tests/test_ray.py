@@ -1,24 +1,28 @@
 """The Ray engine gives the same output as the local one, raises the same errors, and runs
-model-loading stages on a pool of actors. One local 2-CPU cluster serves the whole module."""
+model-loading stages on a pool of actors, which ask for a GPU where the cluster has one. One
+local cluster of 2 CPUs that declares 1 GPU (there need be none) serves the whole module."""
 
 import os
 import random
 import sys
 from dataclasses import dataclass
-from typing import ClassVar
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 ray = pytest.importorskip("ray")
 
 import datasel  # noqa: E402
+from datasel.device import pick_device  # noqa: E402
 from datasel.errors import DataselError  # noqa: E402
 from datasel.ray_engine import RayExecutor  # noqa: E402
-from datasel.stage import Stage  # noqa: E402
+from datasel.stage import MapResult, Needs, Stage  # noqa: E402
 from datasel.stages.dedup import Dedup  # noqa: E402
 from datasel.stages.filter import Filter  # noqa: E402
+from datasel.stages.score import ScorePpl  # noqa: E402
 from tests.conftest import read_dataset, read_removed, sample_rows, write_parquet  # noqa: E402
+from tests.lm_fixtures import make_tiny_lm  # noqa: E402
 
 CPUS = 2
 # pytest imports this file as a top-level module that Ray's workers cannot import; ship it
@@ -27,7 +31,13 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 @pytest.fixture(scope="module")
 def cluster():
-    with RayExecutor(CPUS).start() as ex:
+    # Ray's own resource override (what its autoscaler sets on the nodes it starts), read when
+    # the executor starts its local cluster: a GPU resource on a machine without a GPU
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_OVERRIDE_RESOURCES", '{"GPU": 1}')
+        ex = RayExecutor(CPUS).start()
+    with ex:
+        assert ray.cluster_resources().get("GPU") == 1
         yield ex
 
 
@@ -104,8 +114,7 @@ class PidStage(Stage):
     """Records which process mapped each row and how many models that process had loaded."""
 
     name = "test-pid"
-    loads_model: ClassVar[bool] = True
-    num_gpus: ClassVar[float] = 0
+    needs = Needs(model=True)
 
     def map(self, batch, ctx):
         global LOADS
@@ -132,8 +141,42 @@ def test_model_stage_runs_on_actors_loaded_once(cluster, tmp_path):
 @pytest.mark.timeout(30)
 def test_actor_stage_needing_a_missing_gpu_fails_fast(cluster, tmp_path):
     class GpuStage(PidStage):
-        num_gpus: ClassVar[float] = 1000
+        needs = Needs(model=True, gpus=1000)
 
     src = split_parquet(sample_rows(40), tmp_path / "in", n=2)
-    with pytest.raises(DataselError, match="needs 1000 GPU per worker"):
+    with pytest.raises(DataselError, match="needs 1000 GPU per worker but the Ray cluster has 1"):
         datasel.run(GpuStage(), src, tmp_path / "out", engine="ray", quiet=True)
+
+
+@dataclass(kw_only=True)
+class ProbedPpl(ScorePpl):
+    """`score ppl`, with the GPUs Ray gave the process that mapped each row and the device the
+    model runs on there (-1 GPUs: mapped in the driver)."""
+
+    name = "test-probed-ppl"
+
+    def map(self, batch, ctx):
+        kept = super().map(batch, ctx).kept
+        context = ray.get_runtime_context()
+        gpus = context.get_assigned_resources().get("GPU", 0.0) if context.get_actor_id() else -1
+        n = kept.num_rows
+        kept = kept.append_column("gpus", pa.array([gpus] * n, pa.float64()))
+        return MapResult(kept.append_column("device", pa.array([self.lm().device] * n)))
+
+
+@pytest.mark.timeout(180)
+def test_model_stage_asks_for_the_gpu_of_a_cluster_that_has_one(cluster, tmp_path):
+    lm = make_tiny_lm(tmp_path / "lm", n_positions=64)
+    src = split_parquet(sample_rows(60), tmp_path / "in", n=2)
+    assert ScorePpl(model=str(lm)).needs.gpus == 1
+    datasel.run(ScorePpl(model=str(lm)), src, tmp_path / "local", quiet=True)
+    m = datasel.run(ProbedPpl(model=str(lm)), src, tmp_path / "ray", engine="ray", quiet=True)
+    assert m["kept"] == 60
+    local, via_ray = read_dataset(tmp_path / "local"), read_dataset(tmp_path / "ray")
+    assert set(via_ray.column("gpus").to_pylist()) == {1.0}  # each actor holds the one GPU
+    # on the GPU where there is a real one, else (as here) on CPU
+    assert set(via_ray.column("device").to_pylist()) == {pick_device("auto", "test")}
+    assert via_ray.column("id").equals(local.column("id"))
+    np.testing.assert_allclose(
+        via_ray.column("ppl_bpb").to_numpy(), local.column("ppl_bpb").to_numpy(), rtol=1e-5
+    )

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from datasel.errors import DataselError
+from datasel.io import TEXT_COLUMN
 
 
 def named(values: list[str] | None, flag: str) -> dict[str, str]:
@@ -51,7 +52,7 @@ def eval_command(
         str | None,
         typer.Option(help="local HF model folder: fine-tune it on prompt/response arms instead"),
     ] = None,
-    text_column: Annotated[str, typer.Option(help="text column (pre-training arms)")] = "text",
+    text_column: Annotated[str, typer.Option(help="text column (pre-training arms)")] = TEXT_COLUMN,
     prompt_column: Annotated[str, typer.Option(help="with --finetune")] = "instruction",
     response_column: Annotated[str, typer.Option(help="with --finetune")] = "response",
     eval_tokens: Annotated[int, typer.Option(help="tokens scored per eval set")] = 50_000,

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from datasel.device import pick_device
 from datasel.errors import DataselError
 from datasel.eval import data, metrics, model, report, tokenizer, train
-from datasel.io import digest, find_files, fingerprint, write_json
+from datasel.io import TEXT_COLUMN, digest, find_files, fingerprint, write_json
 
 BASELINES = ("random",)
 
@@ -51,7 +52,7 @@ def evaluate(
     baseline: dict[str, str] | None = None,
     tokenizer_path: str | None = None,
     finetune: str | None = None,
-    text_column: str = "text",
+    text_column: str = TEXT_COLUMN,
     prompt_column: str = "instruction",
     response_column: str = "response",
     eval_tokens: int = 50_000,
@@ -117,7 +118,7 @@ def evaluate(
         raise DataselError(
             f"--tokens {tokens:,} is less than one step ({spec.batch_size} x {spec.context} tokens)"
         )
-    device = _device(device)
+    device = pick_device(device, "datasel eval")
     say = (lambda *_: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
 
     pairs = finetune is not None
@@ -269,16 +270,6 @@ def _load(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DataselError(f"--device {device}: no CUDA device here")
-    return device
 
 
 def _tokenizer(out: Path, spec, arms: dict, given: str | None, finetune: str | None):

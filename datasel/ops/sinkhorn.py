@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from datasel.errors import import_extra
+from datasel.device import import_torch, pick_device
 
 _BLOCK_ELEMS = 1 << 24  # cost entries per strip: 64 MB in fp32
 
@@ -58,14 +58,7 @@ class OTResult:
     marginal_err: float
 
 
-def _torch():
-    return import_extra("torch", "embed", "GOT-D's Sinkhorn")
-
-
-def _pick_device(torch: Any, device: str | Any) -> Any:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+WHAT = "GOT-D's Sinkhorn"  # who needs torch, in its error
 
 
 def sinkhorn(
@@ -122,14 +115,14 @@ def sinkhorn(
     >>> res.f.shape, res.g.shape
     ((100,), (30,))
     """
-    torch = _torch()
+    torch = import_torch(WHAT, "embed")
     if cost not in ("sqeuclidean", "cosine"):
         raise ValueError(f"cost must be 'sqeuclidean' or 'cosine', got {cost!r}")
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     if eps <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
-    dev = _pick_device(torch, device)
+    dev = torch.device(pick_device(device, WHAT, "embed"))
     tdt = getattr(torch, dtype)
 
     def as_tensor(v: Any, where: Any) -> Any:

@@ -16,6 +16,7 @@ from datasel.stage import (
     Context,
     Decision,
     MapResult,
+    Needs,
     Staged,
     blank_texts,
     check_budget,
@@ -24,7 +25,7 @@ from datasel.stage import (
     set_aside_blank,
 )
 from datasel.stage import budget as select_budget
-from datasel.stages.embed import _Embedding, check_backend, check_model, read_embeddings
+from datasel.stages.embed import _Embedding, check_backend, check_model, neural, read_embeddings
 
 # a unit's share of the budget ~ its size ** power: equal (kMQ), sqrt (temperature sampling),
 # proportional (as a random sample)
@@ -78,7 +79,6 @@ class Diversify(_Embedding):
 
     name = "diversify"
     example = "datasel diversify embedded/ diverse/ --k 100 --fraction 0.1"
-    loads_model = True
     map_params = (
         "k",
         "model",
@@ -170,10 +170,13 @@ class Diversify(_Embedding):
 
     # ---------------------------------------------------------------------------- fit + map
 
-    def _use_torch(self) -> bool:
-        return getattr(self, "_backend", "column") not in ("column", "hashing") and not str(
-            self._backend
-        ).endswith(".npz")
+    def _use_torch(self) -> bool:  # known once fit has chosen the backend
+        return neural(getattr(self, "_backend", "column"))
+
+    @property
+    def needs(self) -> Needs:
+        torch = self._use_torch()  # a torch model: one model on one device
+        return Needs(model=True, gpus=int(torch), single_process=torch)
 
     def check(self) -> None:
         check_model(self.model, "diversify")
@@ -206,10 +209,8 @@ class Diversify(_Embedding):
         if self._backend == "column":
             x = read_embeddings(sample.column(self.embedding_column), self.embedding_column)
         else:
-            self._embedder = None  # fit anew on this input's sample
-            x = self.embedder(ctx, sample).encode(
-                sample.column(ctx.columns.text).fill_null("").to_pylist()
-            )
+            self.unload()  # fit anew on this input's sample
+            x = self.embedder(ctx, sample).encode(ctx.texts(sample))
         if self.k > len(x) >= self.fit_sample:
             raise DataselError(
                 f"--k {self.k} is larger than the number of rows of --fit-sample "
@@ -260,7 +261,7 @@ class Diversify(_Embedding):
                 raise DataselError(f"no column '{self.embedding_column}' in every input file")
             x = read_embeddings(batch.column(self.embedding_column), self.embedding_column)
         else:
-            x = self.embedder(ctx).encode(batch.column(ctx.columns.text).fill_null("").to_pylist())
+            x = self.embedder(ctx).encode(ctx.texts(batch))
         if x.shape[1] != self._dim:
             raise DataselError(
                 f"column '{self.embedding_column}' mixes vectors of dimensions {self._dim} "

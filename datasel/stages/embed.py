@@ -7,13 +7,22 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from datasel.device import check_device
 from datasel.errors import DataselError, require
 from datasel.io import Columns
-from datasel.stage import Context, MapResult, Stage, blank_texts, param, register, spread_rows
+from datasel.stage import (
+    Context,
+    MapResult,
+    Needs,
+    Stage,
+    blank_texts,
+    param,
+    register,
+    spread_rows,
+)
 from scorers.models import model_size
 
 REDUCE = ("svd", "random")
-DEVICES = ("auto", "cpu", "cuda")
 # the hashing fit sample: up to this many input rows are read (spread over the input), then
 # thinned evenly to --fit-sample (the dev-corpus benchmarks were measured this way)
 SPREAD_FROM = 200_000
@@ -25,10 +34,14 @@ def check_backend(model: str, reduce: str, dim: int, device: str) -> None:
         raise ValueError(f"reduce must be svd or random, got {reduce!r}")
     if dim < 1:
         raise ValueError(f"dim must be at least 1, got {dim}")
-    if device not in DEVICES and not device.startswith("cuda:"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    check_device(device)
     if not model:
         raise ValueError("model must be hashing, minilm, a saved hashing .npz or a model folder")
+
+
+def neural(model: str) -> bool:
+    """Whether `model` names a torch encoder: not hashing (nor a saved one), nor a column."""
+    return model not in ("hashing", "auto", "column") and not str(model).endswith(".npz")
 
 
 def check_model(model: str, what: str) -> None:
@@ -85,9 +98,9 @@ def fit_embedder(
     if model == "hashing":
         if sample is None:
             sample = ctx.sample(max(fit_sample, min(10 * fit_sample, SPREAD_FROM)))
-        table = spread_rows(sample, fit_sample)
-        texts = table.column(ctx.columns.text).fill_null("").to_pylist()
-        return fit_hashing(texts, dim=dim, reduce=reduce, seed=seed)
+        return fit_hashing(
+            ctx.texts(spread_rows(sample, fit_sample)), dim=dim, reduce=reduce, seed=seed
+        )
     try:
         return load_embedder(model, dim=dim, device=device, batch_size=batch_size)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError, OSError) as e:
@@ -138,18 +151,7 @@ class _Embedding(Stage):
     """Shared by `embed` and `diversify`: one embedder per process, fitted once in `fit`."""
 
     def _use_torch(self) -> bool:
-        model = getattr(self, "model", "hashing")
-        return model not in ("hashing", "auto", "column") and not str(model).endswith(".npz")
-
-    @property
-    def single_process(self) -> bool:  # torch models: one model on one device, torch uses the cores
-        return self._use_torch()
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        if self._use_torch():  # reloaded in the process that runs map, never pickled
-            state.pop("_embedder", None)
-        return state
+        return neural(self._model_spec()[0])
 
     def _model_spec(self) -> tuple[str, int]:
         """The backend `embedder` loads, and the rows a hashing embedder is fitted on."""
@@ -157,10 +159,12 @@ class _Embedding(Stage):
 
     def embedder(self, ctx: Context | None = None, sample: pa.Table | None = None):
         """This process's embedder, loaded (and for hashing, fitted on `sample` or a sample
-        of the input) on first use; a torch model is reloaded in the process that maps."""
-        if getattr(self, "_embedder", None) is None:
-            model, fit_rows = self._model_spec()
-            self._embedder = fit_embedder(
+        of the input) on first use; a torch model is loaded again in the process that maps, a
+        fitted hashing one travels with the stage."""
+        model, fit_rows = self._model_spec()
+        return self.loaded(
+            "embedder",
+            lambda: fit_embedder(
                 model,
                 ctx,
                 dim=self.dim,
@@ -170,16 +174,16 @@ class _Embedding(Stage):
                 batch_size=self.batch_size,
                 fit_sample=fit_rows,
                 sample=sample,
-            )
-        return self._embedder
+            ),
+            travels=not neural(model),
+        )
 
     def model_size(self, ctx: Context) -> tuple[int, str]:
         embedder = self.embedder(ctx)
         return model_size(embedder.model, embedder.device)
 
     def encode(self, batch: pa.RecordBatch, ctx: Context) -> np.ndarray:
-        texts = batch.column(ctx.columns.text).fill_null("").to_pylist()
-        return self.embedder(ctx).encode(texts)
+        return self.embedder(ctx).encode(ctx.texts(batch))
 
 
 @register
@@ -195,11 +199,11 @@ class Embed(_Embedding):
 
     name = "embed"
     example = "datasel embed docs/ embedded/ --model hashing --dim 256"
-    loads_model = True
 
     @property
-    def cut_by_speed(self) -> bool:
-        return self._use_torch()
+    def needs(self) -> Needs:
+        torch = self._use_torch()  # a torch model: one model on one device, seconds a batch
+        return Needs(model=True, gpus=int(torch), single_process=torch, cut_by_speed=torch)
 
     model: str = param("hashing", help="hashing | minilm | saved hashing .npz | local model folder")
     dim: int = param(256, help="width of the hashing backend (neural models have their own)")

@@ -18,6 +18,7 @@ from datasel.stage import (
     Context,
     Decision,
     MapResult,
+    Needs,
     Stage,
     Staged,
     blank_texts,
@@ -56,10 +57,7 @@ class Pick(Stage):
 
     name = "pick"
     example = "datasel pick sft-candidates.jsonl picked/ --model models/target-lm --responses-column responses"
-    single_process = True
-    loads_model = True
-    cut_by_speed = True
-    needs_text = False
+    needs = Needs(text=False, model=True, gpus=1, single_process=True, cut_by_speed=True)
 
     model: str = param(help="the target model: local HF folder, .gguf file, or hub name")
     instruction_column: str = param("instruction", help="column with the instruction")
@@ -111,17 +109,9 @@ class Pick(Stage):
             )
 
     def lm(self):
-        if getattr(self, "_lm", None) is None:
-            from transformers.utils import logging
+        from datasel.stages.score import load_causal_lm
 
-            from scorers.lm import load_lm
-
-            logging.disable_progress_bar()
-            try:
-                self._lm = load_lm(self.model, device=self.device)
-            except (FileNotFoundError, ValueError, ImportError) as e:
-                raise DataselError(f"--model {self.model}: {str(e).splitlines()[0]}") from None
-        return self._lm
+        return self.loaded("lm", lambda: load_causal_lm(self.model, self.device))
 
     def model_size(self, ctx: Context) -> tuple[int, str]:
         return model_size(self.lm().model, self.lm().device)
@@ -148,9 +138,6 @@ class Pick(Stage):
 
     def fit(self, ctx: Context) -> None:
         self.lm()
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_lm"}
 
     # ------------------------------------------------------------------ prompts
     def prompt(self, instruction: str, extra: str) -> str:

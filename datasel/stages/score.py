@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from datasel.errors import DataselError, require
 from datasel.io import Columns, write_json
-from datasel.stage import Context, MapResult, Stage, blank_texts, param, register
+from datasel.stage import Context, MapResult, Needs, Stage, blank_texts, param, register
 from scorers.models import model_size
 
 
@@ -44,14 +44,15 @@ class _FastTextColumn(Stage):
         raise NotImplementedError
 
     def classifier(self):
-        if getattr(self, "_scorer", None) is None:
-            from scorers.fasttext import FastTextScorer
+        return self.loaded("classifier", self._load_classifier)
 
-            try:
-                self._scorer = FastTextScorer(*self.model_and_label())
-            except (FileNotFoundError, ValueError) as e:
-                raise DataselError(str(e).splitlines()[0]) from None
-        return self._scorer
+    def _load_classifier(self):
+        from scorers.fasttext import FastTextScorer
+
+        try:
+            return FastTextScorer(*self.model_and_label())
+        except (FileNotFoundError, ValueError) as e:
+            raise DataselError(str(e).splitlines()[0]) from None
 
     def check(self) -> None:
         require("fasttext", self.name.replace("-", " "))
@@ -62,9 +63,6 @@ class _FastTextColumn(Stage):
 
     def fit(self, ctx: Context) -> None:
         self.classifier()  # fail early, in the driver, on a bad model or label
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_scorer"}
 
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
         texts, blank = _texts_to_score(batch, ctx.columns.text)
@@ -222,6 +220,19 @@ def preselect_fit(
     return card
 
 
+def load_causal_lm(model: str, device: str, max_tokens: int | None = None):
+    """`scorers.lm.load_lm`, without its progress bars, with one-line errors naming --model."""
+    from transformers.utils import logging
+
+    from scorers.lm import load_lm
+
+    logging.disable_progress_bar()  # our own progress bar is enough
+    try:
+        return load_lm(model, device=device, max_tokens=max_tokens)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        raise DataselError(f"--model {model}: {str(e).splitlines()[0]}") from None
+
+
 def check_lm(model: str, what: str) -> None:
     """Before any work: the `lm` extra is installed, and `model` is a local path or a Hub name
     that is cached or reachable (one line at once, not transformers' minute of retries)."""
@@ -246,9 +257,7 @@ class ScorePpl(Stage):
 
     name = "score-ppl"
     example = "datasel score ppl docs/ scored/ --model models/smollm2-135m --column smol"
-    single_process = True  # one model per device; torch uses the cores
-    loads_model = True
-    cut_by_speed = True
+    needs = Needs(model=True, gpus=1, single_process=True, cut_by_speed=True)
 
     model: str = param(
         help="local Hugging Face model folder, a .gguf file, or a hub name (needs network)"
@@ -266,18 +275,7 @@ class ScorePpl(Stage):
     device: str = param("auto", help="auto (CUDA when present) | cpu | cuda")
 
     def lm(self):
-        if getattr(self, "_lm", None) is None:
-            from transformers.utils import logging
-
-            from scorers.lm import load_lm
-
-            logging.disable_progress_bar()  # our own progress bar is enough
-
-            try:
-                self._lm = load_lm(self.model, device=self.device, max_tokens=self.max_tokens)
-            except (FileNotFoundError, ValueError, ImportError) as e:
-                raise DataselError(f"--model {self.model}: {str(e).splitlines()[0]}") from None
-        return self._lm
+        return self.loaded("lm", lambda: load_causal_lm(self.model, self.device, self.max_tokens))
 
     def check(self) -> None:
         check_lm(self.model, "score ppl")
@@ -290,9 +288,6 @@ class ScorePpl(Stage):
 
     def fit(self, ctx: Context) -> None:
         self.lm()  # fail early on a bad model path
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_lm"}
 
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
         from scorers.lm import bits_per_byte, score_bpb

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -14,6 +14,7 @@ from datasel.stage import (
     Context,
     Decision,
     MapResult,
+    Needs,
     Stage,
     Staged,
     blank_texts,
@@ -23,10 +24,11 @@ from datasel.stage import (
     param,
     register,
 )
+from datasel.stages.embed import neural
 
 
 def row_texts(
-    batch: pa.RecordBatch | pa.Table, text_column: str, template: str | None
+    batch: pa.RecordBatch | pa.Table, text_column: str | None, template: str | None
 ) -> list[str | None]:
     """The text of each row: the text column (None where null), or `template` filled from
     several columns (e.g. "{instruction}\\n{response}" for instruction data)."""
@@ -47,7 +49,9 @@ def row_texts(
     ]
 
 
-def read_texts(src, text_column: str, template: str | None, what: str) -> tuple[list[str], int]:
+def read_texts(
+    src, text_column: str | None, template: str | None, what: str
+) -> tuple[list[str], int]:
     """The texts of a (target) dataset, and how many of its rows were left out for having no
     text (null, empty or only whitespace)."""
     texts, blank = [], 0
@@ -84,8 +88,8 @@ class _Shift(Stage):
         check_budget(self.size, self.fraction)
 
     @property
-    def needs_text(self) -> bool:
-        return self.template is None
+    def needs(self) -> Needs:
+        return Needs(text=self.template is None)  # a template names its own columns
 
     def budget(self, n: int, ctx: Context) -> int:
         return budget(n, self.size, self.fraction, ctx, self.name.replace("-", " "))
@@ -105,7 +109,7 @@ class _Shift(Stage):
         return {f: "template" for f in fields}
 
     def texts(self, batch, ctx: Context) -> list[str | None]:
-        return row_texts(batch, ctx.columns.text or "text", self.template)
+        return row_texts(batch, ctx.columns.text, self.template)
 
     def texts_and_blanks(self, batch, ctx: Context) -> tuple[list[str], np.ndarray, dict]:
         """Each row's text ("" where null), where it has none (null, empty or whitespace:
@@ -136,9 +140,7 @@ class _Shift(Stage):
         )
 
     def target_texts(self, ctx: Context) -> list[str]:
-        texts, blank = read_texts(
-            self.target, ctx.columns.text or "text", self.template, "--target"
-        )
+        texts, blank = read_texts(self.target, ctx.columns.text, self.template, "--target")
         self.target_without_text = blank
         return texts
 
@@ -282,6 +284,11 @@ class ShiftGotd(_Shift):
     )
     device: str = param("auto", help="auto | cpu | cuda")
 
+    @property
+    def needs(self) -> Needs:
+        torch = neural(self.model)  # a torch model: one model on one device
+        return replace(super().needs, model=torch, gpus=int(torch), single_process=torch)
+
     def check(self) -> None:
         from datasel.stages.embed import check_model
 
@@ -307,8 +314,8 @@ class ShiftGotd(_Shift):
             self.target_emb = self._target_embeddings()
             return
         target = self.target_texts(ctx)
-        self.embedder = self._embedder(ctx, target)
-        self.target_emb = self.embedder.encode(target).astype(np.float32)
+        self.unload()  # hashing: fit anew on this input's sample and target
+        self.target_emb = self.embedder(ctx, target).encode(target).astype(np.float32)
 
     def _target_embeddings(self) -> np.ndarray:
         from datasel.stages.embed import read_embeddings
@@ -330,7 +337,14 @@ class ShiftGotd(_Shift):
             raise DataselError(f"--target {self.target}: holds no rows")
         return np.concatenate(parts)
 
-    def _embedder(self, ctx, target):
+    def embedder(self, ctx: Context | None = None, target: list[str] | None = None):
+        """This process's embedder: hashing, fitted in `fit` on a sample of the pool and the
+        target (it travels with the stage), or a torch model, loaded again where map runs."""
+        return self.loaded(
+            "embedder", lambda: self._load_embedder(ctx, target), travels=not neural(self.model)
+        )
+
+    def _load_embedder(self, ctx, target):
         from datasel.stages.embed import fit_hashing
         from scorers.embed import load_embedder
 
@@ -347,7 +361,7 @@ class ShiftGotd(_Shift):
         texts, blank, counts = self.texts_and_blanks(batch, ctx)
         x = np.zeros((batch.num_rows, self.target_emb.shape[1]), np.float32)  # blank rows: 0
         if not self.use_column:
-            x[~blank] = self.embedder.encode(
+            x[~blank] = self.embedder(ctx).encode(
                 [t for t, b in zip(texts, blank, strict=False) if not b]
             )
             return MapResult(batch, arrays={"gotd_emb": x, "shift_blank": blank}, texts=counts)
@@ -407,9 +421,9 @@ MIN_TARGET_POINTS = 300
 
 def target_points(n_pool: int, max_target: int, device: str) -> int:
     """How many support points the target may keep against a pool of `n_pool` documents."""
-    from datasel.ops.sinkhorn import _pick_device, _torch
+    from datasel.device import pick_device
 
-    if _pick_device(_torch(), device).type != "cpu":
+    if pick_device(device, "shift gotd", "embed") != "cpu":
         return max_target
     return min(max_target, max(MIN_TARGET_POINTS, int(CPU_PAIR_BUDGET // max(1, n_pool))))
 
