@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 import datasel
 from datasel.cli import app, register_stages
 from datasel.stages.filter import Filter
-from datasel.stages.score import ScoreFastText, ScorePreselect, preselect_fit
+from datasel.stages.score import ScoreFastText, ScorePreselect
+from datasel.workflows.preselect_fit import preselect_fit
 from tests.conftest import read_dataset, read_removed, sample_rows
 
 register_stages()
