@@ -2,6 +2,7 @@
 
     input: datasel:sample          # a path, a glob, or the bundled sample
     output: out/quickstart
+    workers: 4                     # any run option (datasel/options.py); a flag replaces it
     steps:
       - stage: dedup
         threshold: 0.8
