@@ -13,9 +13,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from datasel.engine import RunOptions
 from datasel.errors import DataselError
 from datasel.eval.command import eval_command
+from datasel.options import NAMES, RunOptions
 from datasel.stage import STAGES, Stage
 
 app = typer.Typer(
@@ -32,25 +32,7 @@ GROUPS = {
 }
 _groups: dict[str, typer.Typer] = {}
 
-BAD_ROWS_HELP = (
-    "JSONL lines that are malformed, not UTF-8 or change a field's type: error (stop, naming "
-    "the line) or skip (leave them out, in OUTPUT/_skipped/ with a reason)"
-)
-RUN_PARAMS = [
-    ("text_column", str, "text", "name of the text column"),
-    ("id_column", str, "id", "column with document ids (derived from file and row when absent)"),
-    ("workers", int, RunOptions().workers, "worker processes (default: all cores)"),
-    ("overwrite", bool, False, "replace the output of another run in OUTPUT"),
-    ("quiet", bool, False, "no progress bar or summary (for cron)"),
-    ("engine", str, "local", "local (process pool) or ray (RAY_ADDRESS, else a local cluster)"),
-    ("on_bad_rows", str, "error", BAD_ROWS_HELP),
-    (
-        "unit_seconds",
-        float,
-        30.0,
-        "model stages: seconds of work per output shard, about the most a kill loses",
-    ),
-]
+RUN_PANEL = "Run options"
 
 
 def _no_type_on_flags() -> None:
@@ -88,36 +70,26 @@ def _option_type(tp):
     return tp
 
 
-def _stage_command(cls: type[Stage]):
+def _field_params(cls, panel: str | None = None) -> list[inspect.Parameter]:
+    """One option per field of a dataclass (a stage's parameters, `RunOptions`), with the
+    field's help; a field without a default is a required option."""
     hints = typing.get_type_hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.init]
-    params = [
-        inspect.Parameter(
-            "input",
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            annotation=Annotated[
-                str,
-                typer.Argument(help="input file, folder or glob (JSONL, Parquet, HF save_to_disk)"),
-            ],
-        ),
-        inspect.Parameter(
-            "output",
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            annotation=Annotated[
-                Path,
-                typer.Argument(help="output folder (Parquet shards, _removed/, _manifest.json)"),
-            ],
-        ),
-    ]
-    for f in fields:
+    params = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
         if f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:
             default = inspect.Parameter.empty  # a required option
-        flag = "--" + f.name.replace("_", "-")
-        opt = typer.Option(flag, help=f.metadata.get("help", ""))
+        opt = typer.Option(
+            "--" + f.name.replace("_", "-"),
+            help=f.metadata.get("help", ""),
+            rich_help_panel=panel,
+            show_default=f.metadata.get("show_default", True),
+        )
         params.append(
             inspect.Parameter(
                 f.name,
@@ -126,38 +98,53 @@ def _stage_command(cls: type[Stage]):
                 annotation=Annotated[_option_type(hints[f.name]), opt],
             )
         )
-    for name, tp, default, help_text in RUN_PARAMS:
-        opt = typer.Option(
-            "--" + name.replace("_", "-"),
-            help=help_text,
-            rich_help_panel="Run options",
-            show_default=name != "workers",  # this machine's core count: said in the help
-        )
-        params.append(
-            inspect.Parameter(
-                name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[tp, opt]
-            )
-        )
+    return params
 
-    def command(**kwargs):
+
+def _with_params(fn, params: list[inspect.Parameter]):
+    """`fn(**kwargs)` as typer sees it: its named parameters, then `params`."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    own = [
+        p.replace(annotation=hints[p.name])
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    fn.__signature__ = inspect.Signature([*own, *params])
+    fn.__annotations__ = {p.name: p.annotation for p in fn.__signature__.parameters.values()}
+    return fn
+
+
+def _run_options(values: dict) -> RunOptions:
+    """The run options among a command's arguments (taken out of `values`)."""
+    return RunOptions(**{name: values.pop(name) for name in NAMES})
+
+
+def _stage_command(cls: type[Stage]):
+    def command(
+        input: Annotated[
+            str,
+            typer.Argument(help="input file, folder or glob (JSONL, Parquet, HF save_to_disk)"),
+        ],
+        output: Annotated[
+            Path, typer.Argument(help="output folder (Parquet shards, _removed/, _manifest.json)")
+        ],
+        **kwargs,
+    ):
         from datasel.engine import run
         from datasel.io import resolve_input
 
-        run_kw = {name: kwargs.pop(name) for name, *_ in RUN_PARAMS}
-        src, dst = resolve_input(kwargs.pop("input")), kwargs.pop("output")
         try:
+            options = _run_options(kwargs)
             stage = cls(**kwargs)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, DataselError) as e:
             raise fail(str(e)) from None
         try:
-            run(stage, src, dst, RunOptions(**run_kw))
+            run(stage, resolve_input(input), output, options)
         except DataselError as e:
             raise fail(str(e)) from None
 
-    command.__signature__ = inspect.Signature(params)
-    command.__annotations__ = {p.name: p.annotation for p in params}
     command.__name__ = cls.name
-    return command
+    return _with_params(command, _field_params(cls) + _field_params(RunOptions, RUN_PANEL))
 
 
 def _help(cls: type[Stage]) -> str:
@@ -190,8 +177,8 @@ def register_stages() -> None:
             app.command(name, help=_help(cls))(_stage_command(cls))
 
 
-@app.command("run")
 def run_config(
+    ctx: typer.Context,
     config: Annotated[Path, typer.Argument(help="YAML pipeline (see configs/)")],
     input: Annotated[
         str | None, typer.Option("--input", "-i", help="override the config's input")
@@ -203,18 +190,6 @@ def run_config(
         list[str] | None,
         typer.Option("--set", help="override a key: key=value or STEP.key=value"),
     ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(help="worker processes (default: the config's, else all cores)"),
-    ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="replace outputs of other runs")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars or summaries")] = False,
-    engine: Annotated[str, typer.Option(help="local or ray")] = "local",
-    on_bad_rows: Annotated[
-        str | None, typer.Option(help=BAD_ROWS_HELP + " (default: config, else error)")
-    ] = None,
     since: Annotated[
         Path | None,
         typer.Option(help="state folder of a cron job: process only files no earlier run has seen"),
@@ -222,8 +197,11 @@ def run_config(
     log_json: Annotated[
         bool, typer.Option("--log-json", help="print one JSON line per step (for cron logs)")
     ] = False,
+    **flags,
 ):
     """Run a pipeline of stages from a YAML config; each step writes its own folder.
+
+    Every run option is also a config key (`workers: 4`); one given here replaces the config's.
 
     Example:
 
@@ -231,6 +209,7 @@ def run_config(
     """
     from datasel.pipeline import load_config
 
+    given = {k: v for k, v in flags.items() if ctx.get_parameter_source(k).name == "COMMANDLINE"}
     try:
         pipeline, config = load_config(config, set_ or [])
         src = input or config.get("input")
@@ -239,17 +218,16 @@ def run_config(
             raise DataselError(
                 f"{config}: needs 'input' and 'output' (in the config or as --input/--output)"
             )
-        extra = {"overwrite": overwrite, "quiet": quiet or log_json, "engine": engine}
-        if workers:
-            extra["workers"] = workers
-        if on_bad_rows is not None:
-            extra["on_bad_rows"] = on_bad_rows
+        options = dataclasses.replace(pipeline.options, **given)
+        quiet = options.quiet
+        if log_json:
+            options = dataclasses.replace(options, quiet=True)
         if since is not None:
             _report_cron(
-                pipeline.run_incremental(src, dst, since, **extra), since, dst, quiet, log_json
+                pipeline.run_incremental(src, dst, since, options), since, dst, quiet, log_json
             )
             return
-        manifests = pipeline.run(src, dst, **extra)
+        manifests = pipeline.run(src, dst, options)
     except DataselError as e:
         raise fail(str(e)) from None
     from datasel.report import build_report, headlines, summary_table
@@ -271,6 +249,9 @@ def run_config(
             f"selected: {last} ({manifests[-1]['kept']:,} of {manifests[0]['rows_in']:,} rows)"
         )
         typer.echo(f"report: {report}")
+
+
+app.command("run")(_with_params(run_config, _field_params(RunOptions, RUN_PANEL)))
 
 
 def _report_cron(record: dict | None, since: Path, dst, quiet: bool, log_json: bool) -> None:
@@ -327,7 +308,7 @@ def preselect_fit_cmd(
 
       datasel preselect fit scored/ scorers/ps --loss-columns bpb_s,bpb_m,bpb_l --benchmark-scores 30.1,38.4,45.0
     """
-    from datasel.stages.score import preselect_fit
+    from datasel.workflows.preselect_fit import preselect_fit
 
     try:
         scores = [float(x) for x in benchmark_scores.split(",")]

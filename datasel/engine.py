@@ -25,15 +25,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datasel.bad_rows import check_mode, skipped_table
 from datasel.bad_rows import count as count_skipped
+from datasel.bad_rows import skipped_table
 from datasel.errors import DataselError
 from datasel.io import (
     Columns,
@@ -56,6 +55,7 @@ from datasel.io import (
     write_table,
 )
 from datasel.lock import FolderLock
+from datasel.options import RunOptions
 from datasel.preflight import check_steps
 from datasel.progress import Progress, unit_meter
 from datasel.stage import Context, Decision, MapResult, Stage, Staged, count_texts
@@ -68,29 +68,6 @@ SKIPPED = "_skipped"  # input lines that could not be rows, with --on-bad-rows s
 WORK = "_work"
 LOCK = "_lock"  # held by the run writing the folder
 _FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-
-
-@dataclass(kw_only=True)
-class RunOptions:
-    """How to run a stage; none of these change which rows are kept (except the columns)."""
-
-    text_column: str = "text"
-    id_column: str = "id"
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    overwrite: bool = False
-    quiet: bool = False
-    shard_bytes: int = 128 << 20
-    shard_rows: int = 250_000
-    batch_rows: int = 8192
-    engine: str = "local"  # local | ray
-    on_bad_rows: str = "error"  # error | skip: malformed, non-UTF-8 or type-changed JSONL lines
-    unit_seconds: float = 30.0  # model stages: seconds of work per unit, the most a kill loses
-
-    def __post_init__(self):
-        try:
-            check_mode(self.on_bad_rows)
-        except ValueError as e:
-            raise DataselError(str(e)) from None
 
 
 def run(

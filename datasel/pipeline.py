@@ -2,6 +2,7 @@
 
     input: datasel:sample          # a path, a glob, or the bundled sample
     output: out/quickstart
+    workers: 4                     # any run option (datasel/options.py); a flag replaces it
     steps:
       - stage: dedup
         threshold: 0.8
@@ -23,24 +24,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from datasel.engine import RunOptions, run, stage_columns
+from datasel.engine import run, stage_columns
 from datasel.errors import DataselError
 from datasel.io import FileList, digest, find_files, fingerprint, resolve_input, write_json
 from datasel.lock import FolderLock
+from datasel.options import NAMES, STEP_NAMES, RunOptions, checked
 from datasel.preflight import check_steps
 from datasel.stage import STAGES, Stage
 
-CONFIG_KEYS = {
-    "input",
-    "output",
-    "steps",
-    "text_column",
-    "id_column",
-    "workers",
-    "on_bad_rows",
-    "description",
-}
-STEP_OPTIONS = ("text_column", "id_column")  # a step may read another column than the others
+CONFIG_KEYS = {"input", "output", "steps", "description", *NAMES}  # and every run option
 
 
 @dataclass
@@ -58,7 +50,7 @@ class Pipeline:
 
     steps: list[Stage]
     options: RunOptions = field(default_factory=RunOptions)
-    # per-step run options, e.g. [{"text_column": "instruction"}, {}, ...]
+    # per-step run options (of STEP_NAMES), e.g. [{"text_column": "instruction"}, {}, ...]
     step_options: list[dict] | None = None
     name: str = ""  # the config file it came from, for messages
 
@@ -69,8 +61,10 @@ class Pipeline:
     def step_dirs(self, dst: Path) -> list[Path]:
         return [dst / f"{i + 1:02d}-{s.name}" for i, s in enumerate(self.steps)]
 
-    def run(self, src, dst, **options) -> list[dict]:
-        opts = RunOptions(**{**self.options.__dict__, **options})
+    def run(self, src, dst, options: RunOptions | None = None, **overrides) -> list[dict]:
+        """Run every step: with `options` (default: the pipeline's), some replaced by keyword
+        (`quiet=True`); a step's own `step_options` win over both."""
+        opts = dataclasses.replace(options or self.options, **overrides)
         dst = Path(dst)
         manifests, current = [], resolve_input(src) if not isinstance(src, FileList) else src
         per_step = self.step_options or [{}] * len(self.steps)
@@ -88,14 +82,17 @@ class Pipeline:
             current = str(step_dir)
         return manifests
 
-    def run_incremental(self, src, dst, state, **options) -> dict | None:
+    def run_incremental(
+        self, src, dst, state, options: RunOptions | None = None, **overrides
+    ) -> dict | None:
         """A cron run: process only the input files no earlier run over `state` has seen.
 
-        Dedup steps without an `index` use `<state>/dedup-index`, so each run dedups against
-        everything kept before. The run's steps go to `<dst>/runs/<run-id>/`, its selected shards
-        are added to `<dst>/selected/` and `<state>/seen.json` records its files, in that order,
-        so a killed run redoes (resuming) exactly the same files. Returns the run record, or
-        None when there is nothing new.
+        Each step runs as `Stage.incremental(state)` makes it (dedup without an `index` uses
+        `<state>/dedup-index`, so each run dedups against everything kept before). The run's
+        steps go to `<dst>/runs/<run-id>/`, its selected shards are added to `<dst>/selected/`
+        and `<state>/seen.json` records its files, in that order, so a killed run redoes
+        (resuming) exactly the same files. Returns the run record, or None when there is nothing
+        new.
         """
         state, dst = Path(state), Path(dst)
         state.mkdir(parents=True, exist_ok=True)
@@ -110,15 +107,11 @@ class Pipeline:
             if not new:
                 return None
             run_id = digest([fp for _, fp in new])
-            steps = [
-                dataclasses.replace(s, index=str(state / "dedup-index"))
-                if getattr(s, "index", "x") is None
-                else s
-                for s in self.steps
-            ]
+            steps = [s.incremental(state) for s in self.steps]
             inputs = FileList(tuple(str(f) for f, _ in new), str(root))
-            manifests = Pipeline(steps, self.options, self.step_options, self.name).run(
-                inputs, dst / "runs" / run_id, **options
+            opts = dataclasses.replace(options or self.options, **overrides)
+            manifests = Pipeline(steps, opts, self.step_options, self.name).run(
+                inputs, dst / "runs" / run_id
             )
             last = Pipeline(steps).step_dirs(dst / "runs" / run_id)[-1]
             selected = dst / "selected"
@@ -180,22 +173,14 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[Pip
             )
         params = dict(step)
         name = params.pop("stage")
-        step_options.append({k: params.pop(k) for k in STEP_OPTIONS if k in params})
         if name not in STAGES:
             raise DataselError(
                 f"{where}: unknown stage '{name}'; stages: {', '.join(sorted(STAGES))}"
             )
+        own = {k: params.pop(k) for k in STEP_NAMES if k in params}
+        step_options.append(checked(own, f"{where} ({name})"))
         stages.append(STAGES[name].from_params(params, f"{where} ({name})"))
-    try:
-        options = RunOptions(
-            **{
-                k: config[k]
-                for k in ("text_column", "id_column", "workers", "on_bad_rows")
-                if k in config
-            }
-        )
-    except DataselError as e:
-        raise DataselError(f"{path}: {e}") from None
+    options = RunOptions.from_config(config, str(path))
     return Pipeline(stages, options, step_options, str(path)), config
 
 

@@ -406,6 +406,11 @@ class Stage:
         """The columns of the kept rows, given the input's: the next step may read these."""
         return names
 
+    def incremental(self, state: Path) -> Stage:
+        """This stage in a cron run that keeps its state in `state` (`datasel run --since`): a
+        stage that remembers what earlier runs kept returns a copy that remembers it there."""
+        return self
+
     @classmethod
     def has_select(cls) -> bool:
         return cls.select is not Stage.select
@@ -432,14 +437,14 @@ class Stage:
                     f"{prefix}missing required key '{f.name}': {f.metadata.get('help', '')}"
                 )
         hints = typing.get_type_hints(cls)
-        values = {k: _coerce(k, hints[k], v, prefix) for k, v in params.items()}
+        values = {k: coerce(k, hints[k], v, prefix) for k, v in params.items()}
         try:
             return cls(**values)
         except (TypeError, ValueError) as e:
             raise DataselError(f"{prefix}{e}") from None
 
 
-def _coerce(name: str, hint: Any, value: Any, prefix: str) -> Any:
+def coerce(name: str, hint: Any, value: Any, prefix: str) -> Any:
     """`value` checked against the field's type: ints pass as floats, a scalar as a list."""
     args = typing.get_args(hint)
     if type(None) in args:  # X | None
@@ -449,7 +454,7 @@ def _coerce(name: str, hint: Any, value: Any, prefix: str) -> Any:
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint) or (Any,)
         items = value if isinstance(value, list) else [] if value is None else [value]
-        return [_coerce(name, item, v, prefix) for v in items]
+        return [coerce(name, item, v, prefix) for v in items]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float, str, bool) and (

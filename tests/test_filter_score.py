@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 import datasel
 from datasel.cli import app, register_stages
 from datasel.stages.filter import Filter
-from datasel.stages.score import ScoreFastText, ScorePreselect, preselect_fit
+from datasel.stages.score import ScoreFastText, ScorePreselect
+from datasel.workflows.preselect_fit import preselect_fit
 from tests.conftest import read_dataset, read_removed, sample_rows
 
 register_stages()
@@ -245,3 +246,16 @@ def test_rows_without_text_score_null_and_filter_removes_them_by_name(tmp_path):
     m = datasel.run(Filter(min=["fasttext_py=0"]), tmp_path / "scored", tmp_path / "f", quiet=True)
     assert m["kept"] == 40 and m["removed"] == {"filter:fasttext_py missing": 3}
     assert m["texts"] == {"null": 1, "empty": 2}
+
+
+def test_no_stage_imports_the_pipeline_a_workflow_or_the_cli():
+    """`preselect fit` runs a pipeline: a workflow (datasel/workflows/), not a stage."""
+    import ast
+    from pathlib import Path
+
+    above = ("datasel.pipeline", "datasel.workflows", "datasel.cli")
+    for path in Path("datasel/stages").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            assert not any(n.startswith(above) for n in names), (path, names)

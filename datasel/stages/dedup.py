@@ -7,6 +7,7 @@ their estimated Jaccard, clusters by union-find, one document kept per cluster.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -72,6 +73,12 @@ class Dedup(Stage):
             raise ValueError(f"num_perm must be at least 16, got {self.num_perm}")
         if self.ngram < 1:
             raise ValueError(f"ngram must be at least 1, got {self.ngram}")
+
+    def incremental(self, state: Path) -> Dedup:
+        """Without an `index` of its own, against everything earlier cron runs kept."""
+        if self.index is not None:
+            return self
+        return dataclasses.replace(self, index=str(Path(state) / "dedup-index"))
 
     @property
     def bands_rows(self) -> tuple[int, int]:
