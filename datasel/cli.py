@@ -15,6 +15,7 @@ import typer
 
 from datasel.errors import DataselError
 from datasel.eval.command import eval_command
+from datasel.io import TEXT_COLUMN
 from datasel.options import NAMES, RunOptions
 from datasel.stage import STAGES, Stage
 
@@ -299,7 +300,7 @@ def preselect_fit_cmd(
     word_ngrams: Annotated[int, typer.Option(help="fastText word n-grams")] = 2,
     dim: Annotated[int, typer.Option(help="fastText vector size (a multiple of 10)")] = 100,
     seed: Annotated[int, typer.Option(help="seed for ties, the held-out split and training")] = 0,
-    text_column: Annotated[str, typer.Option(help="name of the text column")] = "text",
+    text_column: Annotated[str, typer.Option(help="name of the text column")] = TEXT_COLUMN,
 ):
     """Fit a PreSelect scorer: documents whose losses rank the models as their benchmark scores do
     become positives, the least predictive negatives, and a fastText classifier learns them.

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from datasel.bad_rows import check_mode
 from datasel.errors import DataselError
+from datasel.io import TEXT_COLUMN
 from datasel.stage import coerce, param
 
 BAD_ROWS_HELP = (
@@ -31,7 +32,7 @@ def _cores() -> int:
 class RunOptions:
     """How to run a stage; none of these change which rows are kept (except the columns)."""
 
-    text_column: str = param("text", help="name of the text column", step=True)
+    text_column: str = param(TEXT_COLUMN, help="name of the text column", step=True)
     id_column: str = param(
         "id", help="column with document ids (derived from file and row when absent)", step=True
     )

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from datasel.errors import DataselError, require
-from datasel.io import Columns, plan_units, read_unit, write_json
+from datasel.io import TEXT_COLUMN, Columns, plan_units, read_unit, write_json
 from datasel.options import RunOptions
 from datasel.pipeline import Pipeline
 from datasel.stage import blank_texts
@@ -20,7 +20,7 @@ from datasel.stages.score import ScorePpl
 
 
 def read_columns_and_texts(
-    src, columns: list[str], text_column: str = "text"
+    src, columns: list[str], text_column: str = TEXT_COLUMN
 ) -> tuple[list[str], np.ndarray, int]:
     """Texts and float columns of a whole (small) dataset, with one-line errors, and the number
     of rows left out for having no text (null, empty or only whitespace: no loss to learn from)."""
@@ -56,7 +56,7 @@ def preselect_fit(
     benchmark_scores: list[float],
     loss_columns: list[str] = (),
     models: list[str] = (),
-    text_column: str = "text",
+    text_column: str = TEXT_COLUMN,
     fraction: float = 0.1,
     epoch: int = 3,
     lr: float = 0.1,
