@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from datasel.engine import RunOptions
-from datasel.errors import DataselError
+from datasel.errors import DataselError, fail
 from datasel.eval.command import eval_command
 from datasel.stage import STAGES, Stage
 
@@ -73,11 +73,6 @@ def _no_type_on_flags() -> None:
 
 
 _no_type_on_flags()
-
-
-def fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
 
 
 def _option_type(tp):

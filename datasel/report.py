@@ -30,9 +30,8 @@ import pyarrow.parquet as pq
 from rich.table import Table
 
 from datasel.errors import DataselError
+from datasel.step_folder import MANIFEST, StepFolder
 
-MANIFEST = "_manifest.json"
-REMOVED = "_removed"
 SCORE_SUFFIXES = ("_bpb", "_score", "_logw", "_grad")
 SCORE_NAMES = ("dedup_jaccard", "pick_logprob")
 THRESHOLD_KEYS = {"threshold", "min", "max", "cutoff", "lo", "hi", "above", "below", "value"}
@@ -61,8 +60,8 @@ class Step:
     previous: Step | None = None  # the step whose output this one read, in a pipeline
 
     def __post_init__(self):
-        self.kept = sorted(self.dir.glob("part-*.parquet"))
-        self.removed = sorted((self.dir / REMOVED).glob("part-*.parquet"))
+        self.kept = StepFolder(self.dir).shards()
+        self.removed = StepFolder(self.dir).removed_shards()
 
     @property
     def name(self) -> str:
@@ -100,17 +99,17 @@ def find_steps(path: str | os.PathLike) -> list[Step]:
     """The finished steps under `path`: the folder itself if it holds a manifest, else its
     sub-folders that do (`01-dedup`, `02-filter`, ...), in name order."""
     path = Path(path)
-    if (path / MANIFEST).exists():
+    if StepFolder(path).finished():
         dirs = [path]
     elif path.is_dir():
-        dirs = sorted(p for p in path.iterdir() if (p / MANIFEST).exists())
+        dirs = sorted(p for p in path.iterdir() if StepFolder(p).finished())
     else:
         raise DataselError(f"{path}: no such folder")
     if not dirs:
         raise DataselError(
             f"{path}: no {MANIFEST} here or in its sub-folders; is it a datasel output?"
         )
-    steps = [Step(d, json.loads((d / MANIFEST).read_text())) for d in dirs]
+    steps = [Step(d, StepFolder(d).read_manifest()) for d in dirs]
     for before, step in zip(steps, steps[1:], strict=False):
         inputs = [Path(f["path"]).parent for f in step.manifest.get("inputs") or []]
         if inputs and all(p == before.dir.resolve() for p in inputs):

@@ -13,8 +13,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import datasel  # noqa: E402
+from datasel.engine.ray import RayExecutor  # noqa: E402
 from datasel.errors import DataselError  # noqa: E402
-from datasel.ray_engine import RayExecutor  # noqa: E402
 from datasel.stage import Stage  # noqa: E402
 from datasel.stages.dedup import Dedup  # noqa: E402
 from datasel.stages.filter import Filter  # noqa: E402

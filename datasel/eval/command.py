@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from datasel.errors import DataselError
+from datasel.errors import DataselError, fail
 
 
 def named(values: list[str] | None, flag: str) -> dict[str, str]:
@@ -72,7 +72,6 @@ def eval_command(
 
       datasel eval out/eval --train dsir=out/dsir --baseline random=pool.jsonl --eval target=heldout.jsonl
     """  # fmt: skip
-    from datasel.cli import fail
     from datasel.eval.run import evaluate
 
     try:
