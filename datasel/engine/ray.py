@@ -1,9 +1,9 @@
 """The Ray engine: the same unit work as the local pool, as Ray tasks or on Ray actors.
 
 `RayExecutor` connects to the cluster named by `RAY_ADDRESS` (or one `ray.init` already opened
-in this process), else starts a quiet local cluster and shuts it down afterwards. Plain calls
-become Ray tasks; calls for a stage with `loads_model = True` run on one actor per worker that
-holds the stage, so its model is loaded once per actor (with `num_gpus` GPUs each).
+in this process), else starts a quiet local cluster and shuts it down afterwards. Units and
+calls become Ray tasks; the units of a stage with `loads_model = True` run on one actor per
+worker that holds the stage, so its model is loaded once per actor (with `num_gpus` GPUs each).
 
 Every worker reads its input and writes its shard itself: on a multi-node cluster the input and
 output folders must be on storage that every node sees (NFS, a shared or FUSE-mounted disk).
@@ -107,14 +107,14 @@ class RayExecutor:
     def run_units(self, phase: Phase, todo: Sequence[int]) -> Iterator[tuple[int, dict]]:
         """Yield (position in `todo`, counts) as each unit of `phase` finishes.
 
-        A stage whose `loads_model` is True runs on actors that each hold one copy of the
-        phase (its stage's model loaded once per actor); otherwise each unit is a plain task.
+        The map of a stage whose `loads_model` is True runs on actors that each hold one copy
+        of the phase (its stage's model loaded once per actor); otherwise each unit is a task.
         """
         if not todo:
             return
         self.start()
         stage = phase.stage
-        if getattr(stage, "loads_model", False):
+        if phase.maps and getattr(stage, "loads_model", False):
             gpus = float(getattr(stage, "num_gpus", 0) or 0)
             yield from self._on_actors(phase, todo, gpus)
         else:

@@ -154,7 +154,7 @@ def _run(stage: Stage, src, folder: StepFolder, options: RunOptions) -> dict:
     )
     with _resume_hint(say), progress, executor:
         if stage.has_select() and not empty:
-            counts = _select(stage, ctx, folder, options.batch_rows, executor, progress)
+            counts = _map_select_write(stage, ctx, folder, options.batch_rows, executor, progress)
         else:
             mapping = Phase(
                 "map", Stage() if empty else stage, ctx, folder, units, options.batch_rows
@@ -187,7 +187,7 @@ def _cache_key(stage: Stage, plan: dict, options: RunOptions, units: list[Unit])
     )
 
 
-def _select(
+def _map_select_write(
     stage: Stage,
     ctx: Context,
     folder: StepFolder,
@@ -196,8 +196,8 @@ def _select(
     progress: Progress,
 ) -> list[dict]:
     """Map every unit into staged shards, select over them once, then write every unit."""
-    staging = Phase("stage", stage, ctx, folder, ctx.units, batch_rows)
-    counts = _run_phase(staging, executor, progress)
+    mapping = Phase("stage", stage, ctx, folder, ctx.units, batch_rows)
+    counts = _run_phase(mapping, executor, progress)
     staged = Staged(ctx.staging, [c["rows_in"] for c in counts])
     if not folder.selected.exists():
         progress.status("select")

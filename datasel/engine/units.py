@@ -43,6 +43,11 @@ class Phase:
     units: list[Unit]
     batch_rows: int
 
+    @property
+    def maps(self) -> bool:
+        """Whether its units run `stage.map` (and so may load the stage's model)."""
+        return self.kind != "apply"
+
     def marker(self, i: int) -> Path:
         """Unit `i`'s counts: written last, so the unit is done when it exists."""
         return self.ctx.staging.marker(i) if self.kind == "stage" else self.folder.done(i)
