@@ -54,7 +54,7 @@ def child(engine: str, src: str, out: str, workers: int, repeat: int) -> None:
     times = {}
     under_ray = engine == "local-beside-ray"  # see the module docstring
     if engine == "ray" or under_ray:
-        from datasel.ray_engine import RayExecutor
+        from datasel.engine.ray import RayExecutor
 
         t = time.perf_counter()
         cluster = RayExecutor(workers).start()

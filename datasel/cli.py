@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from datasel.errors import DataselError
+from datasel.errors import DataselError, fail
 from datasel.eval.command import eval_command
 from datasel.io import TEXT_COLUMN
 from datasel.options import NAMES, RunOptions
@@ -56,11 +56,6 @@ def _no_type_on_flags() -> None:
 
 
 _no_type_on_flags()
-
-
-def fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
 
 
 def _option_type(tp):

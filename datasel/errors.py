@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import typer
 
 
 class DataselError(Exception):
     """Bad input, options or configuration, explained in one line (no traceback in the CLI)."""
+
+
+def fail(message: str) -> typer.Exit:
+    """Print `error: <message>` and return the exit (status 2) a CLI command raises."""
+    import typer
+
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
 
 
 class MissingExtra(DataselError, ImportError):

@@ -13,6 +13,7 @@ from rich.table import Table
 from datasel.errors import DataselError
 from datasel.io import Columns, plan_units, read_unit
 from datasel.progress import summary_table
+from datasel.step_folder import StepFolder
 
 WIDE = 6  # columns shown side by side (and by default); more are shown one row at a time
 
@@ -91,14 +92,14 @@ def _pick_columns(names: list[str], columns: str | None) -> list[str]:
 
 def _show_manifest(console: Console, path: Path) -> None:
     """The manifest of a step folder; for its `_removed/` folder, the step's."""
-    manifest = path / "_manifest.json"
-    if not manifest.exists() and path.name == "_removed":
-        manifest = path.parent / "_manifest.json"
-        if manifest.exists():
+    step = StepFolder(path)
+    if not step.finished() and StepFolder(path.parent).removed == path:
+        step = StepFolder(path.parent)
+        if step.finished():
             console.print(f"[dim]the rows removed by step {path.parent}:[/]")
-    if not manifest.exists():
+    if not step.finished():
         return
-    m = json.loads(manifest.read_text())
+    m = step.read_manifest()
     console.print(summary_table(m))
     console.print(f"parameters: {json.dumps(m['params'])}")
     if m.get("stats"):

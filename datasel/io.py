@@ -4,7 +4,7 @@ Inputs are planned into *units*: a plain JSONL file is cut at line boundaries ev
 `shard_bytes`, a Parquet file at row-group boundaries every `shard_rows` rows or `shard_bytes`
 (a row group bigger than `cut_bytes` is cut into row ranges), and a compressed JSONL or Arrow
 file is one unit. Stages that run a model cut them further into row ranges (`cut_rows`).
-Unit `i` becomes output shard `part-{i:05d}.parquet`.
+Unit `i` becomes output shard `i` (named by `step_folder.py`).
 """
 
 from __future__ import annotations
@@ -797,10 +797,6 @@ def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
 
 # Strings longer than this on average are written without a dictionary.
 SHORT_STRING = 64
-
-
-def shard_name(i: int) -> str:
-    return f"part-{i:05d}.parquet"
 
 
 def write_table(table: pa.Table, path: Path) -> None:

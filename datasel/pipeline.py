@@ -31,6 +31,7 @@ from datasel.lock import FolderLock
 from datasel.options import NAMES, STEP_NAMES, RunOptions, checked
 from datasel.preflight import check_steps
 from datasel.stage import STAGES, Stage
+from datasel.step_folder import StepFolder
 
 CONFIG_KEYS = {"input", "output", "steps", "description", *NAMES}  # and every run option
 
@@ -116,7 +117,7 @@ class Pipeline:
             last = Pipeline(steps).step_dirs(dst / "runs" / run_id)[-1]
             selected = dst / "selected"
             selected.mkdir(parents=True, exist_ok=True)
-            for part in sorted(last.glob("part-*.parquet")):
+            for part in StepFolder(last).shards():
                 if pq.ParquetFile(part).metadata.num_rows == 0:
                     continue  # an empty day adds nothing (and no id-only schema) to selected/
                 target = selected / f"{run_id}-{part.name}"

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from datasel.errors import DataselError
 from datasel.io import Columns, read_table
+from datasel.step_folder import Staging
 
 STAGES: dict[str, type[Stage]] = {}
 
@@ -156,7 +157,7 @@ class Context:
     columns: Columns
     work: Path  # the step's scratch folder, removed when the step finishes
     key: str = ""  # digest of stage, parameters and input fingerprints: names this run
-    staging: Path | None = None  # where map writes staged shards and side arrays (default: work)
+    staging: Staging | None = None  # where map writes staged shards and side arrays (default: work)
     workers: int = 1
     units: list = field(default_factory=list)
     # the units before a model stage cut them by its speed: what `sample` reads, so that a
@@ -165,13 +166,14 @@ class Context:
     stats: dict = field(default_factory=dict)  # stage statistics, copied into the manifest
     quiet: bool = False
     executor: Any = None  # the engine's: map_unordered(fn, args) for work that select can spread
+    threads: Any = None  # the same over threads of this process (numpy work that frees the GIL)
     warnings: list[str] = field(default_factory=list)  # one line each, copied into the manifest
     # column -> the cut-offs `select` applied to it, copied into the manifest (see `cutoff`)
     cutoffs: dict[str, list[dict]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.staging is None:
-            self.staging = self.work
+            self.staging = Staging(self.work)
 
     def warn(self, message: str) -> None:
         """Say something the user should know about the result, and keep it in the manifest."""
@@ -191,7 +193,7 @@ class Context:
         self.cutoffs.setdefault(column, []).append({"value": value, "label": label})
 
     def __getstate__(self):  # workers get everything but the engine itself
-        return {**self.__dict__, "executor": None}
+        return {**self.__dict__, "executor": None, "threads": None}
 
     def texts(self, batch: pa.RecordBatch | pa.Table) -> list[str]:
         """The text column of `batch` as Python strings, "" where null."""
@@ -290,8 +292,8 @@ def _unit_sample(unit, columns, n: int, names: list[str] | None) -> pa.Table:
 class Staged:
     """The mapped shards as `select` sees them: narrow columns and side arrays, in shard order."""
 
-    def __init__(self, work: Path, rows: list[int]):
-        self.work, self.rows = work, rows
+    def __init__(self, staging: Staging, rows: list[int]):
+        self.staging, self.rows = staging, rows
         self.offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
 
     @property
@@ -299,7 +301,7 @@ class Staged:
         return int(self.offsets[-1])
 
     def shard(self, i: int) -> Path:
-        return self.work / f"staged-{i:05d}.parquet"
+        return self.staging.shard(i)
 
     def column(self, name: str) -> pa.ChunkedArray:
         """One column of every shard, concatenated (read by projection: only that column)."""
@@ -317,7 +319,7 @@ class Staged:
         return pa.chunked_array([c for ch in chunks for c in ch.cast(typ).chunks], type=typ)
 
     def array(self, name: str, i: int, mmap: bool = True) -> np.ndarray:
-        return np.load(self.work / f"{name}-{i:05d}.npy", mmap_mode="r" if mmap else None)
+        return np.load(self.staging.array(name, i), mmap_mode="r" if mmap else None)
 
     def concat(self, name: str, empty_dtype=np.float64) -> np.ndarray:
         """One side array of every non-empty shard, concatenated in shard order."""
@@ -348,17 +350,6 @@ class Stage:
     # cached in <output>/_cache/ so a rerun that changes only other (selection) parameters
     # with --overwrite skips fit's map work and redoes only `select`
     map_params: ClassVar[tuple[str, ...] | None] = None
-
-    def __call__(self, data, dst=None, **options):
-        """Run this stage: on a path (writes `dst`, returns the manifest), or in memory on an
-        Arrow table or HF Dataset (returns the kept rows, same type). See `datasel.run`/`apply`."""
-        from datasel.engine import apply, run
-
-        if isinstance(data, str | Path):
-            if dst is None:
-                raise TypeError("a stage run on a path needs an output folder: stage(src, dst)")
-            return run(self, data, dst, **options)
-        return apply(self, data, **options)
 
     def fit(self, ctx: Context) -> None:  # noqa: B027 - optional hook
         """Learn global state before `map` (optional)."""

@@ -181,7 +181,7 @@ def test_ctrl_c_in_a_command_says_how_to_resume(tmp_path):
     write_jsonl(tmp_path / "in.jsonl", [{"text": f"row {i}"} for i in range(10)])
     code = "import sys; from datasel.cli import main; sys.argv[0] = 'datasel'; main()"
     args = ["dedup", str(tmp_path / "in.jsonl"), str(tmp_path / "out"), "--workers", "1"]
-    env = dict(os.environ, DATASEL_KILL_AT="_stage_unit:0", DATASEL_KILL_SIGNAL="SIGINT")
+    env = dict(os.environ, DATASEL_KILL_AT="stage:0", DATASEL_KILL_SIGNAL="SIGINT")
     run = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True)
     assert run.returncode == 130 and b"run the same command again to resume" in run.stderr
     assert b"Traceback" not in run.stderr

@@ -127,7 +127,7 @@ def test_skipped_bad_rows_are_counted_and_kept_with_a_reason(tmp_path, stage):
     assert f"skipped type_change: {expected['type_change']}" in page
 
 
-@pytest.mark.parametrize("point", ["_stage_unit:1", "_apply_unit:0"])
+@pytest.mark.parametrize("point", ["stage:1", "apply:0"])
 def test_skipping_resumes_to_identical_output(tmp_path, point):
     src, _, _ = make_bad_input(tmp_path)
     code = (
@@ -151,7 +151,7 @@ def output_bytes(path):
     return {str(p.relative_to(path)): p.read_bytes() for p in files}
 
 
-@pytest.mark.parametrize("point", ["_stage_unit:0", "_stage_unit:1", "select", "_apply_unit:1"])
+@pytest.mark.parametrize("point", ["stage:0", "stage:1", "select", "apply:1"])
 def test_sigkill_then_resume_gives_identical_output(tmp_path, point):
     src = make_input(tmp_path)
     datasel.run(datasel.Dedup(), src, tmp_path / "ref", workers=1, quiet=True)
@@ -189,11 +189,11 @@ def test_units_cut_for_workers_and_resume_keeps_the_first_plan(tmp_path):
     src = make_input(tmp_path, n_files=2)
     ref = datasel.run(datasel.Dedup(), src, tmp_path / "ref", workers=1, quiet=True)
     code = (
-        "import sys, datasel, datasel.engine; datasel.engine.MIN_UNIT_BYTES = 20_000; "
+        "import sys, datasel, datasel.engine.plan as plan; plan.MIN_UNIT_BYTES = 20_000; "
         f"datasel.run(datasel.Dedup(), {str(src)!r}, {str(tmp_path / 'out')!r}, "
         "workers=int(sys.argv[1]), quiet=True)"
     )
-    env = dict(os.environ, DATASEL_KILL_AT="_stage_unit:2")
+    env = dict(os.environ, DATASEL_KILL_AT="stage:2")
     assert subprocess.run([sys.executable, "-c", code, "2"], env=env).returncode == -9
     assert not _processes_running(str(tmp_path / "out"))  # its workers died with it
     env.pop("DATASEL_KILL_AT")
@@ -209,10 +209,10 @@ def test_ctrl_c_stops_the_workers_and_a_rerun_resumes(tmp_path):
     src = make_input(tmp_path, n_files=2)
     ref = datasel.run(datasel.Dedup(), src, tmp_path / "ref", workers=1, quiet=True)
     code = (
-        "import sys, datasel, datasel.engine; datasel.engine.MIN_UNIT_BYTES = 20_000; "
+        "import sys, datasel, datasel.engine.plan as plan; plan.MIN_UNIT_BYTES = 20_000; "
         f"datasel.run(datasel.Dedup(), {str(src)!r}, {str(tmp_path / 'out')!r}, workers=2)"
     )
-    env = dict(os.environ, DATASEL_KILL_AT="_stage_unit:1", DATASEL_KILL_SIGNAL="SIGINT")
+    env = dict(os.environ, DATASEL_KILL_AT="stage:1", DATASEL_KILL_SIGNAL="SIGINT")
     # before: the interrupted run waited forever for its idle workers at exit
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60)
     assert run.returncode != 0 and b"run the same command again to resume" in run.stderr

@@ -115,15 +115,14 @@ def test_one_big_row_group_makes_one_unit_per_worker_read_in_full_batches(
 ):
     import pyarrow.parquet as pq
 
-    import datasel.engine as engine
+    import datasel.engine.plan as plan
+    from datasel.engine import RunOptions
     from datasel.stages.dedup import Dedup
 
-    monkeypatch.setattr(engine, "MIN_UNIT_BYTES", 1)
+    monkeypatch.setattr(plan, "MIN_UNIT_BYTES", 1)
     rows = [{"text": "word " * (1 + i % 17)} for i in range(3001)]  # an odd number of bytes
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "x.parquet")  # one row group
-    shard, cut = engine._unit_bytes(
-        tmp_path / "x.parquet", Dedup(), engine.RunOptions(workers=workers)
-    )
+    shard, cut = plan.unit_bytes(tmp_path / "x.parquet", Dedup(), RunOptions(workers=workers))
     units = plan_units(tmp_path / "x.parquet", shard_bytes=shard, cut_bytes=cut)
     assert len(units) == workers  # not workers + 1, which leaves one worker two units
     sizes = [b.num_rows for b in read_unit(units[0], Columns(), batch_rows=500)]

@@ -124,7 +124,7 @@ def test_shipped_configs_load():
         assert pipeline.steps and config["input"] and config["output"], path
 
 
-@pytest.mark.parametrize("point", ["_stage_unit:1", "select", "_apply_unit:0"])
+@pytest.mark.parametrize("point", ["stage:1", "select", "apply:0"])
 def test_killed_pipeline_resumes_to_identical_output(tmp_path, point):
     import os
 

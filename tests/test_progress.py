@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import datasel
-import datasel.engine as engine
+import datasel.engine.plan as plan
 import datasel.progress as progress
+from datasel.engine import LocalExecutor
 from datasel.io import Columns, cut_rows, plan_units, read_unit
 from datasel.stages.score import ScorePpl
 from tests.conftest import read_dataset, sample_rows, write_jsonl
@@ -70,7 +71,7 @@ def test_cut_rows_reads_every_row_once_in_every_format(tmp_path, name):
 
 
 def test_the_units_of_a_model_stage_grow_with_its_rows(tmp_path, tiny_lm, monkeypatch):
-    monkeypatch.setattr(engine, "_bytes_per_second", lambda stage, ctx: 9000.0)  # 8 KiB a unit
+    monkeypatch.setattr(plan, "bytes_per_second", lambda stage, ctx: 9000.0)  # 8 KiB a unit
     shards = []
     for n in (100, 400):
         src = write_jsonl(tmp_path / f"in{n}.jsonl", docs(n))
@@ -93,14 +94,14 @@ def test_model_size_sets_the_unit_bytes_the_same_on_every_run(tmp_path, tiny_lm)
     from datasel.stage import Context
 
     ctx = Context(columns=Columns(), work=tmp_path, units=plan_units(src))
-    rates = {engine._bytes_per_second(ScorePpl(model=str(tiny_lm)), ctx) for _ in range(2)}
+    rates = {plan.bytes_per_second(ScorePpl(model=str(tiny_lm)), ctx) for _ in range(2)}
     assert len(rates) == 1
     (rate,) = rates
     parameters, device = ScorePpl(model=str(tiny_lm)).model_size(ctx)
     assert device == "cpu" and 10_000 < parameters < 1_000_000
-    assert rate == pytest.approx(engine.SUSTAINED_FLOPS["cpu"] / (2 * parameters * 0.3))
-    assert rate * 15 < engine._unit_bytes_of_work(rate, 30.0) <= rate * 30
-    assert engine._unit_bytes_of_work(1000.0, 30.0) == 16384  # rounded down to a power of two
+    assert rate == pytest.approx(plan.SUSTAINED_FLOPS["cpu"] / (2 * parameters * 0.3))
+    assert rate * 15 < plan.unit_bytes_of_work(rate, 30.0) <= rate * 30
+    assert plan.unit_bytes_of_work(1000.0, 30.0) == 16384  # rounded down to a power of two
 
 
 def test_progress_moves_before_the_unit_ends(tmp_path, tiny_lm, monkeypatch):
@@ -119,7 +120,7 @@ def test_progress_moves_before_the_unit_ends(tmp_path, tiny_lm, monkeypatch):
         seen.append((rows, toks, (tmp_path / "out" / "_work" / "done-00000.json").exists()))
 
     monkeypatch.setattr(scorers.lm, "batch_done", spy)
-    monkeypatch.setattr(engine, "_bytes_per_second", lambda stage, ctx: 1e9)  # one unit
+    monkeypatch.setattr(plan, "bytes_per_second", lambda stage, ctx: 1e9)  # one unit
     m = datasel.run(
         ScorePpl(model=str(tiny_lm), batch_tokens=256), src, tmp_path / "out", quiet=True
     )
@@ -146,7 +147,7 @@ def _worker(i, gate):
 def test_progress_flows_from_worker_processes_to_the_parent(tmp_path):
     gate = str(tmp_path / "go")
     with progress.Progress("t", total=20, quiet=True, units=2) as bar:
-        with engine.LocalExecutor(2) as ex:
+        with LocalExecutor(2) as ex:
             results = []
             run = threading.Thread(
                 target=lambda: results.extend(ex.map_unordered(_worker, [(0, gate), (1, gate)]))
@@ -181,8 +182,8 @@ def test_killed_inside_a_unit_resumes_identically_redoing_only_that_unit(tmp_pat
     are kept as they were, unit 3 is redone, and the output is byte for byte that of an uninterrupted run."""
     src = write_jsonl(tmp_path / "in.jsonl", docs(200))
     code = (
-        "import datasel, datasel.engine as e; from datasel.stages.score import ScorePpl; "
-        "e._bytes_per_second = lambda stage, ctx: 9000.0; "
+        "import datasel, datasel.engine.plan as p; from datasel.stages.score import ScorePpl; "
+        "p.bytes_per_second = lambda stage, ctx: 9000.0; "
         f"datasel.run(ScorePpl(model={str(tiny_lm)!r}), {str(src)!r}, "
         "__import__('sys').argv[1], quiet=True, unit_seconds=1.0, batch_rows=8)"
     )

@@ -15,8 +15,8 @@ ray = pytest.importorskip("ray")
 
 import datasel  # noqa: E402
 from datasel.device import pick_device  # noqa: E402
+from datasel.engine.ray import RayExecutor  # noqa: E402
 from datasel.errors import DataselError  # noqa: E402
-from datasel.ray_engine import RayExecutor  # noqa: E402
 from datasel.stage import MapResult, Needs, Stage  # noqa: E402
 from datasel.stages.dedup import Dedup  # noqa: E402
 from datasel.stages.filter import Filter  # noqa: E402

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from datasel.errors import DataselError
+from datasel.errors import DataselError, fail
 from datasel.io import TEXT_COLUMN
 
 
@@ -73,7 +73,6 @@ def eval_command(
 
       datasel eval out/eval --train dsir=out/dsir --baseline random=pool.jsonl --eval target=heldout.jsonl
     """  # fmt: skip
-    from datasel.cli import fail
     from datasel.eval.run import evaluate
 
     try:

@@ -1,7 +1,6 @@
 """Reading a run or one step for the report: manifests, shards and removed rows, narrowly.
 
-Every file name of a step's output that the report opens is spelled here (`MANIFEST`,
-`Step.kept`, `Step.removed`). What a step added and where it cut come from the facts its manifest
+Every file name of a step's output is `StepFolder`'s. What a step added and where it cut come from the facts its manifest
 records (`added_columns`, written by the engine; `cutoffs`, by the stage's selection), never from
 column or parameter names. A manifest from before those keys still reads: its added columns are
 those of its shards that its input lacked, and it has no cut-offs.
@@ -12,7 +11,6 @@ most `MAX_VALUES` values per column and side), and text only for the example row
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import Counter
@@ -26,10 +24,8 @@ import pyarrow.parquet as pq
 
 from datasel.errors import DataselError
 from datasel.io import Columns, FileList, added_columns, new_columns, plan_units
+from datasel.step_folder import MANIFEST, StepFolder
 
-MANIFEST = "_manifest.json"
-REMOVED = "_removed"
-SHARDS = "part-*.parquet"
 MAX_VALUES = 200_000  # per column and side (kept / removed): 1.6 MB of float64
 MAX_CLUSTER_ROWS = 2_000_000  # group ids read per side to count group sizes
 MAX_REASONS = 10  # more distinct reasons are grouped by their part before "="
@@ -46,8 +42,8 @@ class Step:
     previous: Step | None = None  # the step whose output this one read, in a pipeline
 
     def __post_init__(self):
-        self.kept = sorted(self.dir.glob(SHARDS))
-        self.removed = sorted((self.dir / REMOVED).glob(SHARDS))
+        self.kept = StepFolder(self.dir).shards()
+        self.removed = StepFolder(self.dir).removed_shards()
 
     @property
     def name(self) -> str:
@@ -184,17 +180,17 @@ def find_steps(path: str | os.PathLike) -> list[Step]:
     """The finished steps under `path`: the folder itself if it holds a manifest, else its
     sub-folders that do (`01-dedup`, `02-filter`, ...), in name order."""
     path = Path(path)
-    if (path / MANIFEST).exists():
+    if StepFolder(path).finished():
         dirs = [path]
     elif path.is_dir():
-        dirs = sorted(p for p in path.iterdir() if (p / MANIFEST).exists())
+        dirs = sorted(p for p in path.iterdir() if StepFolder(p).finished())
     else:
         raise DataselError(f"{path}: no such folder")
     if not dirs:
         raise DataselError(
             f"{path}: no {MANIFEST} here or in its sub-folders; is it a datasel output?"
         )
-    steps = [Step(d, json.loads((d / MANIFEST).read_text())) for d in dirs]
+    steps = [Step(d, StepFolder(d).read_manifest()) for d in dirs]
     for before, step in zip(steps, steps[1:], strict=False):
         inputs = [Path(f["path"]).parent for f in step.manifest.get("inputs") or []]
         if inputs and all(p == before.dir.resolve() for p in inputs):

@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datasel.engine import ThreadExecutor
 from datasel.errors import DataselError
 from datasel.io import Columns, read_table
 from datasel.lock import FolderLock
@@ -145,7 +144,7 @@ class Dedup(Stage):
             # a band of a small corpus takes less time than shipping it to a worker and back:
             # threads then (its sorts and gathers release the GIL)
             big = n_all >= PARALLEL_BANDS_FROM
-            executor = ctx.executor if big and ctx.executor else ThreadExecutor(ctx.workers)
+            executor = ctx.executor if big and ctx.executor else ctx.threads
             edges.append(_near_edges(store, self.bands_rows[0], self.accept, executor))
         u = np.concatenate([e[0] for e in edges])
         v = np.concatenate([e[1] for e in edges])

@@ -4,7 +4,6 @@ groups of clusters (Vo et al. 2024, "Automatic Data Curation for Self-Supervised
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -459,19 +458,14 @@ def staged_names(staged: Staged) -> list[str]:
 
 
 def _all_staged(ctx: Context) -> bool:
-    """True when every unit's map output is already in the cache (the engine's staged markers),
-    so `fit`'s k-means would only be recomputed to be thrown away."""
-    return bool(ctx.units) and all(
-        (ctx.staging / f"staged-{i:05d}.json").exists() for i in range(len(ctx.units))
-    )
+    """True when every unit's map output is already in the cache (the staged markers), so
+    `fit`'s k-means would only be recomputed to be thrown away."""
+    return bool(ctx.units) and all(ctx.staging.marker(i).exists() for i in range(len(ctx.units)))
 
 
 def _staged_rows(ctx: Context) -> int:
-    """Rows of the cached map output (the engine's staged markers)."""
-    return sum(
-        json.loads((ctx.staging / f"staged-{i:05d}.json").read_text())["rows_in"]
-        for i in range(len(ctx.units))
-    )
+    """Rows of the cached map output (the staged markers)."""
+    return sum(ctx.staging.counts(i)["rows_in"] for i in range(len(ctx.units)))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

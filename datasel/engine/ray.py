@@ -1,10 +1,10 @@
-"""The Ray engine: the same shard functions as the local pool, as Ray tasks or on Ray actors.
+"""The Ray engine: the same unit work as the local pool, as Ray tasks or on Ray actors.
 
 `RayExecutor` connects to the cluster named by `RAY_ADDRESS` (or one `ray.init` already opened
-in this process), else starts a quiet local cluster and shuts it down afterwards. Plain calls
-become Ray tasks; calls for a stage that needs a model (`stage.needs.model`) run on one actor
-per worker that holds the stage, so its model is loaded once per actor (with `needs.gpus` GPUs
-each on a cluster that has GPUs).
+in this process), else starts a quiet local cluster and shuts it down afterwards. Units and
+calls become Ray tasks; the units of a stage that needs a model (`stage.needs.model`) run on one
+actor per worker that holds the stage, so its model is loaded once per actor (with `needs.gpus`
+GPUs each on a cluster that has GPUs).
 
 Every worker reads its input and writes its shard itself: on a multi-node cluster the input and
 output folders must be on storage that every node sees (NFS, a shared or FUSE-mounted disk).
@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from datasel.engine.units import Phase, do_unit
 from datasel.errors import DataselError
 
 # Local clusters only; a cluster started with `ray start` keeps its own settings.
@@ -28,7 +29,7 @@ TEMP_PREFIX = "datasel-ray-"  # one folder per local cluster, removed at shutdow
 
 
 class RayExecutor:
-    """Runs functions over argument tuples as Ray tasks, or on a pool of Ray actors.
+    """Runs units and calls as Ray tasks, or the units of a model stage on a pool of actors.
 
     Parameters
     ----------
@@ -104,36 +105,44 @@ class RayExecutor:
         self.close()
 
     # ------------------------------------------------------------------ work
-    def map_unordered(
-        self, fn: Callable, args: list[tuple], stage: Any = None
-    ) -> Iterator[tuple[int, Any]]:
-        """Yield (position, result) as each call `fn(*args[position])` finishes.
+    def run_units(self, phase: Phase, todo: Sequence[int]) -> Iterator[tuple[int, dict]]:
+        """Yield (position in `todo`, counts) as each unit of `phase` finishes.
 
-        With a `stage` that needs a model, the calls run on actors that each hold one
-        copy of the stage (its model loaded once per actor); otherwise they are plain tasks.
-        An exception raised in a call is raised here with its own type and message.
+        The map of a stage that needs a model (`stage.needs.model`) runs on actors that each
+        hold one copy of the phase (its stage's model loaded once per actor); otherwise each unit
+        is a task.
         """
-        if not args:
+        if not todo:
             return
         self.start()
-        if stage is not None and stage.needs.model:
-            yield from self._on_actors(fn, args, stage)
+        stage = phase.stage
+        if phase.maps and stage.needs.model:
+            gpus = float(stage.needs.gpus_on(self.ray.cluster_resources().get("GPU", 0)))
+            yield from self._on_actors(phase, todo, gpus)
         else:
-            yield from self._as_tasks(fn, self._share(args))
+            yield from self._as_tasks(do_unit, self._share([(phase, i) for i in todo]))
 
-    def _share(self, args: list[tuple]) -> list[tuple]:
-        """Put objects passed to several calls (the stage, the context) in the object store once;
-        Ray hands each task the value, not the reference."""
+    def map_unordered(self, fn: Callable, calls: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
+        """Yield (position, result) as each call `fn(*calls[position])` finishes, as Ray
+        tasks. An exception raised in a call is raised here with its own type and message."""
+        if not calls:
+            return
+        self.start()
+        yield from self._as_tasks(fn, self._share(calls))
+
+    def _share(self, calls: Sequence[tuple]) -> list[tuple]:
+        """Put objects passed to several calls (the phase, the stage's data) in the object
+        store once; Ray hands each task the value, not the reference."""
         seen: dict[int, int] = {}
-        for a in args:
-            for x in a:
+        for call in calls:
+            for x in call:
                 if not _is_small(x):
                     seen[id(x)] = seen.get(id(x), 0) + 1
         refs: dict[int, Any] = {}
         out = []
-        for a in args:
+        for call in calls:
             row = []
-            for x in a:
+            for x in call:
                 if seen.get(id(x), 0) > 1:
                     if id(x) not in refs:
                         refs[id(x)] = self.ray.put(x)
@@ -142,11 +151,11 @@ class RayExecutor:
             out.append(tuple(row))
         return out
 
-    def _as_tasks(self, fn: Callable, args: list[tuple]) -> Iterator[tuple[int, Any]]:
+    def _as_tasks(self, fn: Callable, calls: list[tuple]) -> Iterator[tuple[int, Any]]:
         ray = self.ray
         if self._task is None:
             self._task = ray.remote(num_cpus=1)(_call)
-        pending = {self._task.remote(fn, *a): k for k, a in enumerate(args)}
+        pending = {self._task.remote(fn, *call): k for k, call in enumerate(calls)}
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
@@ -158,33 +167,29 @@ class RayExecutor:
                 ray.cancel(ref, force=True)
             self._discard(list(pending))
 
-    def _on_actors(self, fn: Callable, args: list[tuple], stage: Any) -> Iterator[tuple[int, Any]]:
+    def _on_actors(
+        self, phase: Phase, todo: Sequence[int], gpus: float
+    ) -> Iterator[tuple[int, dict]]:
         ray = self.ray
-        gpus = float(stage.needs.gpus_on(self.ray.cluster_resources().get("GPU", 0)))
-        n = min(len(args), self._actor_slots(gpus, getattr(stage, "name", "") or "stage"))
-        # the actor's own copy of the stage replaces the one in the arguments, so a model the
-        # stage caches on itself survives from one call to the next
-        slot = next((j for j, x in enumerate(args[0]) if x is stage), None)
-        if slot is not None:
-            args = [(*a[:slot], None, *a[slot + 1 :]) for a in args]
-        args = self._share(args)
+        n = min(len(todo), self._actor_slots(gpus, phase.stage.name or "stage"))
         holder = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=1, max_task_retries=1)(
-            _StageActor
+            _PhaseActor
         )
-        # by value: an actor whose constructor arguments sit in the object store cannot restart
-        actors = [holder.remote(stage) for _ in range(n)]
+        # by value: an actor whose constructor arguments sit in the object store cannot restart;
+        # the actor's own copy of the stage keeps a model it caches on itself between units
+        actors = [holder.remote(phase) for _ in range(n)]
         idle = list(actors)
         pending: dict[Any, tuple[int, Any]] = {}
-        todo = iter(enumerate(args))
+        next_unit = iter(enumerate(todo))
         try:
             while True:
                 while idle:
-                    nxt = next(todo, None)
+                    nxt = next(next_unit, None)
                     if nxt is None:
                         break
-                    k, a = nxt
+                    k, i = nxt
                     actor = idle.pop()
-                    pending[actor.call.remote(fn, slot, *a)] = (k, actor)
+                    pending[actor.do_unit.remote(i)] = (k, actor)
                 if not pending:
                     break
                 done, _ = ray.wait(list(pending), num_returns=1)
@@ -243,16 +248,14 @@ def _call(fn: Callable, *args):
     return fn(*args)
 
 
-class _StageActor:
-    """Holds one stage for its whole life and runs the calls for it."""
+class _PhaseActor:
+    """Holds one phase (and so one copy of its stage) for its whole life and does its units."""
 
-    def __init__(self, stage: Any):
-        self.stage = stage
+    def __init__(self, phase: Phase):
+        self.phase = phase
 
-    def call(self, fn: Callable, slot: int | None, *args):
-        if slot is not None:
-            args = (*args[:slot], self.stage, *args[slot + 1 :])
-        return fn(*args)
+    def do_unit(self, i: int) -> dict:
+        return do_unit(self.phase, i)
 
 
 def _is_small(x: Any) -> bool:
