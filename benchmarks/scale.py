@@ -9,7 +9,7 @@ duplicates; a few exact), written as Parquet shards of 100k documents to a scrat
 (--scratch, default a temporary folder under /tmp, deleted afterwards). Then runs
 `datasel dedup` on it in a child process and prints docs/s, MB/s, the peak RSS of every process
 (the driver and each worker: its VmHWM, read from /proc every 0.2 s), the peak scratch bytes per document (the output folder's size at its largest, less
-the final output), and kept/removed.
+the final output), kept/removed, and a projection for 1B documents on a cluster.
 """
 
 from __future__ import annotations
@@ -140,6 +140,23 @@ def run_dedup(src: Path, out: Path, workers: int, memory: str | None) -> dict:
     }
 
 
+# what the incremental index keeps per kept document: text hash, band keys, signature, id
+INDEX_BYTES_PER_DOC = 8 + 32 * 8 + 256 * 4 + 16
+
+
+def project(per_core: float, scratch_per_doc: float, kept_share: float) -> None:
+    """A projection (not a measurement) for 1B documents on 32 nodes x 32 cores, assuming
+    this machine's per-core rate and linear scaling of every phase."""
+    docs, cores = 1e9, 32 * 32
+    hours = docs / (per_core * cores) / 3600
+    print("  projection for 1B documents on 32 nodes x 32 cores (from the per-core rate here):")
+    print(f"    {hours:.1f} h at {per_core:,.0f} docs/s per core")
+    print(f"    scratch (map output + key runs): {docs * scratch_per_doc / 1e12:.1f} TB in all")
+    print(
+        f"    index of the kept documents: {docs * kept_share * INDEX_BYTES_PER_DOC / 1e12:.1f} TB"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000, help="documents")
@@ -173,6 +190,7 @@ def main() -> None:
         )
         print(f"  scratch at its peak: {r['scratch_bytes'] / n:,.0f} bytes per document")
         print(f"  rows: {json.dumps(rows)}")
+        project(n / s / args.workers, r["scratch_bytes"] / n, m["kept"] / n)
     finally:
         if not args.keep_data:
             shutil.rmtree(scratch, ignore_errors=True)

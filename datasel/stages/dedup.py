@@ -29,8 +29,8 @@ from datasel.ops.unionfind import components
 from datasel.ops.words import byte_chunks, grow_powers, hash_texts, normalize, utf8_lengths
 from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register
 
-PARALLEL_BANDS_FROM = 200_000  # documents (indexed + new) from which select sends bands to
-# worker processes; below it, to threads
+PARALLEL_BANDS_FROM = 200_000  # documents (indexed + new) from which select sends its tasks
+# to worker processes; below it, to threads
 
 
 @register
@@ -220,7 +220,7 @@ class Dedup(Stage):
         removed document is a duplicate of the kept one it names, never only of a chain.
         Returns the removed documents (sorted), the kept one each duplicates, and the
         estimated Jaccard with it."""
-        out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        removed, kept_by, sims = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], []
         node_rank = nodes if rank is None else rank[nodes]
         node_hash = store.rows("hash", nodes)
         active = np.ones(len(nodes), dtype=bool)
@@ -244,17 +244,15 @@ class Dedup(Stage):
             if (~same).any():
                 sim[~same] = store.jaccard(a[~same], k[~same])
             gone = (same | (sim >= self.accept)) & (a >= n_old)
-            out.append((a[gone], k[gone], sim[gone]))
+            removed.append(a[gone])
+            kept_by.append(k[gone])
+            sims.append(sim[gone])
             active[others[gone]] = False
             active[keepers] = False
-        gone, keeper, sim = (
-            np.concatenate([o[j] for o in out] + [empty])
-            for j, empty in enumerate(
-                [np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)]
-            )
-        )
+        gone = np.concatenate(removed)
         order = np.argsort(gone)
-        return gone[order], keeper[order], sim[order]
+        sim = np.concatenate([np.zeros(0, np.float32), *sims])
+        return gone[order], np.concatenate(kept_by)[order], sim[order]
 
 
 @lru_cache(maxsize=32)
