@@ -151,9 +151,9 @@ def project(per_core: float, scratch_per_doc: float, kept_share: float) -> None:
     """A projection (not a measurement) for 1B documents on 32 nodes x 32 cores, assuming
     this machine's per-core rate and linear scaling of every phase."""
     docs, cores = 1e9, 32 * 32
-    hours = docs / (per_core * cores) / 3600
+    minutes = docs / (per_core * cores) / 60
     print("  projection for 1B documents on 32 nodes x 32 cores (from the per-core rate here):")
-    print(f"    {hours:.1f} h at {per_core:,.0f} docs/s per core")
+    print(f"    {minutes:.0f} min at {per_core:,.0f} docs/s per core")
     print(f"    scratch (map output + key runs): {docs * scratch_per_doc / 1e12:.1f} TB in all")
     print(
         f"    index of the kept documents: {docs * kept_share * INDEX_BYTES_PER_DOC / 1e12:.1f} TB"
