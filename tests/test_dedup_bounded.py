@@ -73,26 +73,37 @@ def fingerprint(out) -> str:
 TINY = "64KB"  # a few hundred keys per partition, a few hundred pairs per run
 
 
-def on_processes(monkeypatch, memory) -> None:
-    """With the tiny budget, select's tasks go to worker processes (as for a big corpus)."""
+def on_processes(monkeypatch, memory) -> list:
+    """With the tiny budget, select's tasks go to worker processes (as for a big corpus).
+    Returns the plans select made, as they are made."""
     if memory == TINY:
         monkeypatch.setattr(dedup_mod, "PARALLEL_BANDS_FROM", 0)
+    plans, plan = [], dedup_mod._plan
+    monkeypatch.setattr(dedup_mod, "_plan", lambda *a: plans.append(plan(*a)) or plans[-1])
+    return plans
+
+
+def assert_cut(plans, memory) -> None:
+    for p in plans:
+        assert p.ranges >= (8 if memory == TINY else 1)
+        assert p.ranges == 1 or memory == TINY
 
 
 @pytest.mark.parametrize("keep", ["first", "longest"])
 @pytest.mark.parametrize("memory", [None, TINY])
 def test_bounded_select_decides_as_the_unbounded_one(tmp_path, monkeypatch, keep, memory):
-    on_processes(monkeypatch, memory)
+    plans = on_processes(monkeypatch, memory)
     write_dump(tmp_path / "in", corpus(5, "d"))
     opts = {"memory": memory} if memory else {}
     m = datasel.run(Dedup(keep=keep, **opts), tmp_path / "in", tmp_path / "out", quiet=True)
     assert m["removed"]["near"] > 100 and m["removed"]["exact"] > 100
     assert fingerprint(tmp_path / "out") == EXPECTED[keep]
+    assert_cut(plans, memory)
 
 
 @pytest.mark.parametrize("memory", [None, TINY])
 def test_bounded_incremental_index_decides_as_the_unbounded_one(tmp_path, monkeypatch, memory):
-    on_processes(monkeypatch, memory)
+    plans = on_processes(monkeypatch, memory)
     a = corpus(6, "a")
     b = corpus(7, "b")
     rng = random.Random(8)
@@ -106,6 +117,16 @@ def test_bounded_incremental_index_decides_as_the_unbounded_one(tmp_path, monkey
     assert mb["stats"]["index_documents_before"] > 2000
     assert fingerprint(tmp_path / "out-a") == EXPECTED["index-a"]
     assert fingerprint(tmp_path / "out-b") == EXPECTED["index-b"]
+    assert len(plans) == 2
+    assert_cut(plans, memory)
+
+
+def test_the_budget_is_not_part_of_the_run(tmp_path):
+    """Another --memory gives the same output, so a rerun with it finds the run done."""
+    write_dump(tmp_path / "in", corpus(9, "d", n=300), shards=2)
+    one = datasel.run(Dedup(), tmp_path / "in", tmp_path / "out", quiet=True)
+    two = datasel.run(Dedup(memory="64KB"), tmp_path / "in", tmp_path / "out", quiet=True)
+    assert one == two and "memory" not in one["params"]
 
 
 def test_memory_budget_is_parsed_or_refused():
