@@ -346,16 +346,35 @@ def _candidate_edges(store: _Store, plan: _Plan, accept: float, executor):
     near_u, near_v = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     if runs:
         pairs = sum(n for _, n in runs)
-        parts = max(1, -(-pairs * BYTES_PER_PAIR // plan.budget))
-        cuts = [(p * store.total // parts) * store.total for p in range(parts + 1)]
+        cuts = _pair_cuts(runs, max(1, -(-pairs * BYTES_PER_PAIR // plan.budget)), store.total)
         paths = [path for path, n in runs if n]
-        merge = [(store, plan, paths, cuts[p], cuts[p + 1], accept) for p in range(parts)]
+        merge = [
+            (store, plan, paths, lo, hi, accept) for lo, hi in zip(cuts, cuts[1:], strict=False)
+        ]
         for _, (u, v) in sorted(executor.map_unordered(_verify_pairs, merge), key=lambda x: x[0]):
             near_u.append(u)
             near_v.append(v)
     u = np.concatenate([e[0] for e in exact] + near_u)
     v = np.concatenate([e[1] for e in exact] + near_v)
     return u, v
+
+
+def _pair_cuts(runs: list[tuple[Path, int]], parts: int, total: int) -> list[int]:
+    """Bounds of about `parts` ranges of pairs (u * total + v) holding as many pairs each: the
+    quantiles of a sample of every sorted run (pairs crowd at small u, the first documents of
+    big groups), each sampled value weighing its run's pairs per sample."""
+    values, weights = [np.zeros(0, np.int64)], [np.zeros(0)]
+    for path, n in runs:
+        if n and parts > 1:
+            run = np.load(path, mmap_mode="r")
+            k = min(n, 64 * parts)
+            values.append(np.array(run[np.linspace(0, n - 1, k).astype(np.int64)]))
+            weights.append(np.full(k, n / k))
+            del run
+    order = np.argsort(np.concatenate(values))
+    value, weight = np.concatenate(values)[order], np.cumsum(np.concatenate(weights)[order])
+    inner = value[np.searchsorted(weight, weight[-1] * np.arange(1, parts) / parts)]
+    return sorted({0, *inner.tolist(), total * total})
 
 
 def _scatter(store: _Store, plan: _Plan, group: int, first: int, stop: int) -> None:
