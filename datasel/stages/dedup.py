@@ -363,9 +363,11 @@ def _pair_cuts(runs: list[tuple[Path, int]], parts: int, total: int) -> list[int
     """Bounds of about `parts` ranges of pairs (u * total + v) holding as many pairs each: the
     quantiles of a sample of every sorted run (pairs crowd at small u, the first documents of
     big groups), each sampled value weighing its run's pairs per sample."""
+    if parts <= 1:
+        return [0, total * total]
     values, weights = [np.zeros(0, np.int64)], [np.zeros(0)]
     for path, n in runs:
-        if n and parts > 1:
+        if n:
             run = np.load(path, mmap_mode="r")
             k = min(n, 64 * parts)
             values.append(np.array(run[np.linspace(0, n - 1, k).astype(np.int64)]))
