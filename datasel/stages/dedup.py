@@ -288,6 +288,7 @@ def _group_edges(keys: np.ndarray, docs: np.ndarray, n_old: int):
 # a (key, document) record being grouped, a candidate pair being merged and deduplicated.
 BYTES_PER_RECORD = 80
 BYTES_PER_PAIR = 48
+VERIFY_ALONE = 1 << 16  # candidate pairs (with repeats) that one task verifies faster alone
 
 
 @dataclass
@@ -346,7 +347,10 @@ def _candidate_edges(store: _Store, plan: _Plan, accept: float, executor):
     near_u, near_v = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     if runs:
         pairs = sum(n for _, n in runs)
-        cuts = _pair_cuts(runs, max(1, -(-pairs * BYTES_PER_PAIR // plan.budget)), store.total)
+        parts = -(-pairs * BYTES_PER_PAIR // plan.budget)
+        if pairs > VERIFY_ALONE:  # enough work to share among the workers
+            parts = max(parts, 2 * executor.workers)
+        cuts = _pair_cuts(runs, max(1, parts), store.total)
         paths = [path for path, n in runs if n]
         merge = [
             (store, plan, paths, lo, hi, accept) for lo, hi in zip(cuts, cuts[1:], strict=False)
@@ -463,10 +467,12 @@ def _similar(store: _Store, u: np.ndarray, v: np.ndarray, accept: float) -> np.n
 
 
 class _NpyFile:
-    """Rows of a .npy file read with pread: unlike a memory map, nothing read stays in the
-    process (a mapped page counts in its RSS until unmapped)."""
+    """Rows of a .npy file that do not stay in the process: blocks are read with pread, and
+    scattered rows gathered through a memory map dropped after every MAP_ROWS rows (a mapped
+    page counts in RSS until unmapped; the kernel maps up to 16 cached pages around each page
+    touched, so a gather maps at most MAP_ROWS * 64 KB)."""
 
-    RUN_ROWS = 256  # rows read by one call at most (with the gaps between them)
+    MAP_ROWS = 1024
 
     def __init__(self, path: Path):
         self.path = path
@@ -481,36 +487,25 @@ class _NpyFile:
             self.offset = f.tell()
         self.row_shape = self.shape[1:]
         self.row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
-        self._fd: int | None = None
-
-    def __getstate__(self):  # file descriptors are reopened in each process
-        return {**self.__dict__, "_fd": None}
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def read(self, lo: int, hi: int) -> np.ndarray:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
         size = (hi - lo) * self.row_bytes
-        data = os.pread(self._fd, size, self.offset + lo * self.row_bytes)
+        with open(self.path, "rb") as f:
+            data = os.pread(f.fileno(), size, self.offset + lo * self.row_bytes)
         if len(data) != size:
             raise DataselError(f"{self.path}: shorter than its header says")
         return np.frombuffer(data, self.dtype).reshape((hi - lo, *self.row_shape))
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        """The rows at sorted positions `rows`; rows close together are read in one call."""
+        """The rows at sorted positions `rows`."""
         out = np.empty((len(rows), *self.row_shape), self.dtype)
-        if not len(rows):
-            return out
-        gap = max(1, 16384 // max(1, self.row_bytes))
-        cut = np.diff(rows) > gap
-        cut[self.RUN_ROWS - 1 :: self.RUN_ROWS] = True
-        starts = np.concatenate([[0], np.flatnonzero(cut) + 1])
-        stops = np.concatenate([starts[1:], [len(rows)]])
-        for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
-            lo = int(rows[a])
-            out[a:b] = self.read(lo, int(rows[b - 1]) + 1)[rows[a:b] - lo]
+        for lo in range(0, len(rows), self.MAP_ROWS):
+            mapped = np.load(self.path, mmap_mode="r")
+            out[lo : lo + self.MAP_ROWS] = mapped[rows[lo : lo + self.MAP_ROWS]]
+            del mapped
         return out
 
 
@@ -591,9 +586,6 @@ class _Store:
             b = self.rows("sig", v[lo : lo + self.chunk])
             out[lo : lo + self.chunk] = np.count_nonzero(a == b, axis=1) / a.shape[1]
         return out
-
-    def __getstate__(self):  # file descriptors are reopened in each process
-        return {**self.__dict__, "_files": {}}
 
     def id_column(self, part: int) -> pa.ChunkedArray:
         kind, i = self.parts[part]
