@@ -32,7 +32,7 @@ Sections (`--only shift,dedup,diversify,filter,pick`):
              built from a config (tests/lm_fixtures.py): a smoke-level measure only.
 
 Time: `datasel eval` prints its estimate before it starts. `tiny` trains 1M tokens in ~2.4
-CPU-minutes, ~4-7 min wall on the shared 2-core CPU under load (README, Eval), so at the default
+CPU-minutes, ~4-7 min wall on the shared 2-core CPU under load (docs/benchmarks.md, eval), so at the default
 size: shift 10 runs (~1 h), dedup 4 (~25 min), diversify 6 with 7 eval sets (~45 min), filter
 6 (~35 min), pick 20 runs of a 50k-parameter model, 300k tokens each (~10 min, plus ~1.5 min
 for `pick` itself). The smoke command above (a smoke test, not a result) took, at load: shift

@@ -168,7 +168,7 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
         )
     work.mkdir(parents=True, exist_ok=True)
     _save_plan(work, {**saved, **plan, "key": key}, units)  # saved: what a resume must keep
-    # the units of a model stage are cut once, after its speed is measured, before any work
+    # the units of a model stage are cut once, from its model's size, before any work
     if stage.cut_by_speed and "unit_bytes" not in saved:
         probe = Context(columns=columns, work=work, key=key, units=units, quiet=options.quiet)
         unit_bytes = _unit_bytes_of_work(_bytes_per_second(stage, probe), options.unit_seconds)
@@ -264,28 +264,19 @@ def _run(stage: Stage, src, dst: Path, options: RunOptions) -> dict:
     return manifest
 
 
-# A model stage's units hold about `unit_seconds` of work at the speed measured on the first
-# rows, in input bytes per second (a file of long documents gets fewer rows per unit than one of
-# short ones), rounded down to a power of two so that the cut rarely changes with the load.
-PROBE_SECONDS = 3.0  # the probe maps growing batches of the first rows until one takes this
-PROBE_ROWS = 64  # ... and holds this many rows (small calls overstate the per-call overhead)
-PROBE_LIMIT = 30.0  # seconds the probe may take in all
+# A model stage's units hold about `unit_seconds` of work by a cost model, not a measured speed,
+# so that the same input is cut into the same units on every run, whatever the load: a forward
+# pass costs ~2 FLOPs per parameter per token, at ~0.3 tokens per input byte (BPE on prose), on
+# a device that sustains about this many FLOP/s (conservative: a kill loses less, not more).
+SUSTAINED_FLOPS = {"cpu": 5e10, "cuda": 2e14}
+TOKENS_PER_BYTE = 0.3
 
 
 def _bytes_per_second(stage: Stage, ctx: Context) -> float:
-    """Input bytes (Arrow) per second of `stage.map` on the first rows of the input, the model
-    loaded and warm: the first, cold call is timed only when it is the only one."""
-    first = ctx.first_rows(4096)
-    n, cold, start = 4, True, time.perf_counter()
-    while True:
-        batch = first.slice(0, n).combine_chunks().to_batches()[0]
-        t = time.perf_counter()
-        stage.map(batch, ctx)
-        seconds = time.perf_counter() - t
-        enough = not cold and seconds >= PROBE_SECONDS and n >= PROBE_ROWS
-        if enough or n >= first.num_rows or time.perf_counter() - start >= PROBE_LIMIT:
-            return batch.nbytes / max(seconds, 1e-6)
-        n, cold = min(first.num_rows, n * 4), False
+    """Input bytes (Arrow) per second that `stage.map` is estimated to process."""
+    parameters, device = stage.model_size(ctx)
+    flops = SUSTAINED_FLOPS["cuda" if device.startswith("cuda") else "cpu"]
+    return flops / (2 * max(parameters, 1) * TOKENS_PER_BYTE)
 
 
 def _save_plan(work: Path, head: dict, units: list[Unit]) -> None:

@@ -109,7 +109,7 @@ class Context:
     workers: int = 1
     units: list = field(default_factory=list)
     # the units before a model stage cut them by its speed: what `sample` reads, so that a
-    # sample never depends on the measured speed (default: `units`)
+    # sample never depends on the model size (default: `units`)
     sample_units: list | None = None
     stats: dict = field(default_factory=dict)  # stage statistics, copied into the manifest
     quiet: bool = False
@@ -281,8 +281,8 @@ class Stage:
     # with --overwrite skips fit's map work and redoes only `select`
     map_params: ClassVar[tuple[str, ...] | None] = None
     # True for stages whose map runs a neural model (seconds per batch): their units are cut
-    # into row ranges of about `unit_seconds` of work at the speed measured on the first rows
-    # (`map` may run on them before `fit`), so a kill loses about that much
+    # into row ranges of about `unit_seconds` of work, estimated from `model_size`, so a kill
+    # loses about that much
     cut_by_speed: ClassVar[bool] = False
 
     def __call__(self, data, dst=None, **options):
@@ -301,6 +301,10 @@ class Stage:
 
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
         return MapResult(batch)
+
+    def model_size(self, ctx: Context) -> tuple[int, str]:
+        """(parameters, device) of the model `map` runs; stages with `cut_by_speed` define it."""
+        raise NotImplementedError(f"{self.name} sets cut_by_speed but has no model_size")
 
     def select(self, staged: Staged, ctx: Context) -> Decision:
         raise NotImplementedError

@@ -106,3 +106,8 @@ def _accepts_connections(host: str, port: int) -> bool:
 
 
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def model_size(model, device) -> tuple[int, str]:
+    """(parameters, device name) of a loaded torch model: what a model stage's work is sized by."""
+    return sum(p.numel() for p in model.parameters()), str(device)

@@ -2,7 +2,6 @@
 
 import gzip
 import json
-import math
 import os
 import subprocess
 import sys
@@ -87,14 +86,19 @@ def test_the_units_of_a_model_stage_grow_with_its_rows(tmp_path, tiny_lm, monkey
     assert m["shards"] == 1
 
 
-def test_measured_speed_sets_the_unit_bytes(tmp_path, tiny_lm):
+def test_model_size_sets_the_unit_bytes_the_same_on_every_run(tmp_path, tiny_lm):
+    """Units are sized by a cost model of the loaded model, never a measured (load-dependent)
+    speed: two fresh runs cut the same units."""
     src = write_jsonl(tmp_path / "in.jsonl", docs(300))
-    stage = ScorePpl(model=str(tiny_lm))
     from datasel.stage import Context
 
     ctx = Context(columns=Columns(), work=tmp_path, units=plan_units(src))
-    rate = engine._bytes_per_second(stage, ctx)
-    assert 0 < rate < math.inf
+    rates = {engine._bytes_per_second(ScorePpl(model=str(tiny_lm)), ctx) for _ in range(2)}
+    assert len(rates) == 1
+    (rate,) = rates
+    parameters, device = ScorePpl(model=str(tiny_lm)).model_size(ctx)
+    assert device == "cpu" and 10_000 < parameters < 1_000_000
+    assert rate == pytest.approx(engine.SUSTAINED_FLOPS["cpu"] / (2 * parameters * 0.3))
     assert rate * 15 < engine._unit_bytes_of_work(rate, 30.0) <= rate * 30
     assert engine._unit_bytes_of_work(1000.0, 30.0) == 16384  # rounded down to a power of two
 

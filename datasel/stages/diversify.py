@@ -57,7 +57,7 @@ class Diversify(_Embedding):
     size and spread) but few groups, so groups stand for domains. The defaults (sqrt over
     groups, proportional inside a group) up-weight small domains and keep each domain's own
     mix: equal quotas trained a worse model than a random sample of the same size, by held-out
-    loss over the domains, mostly because they starve the largest domain (README, "Diversify").
+    loss over the domains, mostly because they starve the largest domain (docs/methods.md, "diversify").
     Inside a cluster rows are drawn uniformly, or with probability proportional to
     exp(score / --temperature) by --weight-by, skipping rows whose cosine with a row already
     taken from the cluster is >= --max-similarity (near duplicates, as SemDeDup: Abbas et al.

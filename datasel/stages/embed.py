@@ -10,6 +10,7 @@ import pyarrow as pa
 from datasel.errors import DataselError, require
 from datasel.io import Columns
 from datasel.stage import Context, MapResult, Stage, blank_texts, param, register, spread_rows
+from scorers.models import model_size
 
 REDUCE = ("svd", "random")
 DEVICES = ("auto", "cpu", "cuda")
@@ -171,6 +172,10 @@ class _Embedding(Stage):
                 sample=sample,
             )
         return self._embedder
+
+    def model_size(self, ctx: Context) -> tuple[int, str]:
+        embedder = self.embedder(ctx)
+        return model_size(embedder.model, embedder.device)
 
     def encode(self, batch: pa.RecordBatch, ctx: Context) -> np.ndarray:
         texts = batch.column(ctx.columns.text).fill_null("").to_pylist()

@@ -25,6 +25,7 @@ from datasel.stage import (
     param,
     register,
 )
+from scorers.models import model_size
 
 ALPACA = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 ALPACA_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
@@ -121,6 +122,9 @@ class Pick(Stage):
             except (FileNotFoundError, ValueError, ImportError) as e:
                 raise DataselError(f"--model {self.model}: {str(e).splitlines()[0]}") from None
         return self._lm
+
+    def model_size(self, ctx: Context) -> tuple[int, str]:
+        return model_size(self.lm().model, self.lm().device)
 
     def check(self) -> None:
         from datasel.stages.score import check_lm

@@ -12,6 +12,7 @@ import pyarrow as pa
 from datasel.errors import DataselError, require
 from datasel.io import Columns, write_json
 from datasel.stage import Context, MapResult, Stage, blank_texts, param, register
+from scorers.models import model_size
 
 
 def _add_column(batch: pa.RecordBatch, name: str, values, mask=None) -> pa.RecordBatch:
@@ -280,6 +281,9 @@ class ScorePpl(Stage):
 
     def check(self) -> None:
         check_lm(self.model, "score ppl")
+
+    def model_size(self, ctx: Context) -> tuple[int, str]:
+        return model_size(self.lm().model, self.lm().device)
 
     def outputs(self, names: set[str], columns: Columns) -> set[str]:
         return names | {f"{self.column}_bpb", f"{self.column}_tokens"}
