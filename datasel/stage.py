@@ -319,7 +319,10 @@ class Staged:
         return pa.chunked_array([c for ch in chunks for c in ch.cast(typ).chunks], type=typ)
 
     def array(self, name: str, i: int, mmap: bool = True) -> np.ndarray:
-        return np.load(self.staging.array(name, i), mmap_mode="r" if mmap else None)
+        return np.load(self.array_path(name, i), mmap_mode="r" if mmap else None)
+
+    def array_path(self, name: str, i: int) -> Path:
+        return self.staging.array(name, i)
 
     def concat(self, name: str, empty_dtype=np.float64) -> np.ndarray:
         """One side array of every non-empty shard, concatenated in shard order."""

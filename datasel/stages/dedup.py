@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,9 +29,8 @@ from datasel.ops.unionfind import components
 from datasel.ops.words import byte_chunks, grow_powers, hash_texts, normalize, utf8_lengths
 from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register
 
-COMPACT_PAIRS = 1 << 20  # band pairs gathered before their repeats are dropped
-PARALLEL_BANDS_FROM = 200_000  # documents (indexed + new) from which select sends bands to
-# worker processes; below it, to threads
+PARALLEL_BANDS_FROM = 200_000  # documents (indexed + new) from which select sends its tasks
+# to worker processes; below it, to threads
 
 
 @register
@@ -62,6 +62,11 @@ class Dedup(Stage):
     )
     exact_only: bool = param(False, help="remove exact duplicates only (no MinHash)")
     seed: int = param(0, help="hash seed (an index only matches runs with the same seed)")
+    memory: str = param(
+        "1GB",
+        help="memory budget of each process of the global step: keys and candidate pairs are cut "
+        "into partitions on disk that fit it (the result is the same whatever the budget)",
+    )
 
     def __post_init__(self):
         if not 0.0 < self.threshold <= 1.0:
@@ -72,6 +77,11 @@ class Dedup(Stage):
             raise ValueError(f"num_perm must be at least 16, got {self.num_perm}")
         if self.ngram < 1:
             raise ValueError(f"ngram must be at least 1, got {self.ngram}")
+        parse_bytes(self.memory)
+
+    def params(self) -> dict:
+        # the budget changes how select works, never its result: not part of the run's identity
+        return {k: v for k, v in super().params().items() if k != "memory"}
 
     def incremental(self, state: Path) -> Dedup:
         """Without an `index` of its own, against everything earlier cron runs kept."""
@@ -136,31 +146,35 @@ class Dedup(Stage):
 
     def _select(self, staged: Staged, ctx: Context, index: DedupIndex | None) -> Decision:
         old = index.segments(exclude=ctx.key) if index else []
-        store = _Store(old, staged, with_sig=not self.exact_only, bands_rows=self.bands_rows)
+        # half the budget for a task's data, the other half for the process and its imports
+        budget = max(1 << 14, parse_bytes(self.memory) // 2)
+        store = _Store(old, staged, not self.exact_only, self.bands_rows, budget)
         n_old, n_all = store.n_old, store.total
-        hashes = store.concat("hash")
-        edges = [_group_edges(hashes, n_old)]
-        if not self.exact_only:
-            # a band of a small corpus takes less time than shipping it to a worker and back:
-            # threads then (its sorts and gathers release the GIL)
-            big = n_all >= PARALLEL_BANDS_FROM
-            executor = ctx.executor if big and ctx.executor else ctx.threads
-            edges.append(_near_edges(store, self.bands_rows[0], self.accept, executor))
-        u = np.concatenate([e[0] for e in edges])
-        v = np.concatenate([e[1] for e in edges])
+        # a small corpus takes less time than shipping its tasks to workers and back: threads
+        # then (sorts and gathers release the GIL)
+        big = n_all >= PARALLEL_BANDS_FROM
+        executor = ctx.executor if big and ctx.executor else ctx.threads
+        folder = ctx.work / "dedup-select"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        try:
+            plan = _plan(store, folder, executor.workers)
+            u, v = _candidate_edges(store, plan, self.accept, executor)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         nodes, label = components(u, v)
         rank = self._rank(store, staged, ctx, n_old, n_all)
-        dup_of, jacc = self._assign(store, nodes, label, rank, hashes, n_old)
-        keep = dup_of[n_old:] < 0
+        gone, keeper, jacc = self._assign(store, nodes, label, rank, n_old)
+        removed = gone - n_old
+        keep = np.ones(staged.total, dtype=bool)
+        keep[removed] = False
         reason = np.full(staged.total, None, dtype=object)
-        removed = np.flatnonzero(~keep)
-        keeper = dup_of[n_old:][removed]
-        exact = hashes[keeper] == hashes[n_old + removed]
+        exact = store.rows("hash", keeper) == store.rows("hash", n_old + removed)
         reason[removed] = np.where(exact, "exact", "near")
         dup_ids = np.full(staged.total, None, dtype=object)
         dup_ids[removed] = store.ids(keeper)
         jac = np.full(staged.total, np.nan)
-        jac[removed] = np.where(exact, 1.0, jacc[n_old:][removed])
+        jac[removed] = np.where(exact, 1.0, jacc)
         ctx.stats.update(
             {
                 "bands": self.bands_rows[0],
@@ -174,7 +188,7 @@ class Dedup(Stage):
         if not self.exact_only:  # near duplicates: estimated Jaccard to their keeper
             ctx.cutoff("dedup_jaccard", self.threshold, f"threshold {self.threshold:g}")
         if index:
-            index.append(ctx.key, store, np.flatnonzero(keep))
+            index.append(ctx.key, store, keep)
             ctx.stats["index_documents_after"] = n_old + int(keep.sum())
         return Decision(
             keep=keep,
@@ -187,10 +201,10 @@ class Dedup(Stage):
 
     def _rank(
         self, store: _Store, staged: Staged, ctx: Context, n_old: int, n_all: int
-    ) -> np.ndarray:
+    ) -> np.ndarray | None:
         """Position of each document in keep-priority order: indexed documents first."""
         if self.keep == "first":
-            return np.arange(n_all)
+            return None  # the position itself
         if self.keep == "longest":
             value = store.concat("len", new_only=True).astype(np.float64)
         else:
@@ -208,12 +222,15 @@ class Dedup(Stage):
         rank[n_old + order] = n_old + np.arange(len(value))
         return rank
 
-    def _assign(self, store, nodes, label, rank, hashes, n_old):
+    def _assign(self, store, nodes, label, rank, n_old):
         """Greedy keepers inside each cluster: the best-ranked document is kept, every other
         member that is similar enough *to it* is removed; repeat with those left. So each
-        removed document is a duplicate of the kept one it names, never only of a chain."""
-        dup_of = np.full(store.total, -1, dtype=np.int64)
-        jacc = np.zeros(store.total, dtype=np.float32)
+        removed document is a duplicate of the kept one it names, never only of a chain.
+        Returns the removed documents (sorted), the kept one each duplicates, and the
+        estimated Jaccard with it."""
+        removed, kept_by, sims = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], []
+        node_rank = nodes if rank is None else rank[nodes]
+        node_hash = store.rows("hash", nodes)
         active = np.ones(len(nodes), dtype=bool)
         _, comp = np.unique(label, return_inverse=True)
         while True:
@@ -222,7 +239,7 @@ class Dedup(Stage):
             idx = idx[counts[comp[idx]] >= 2]
             if not idx.size:
                 break
-            order = idx[np.lexsort((rank[nodes[idx]], comp[idx]))]
+            order = idx[np.lexsort((node_rank[idx], comp[idx]))]
             first = np.ones(len(order), dtype=bool)
             first[1:] = comp[order[1:]] != comp[order[:-1]]
             keepers = order[first]
@@ -230,16 +247,20 @@ class Dedup(Stage):
             keeper_of[comp[keepers]] = keepers
             others = order[~first]
             a, k = nodes[others], nodes[keeper_of[comp[others]]]
-            same = hashes[a] == hashes[k]
+            same = node_hash[others] == node_hash[keeper_of[comp[others]]]
             sim = np.ones(len(a), dtype=np.float32)
             if (~same).any():
                 sim[~same] = store.jaccard(a[~same], k[~same])
             gone = (same | (sim >= self.accept)) & (a >= n_old)
-            dup_of[a[gone]] = k[gone]
-            jacc[a[gone]] = sim[gone]
+            removed.append(a[gone])
+            kept_by.append(k[gone])
+            sims.append(sim[gone])
             active[others[gone]] = False
             active[keepers] = False
-        return dup_of, jacc
+        gone = np.concatenate(removed)
+        order = np.argsort(gone)
+        sim = np.concatenate([np.zeros(0, np.float32), *sims])
+        return gone[order], np.concatenate(kept_by)[order], sim[order]
 
 
 @lru_cache(maxsize=32)
@@ -250,14 +271,15 @@ def _lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     return lsh_params(max(0.05, threshold - 0.2), num_perm)
 
 
-def _group_edges(keys: np.ndarray, n_old: int, skip: np.ndarray | None = None):
+def _group_edges(keys: np.ndarray, docs: np.ndarray, n_old: int):
     """Edges from the first document of each group of equal keys to the others in the group
-    (star edges), leaving out edges between two already-indexed documents."""
-    idx = np.arange(len(keys)) if skip is None else np.flatnonzero(~skip)
+    (star edges), leaving out edges between two already-indexed documents. `docs` (the global
+    position of each key) must be increasing."""
+    idx = np.arange(len(keys))
     # Most keys are unique: sort only those whose low bits they share with another key (a
     # counting pass over a table of ~4 slots per key, at most 4M), 3x faster than sorting all.
     size = 1 << min(22, max(10, (4 * len(idx)).bit_length()))
-    low = (keys[idx] & np.uint64(size - 1)).astype(np.intp)
+    low = (keys & np.uint64(size - 1)).astype(np.intp)
     idx = idx[np.bincount(low, minlength=size)[low] > 1]
     order = idx[np.argsort(keys[idx], kind="stable")]
     k = keys[order]
@@ -265,60 +287,256 @@ def _group_edges(keys: np.ndarray, n_old: int, skip: np.ndarray | None = None):
     new_group[1:] = k[1:] != k[:-1]
     head = order[np.maximum.accumulate(np.where(new_group, np.arange(len(k)), 0))]
     member = ~new_group
-    u, v = head[member], order[member]
+    u, v = docs[head[member]], docs[order[member]]
     fresh = v >= n_old
     return u[fresh], v[fresh]
 
 
-def _near_edges(
-    store: _Store, bands: int, accept: float, executor
-) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate pairs that share a band's key (the bands spread over `executor`), each pair
-    verified once however many bands it shares, kept when the signatures agree enough."""
-    store.empty()  # computed once here, shipped with the store
-    found = executor.map_unordered(_band_pairs, [(store, band) for band in range(bands)])
-    # near duplicates share most of their bands: verifying each band's pairs on its own read
-    # the same signature rows again and again (4x the reads on re-crawled copies of a corpus).
-    # Repeats are dropped as the bands come in, so memory stays near the distinct pairs.
-    pairs, pending = np.zeros(0, np.int64), []
-    for _, band_pairs in found:
-        pending.append(band_pairs)
-        if sum(map(len, pending)) > max(len(pairs), COMPACT_PAIRS):
-            pairs, pending = np.unique(np.concatenate([pairs, *pending])), []
-    pairs = np.unique(np.concatenate([pairs, *pending]))
-    u, v = np.divmod(pairs, np.int64(max(store.total, 1)))
-    step = max(1 << 16, -(-len(pairs) // (4 * max(1, executor.workers))))
-    chunks = [
-        (store, u[lo : lo + step], v[lo : lo + step], accept) for lo in range(0, len(u), step)
-    ]
-    verdicts = dict(executor.map_unordered(_similar, chunks))
-    ok = np.concatenate([verdicts[k] for k in range(len(chunks))] + [np.zeros(0, bool)])
+# Bytes of a task's memory per item it holds, temporaries included (measured with tracemalloc):
+# a (key, document) record being grouped, a candidate pair being merged and deduplicated.
+BYTES_PER_RECORD = 80
+BYTES_PER_PAIR = 48
+VERIFY_ALONE = 1 << 16  # candidate pairs (with repeats) that one task verifies faster alone
+
+
+@dataclass
+class _Plan:
+    """How select's work is cut to fit `budget` bytes per task. Key set 0 is the text hash,
+    key set 1 + b is band b; each is cut by the top `bits` of its keys (uniform: they are
+    hashes) into 2**bits ranges, and every range is grouped by one task."""
+
+    folder: Path
+    budget: int
+    key_sets: int
+    bits: int
+    groups: int  # scatter tasks, each over a run of consecutive parts
+    doc_dtype: np.dtype
+
+    @property
+    def ranges(self) -> int:
+        return 1 << self.bits
+
+    @property
+    def record(self) -> np.dtype:
+        return np.dtype([("key", "<u8"), ("doc", self.doc_dtype)])
+
+    def run_file(self, key_set: int, r: int, group: int) -> Path:
+        return self.folder / f"keys-{key_set:03d}-{r:05d}-{group:03d}.bin"
+
+    def block_rows(self, row_bytes: int) -> int:
+        return max(256, self.budget // (8 * row_bytes))
+
+
+def _plan(store: _Store, folder: Path, workers: int) -> _Plan:
+    budget = store.budget
+    key_sets = 1 + (store.bands_rows[0] if store.with_sig else 0)
+    records = -(-store.total * BYTES_PER_RECORD // budget)
+    doc = np.uint32 if store.total < 1 << 32 else np.int64
+    groups = max(1, min(workers, len(store.parts)))
+    return _Plan(folder, budget, key_sets, (records - 1).bit_length(), groups, np.dtype(doc))
+
+
+def _candidate_edges(store: _Store, plan: _Plan, accept: float, executor):
+    """Exact edges (equal text hash) and verified near edges (a shared band key and enough
+    agreeing signature values), found in bounded memory:
+    1. scatter: each part's keys go, as (key, document) records in document order, to a run
+       file per (key set, key range);
+    2. group: one task per (key set, key range) reads its runs and groups equal keys; exact
+       edges come back, band pairs are written as a sorted run per task;
+    3. merge: the pair runs are cut by pair range into tasks that each read their slice of every
+       run, drop repeats (near duplicates share most bands) and verify each pair once."""
+    bounds = np.linspace(0, len(store.parts), plan.groups + 1).astype(int)
+    scatter = [(store, plan, g, bounds[g], bounds[g + 1]) for g in range(plan.groups)]
+    list(executor.map_unordered(_scatter, scatter))
+    tasks = [(store, plan, s, r) for s in range(plan.key_sets) for r in range(plan.ranges)]
+    exact, runs = [], []
+    for _, (kind, result) in executor.map_unordered(_group, tasks):
+        (exact if kind == "exact" else runs).append(result)
+    near_u, near_v = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    if runs:
+        pairs = sum(n for _, n in runs)
+        parts = -(-pairs * BYTES_PER_PAIR // plan.budget)
+        if pairs > VERIFY_ALONE:  # enough work to share among the workers
+            parts = max(parts, 2 * executor.workers)
+        cuts = _pair_cuts(runs, max(1, parts), store.total)
+        paths = [path for path, n in runs if n]
+        merge = [
+            (store, plan, paths, lo, hi, accept) for lo, hi in zip(cuts, cuts[1:], strict=False)
+        ]
+        for _, (u, v) in sorted(executor.map_unordered(_verify_pairs, merge), key=lambda x: x[0]):
+            near_u.append(u)
+            near_v.append(v)
+    u = np.concatenate([e[0] for e in exact] + near_u)
+    v = np.concatenate([e[1] for e in exact] + near_v)
+    return u, v
+
+
+def _pair_cuts(runs: list[tuple[Path, int]], parts: int, total: int) -> list[int]:
+    """Bounds of about `parts` ranges of pairs (u * total + v) holding as many pairs each: the
+    quantiles of a sample of every sorted run (pairs crowd at small u, the first documents of
+    big groups), each sampled value weighing its run's pairs per sample."""
+    if parts <= 1:
+        return [0, total * total]
+    values, weights = [np.zeros(0, np.int64)], [np.zeros(0)]
+    for path, n in runs:
+        if n:
+            run = np.load(path, mmap_mode="r")
+            k = min(n, 64 * parts)
+            values.append(np.array(run[np.linspace(0, n - 1, k).astype(np.int64)]))
+            weights.append(np.full(k, n / k))
+            del run
+    order = np.argsort(np.concatenate(values))
+    value, weight = np.concatenate(values)[order], np.cumsum(np.concatenate(weights)[order])
+    inner = value[np.searchsorted(weight, weight[-1] * np.arange(1, parts) / parts)]
+    return sorted({0, *inner.tolist(), total * total})
+
+
+def _scatter(store: _Store, plan: _Plan, group: int, first: int, stop: int) -> None:
+    """Append the (key, document) records of parts [first, stop) to their run files."""
+    shift = np.uint64(64 - plan.bits)
+    pending: dict[tuple[int, int], list[np.ndarray]] = {}
+    held = 0
+    for p in range(first, stop):
+        n = store.size(p)
+        step = plan.block_rows(8 + (store.bands_rows[0] * 8 if store.with_sig else 0))
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            docs = np.arange(store.offsets[p] + lo, store.offsets[p] + hi)
+            keyed = [(0, store.part_file(p, "hash").read(lo, hi), docs)]
+            if store.with_sig:
+                bands = store.part_file(p, "bands").read(lo, hi)
+                words = bands[:, 0] != store.empty_key
+                keyed += [(1 + b, bands[words, b], docs[words]) for b in range(bands.shape[1])]
+            for s, keys, kdocs in keyed:
+                rec = np.empty(len(keys), plan.record)
+                rec["key"], rec["doc"] = keys, kdocs
+                if plan.bits:
+                    r = (keys >> shift).astype(np.intp)
+                    rec = rec[np.argsort(r, kind="stable")]
+                    ends = np.cumsum(np.bincount(r, minlength=plan.ranges))
+                else:
+                    ends = [len(rec)]
+                start = 0
+                for r, end in enumerate(ends):
+                    if end > start:
+                        pending.setdefault((s, r), []).append(rec[start:end])
+                    start = end
+                held += rec.nbytes
+            if held > plan.budget // 2:
+                _flush(plan, group, pending)
+                pending, held = {}, 0
+    _flush(plan, group, pending)
+
+
+def _flush(plan: _Plan, group: int, pending: dict) -> None:
+    for (s, r), recs in pending.items():
+        with open(plan.run_file(s, r, group), "ab") as f:
+            for rec in recs:
+                f.write(rec.tobytes())
+
+
+def _group(store: _Store, plan: _Plan, key_set: int, r: int):
+    """Group one key range of one key set: ("exact", (u, v)) for the text hash, else
+    ("pairs", (path of the sorted run of pairs as u * total + v, its length))."""
+    files = [plan.run_file(key_set, r, g) for g in range(plan.groups)]
+    rec = np.concatenate(
+        [np.fromfile(f, plan.record) for f in files if f.exists()] + [np.zeros(0, plan.record)]
+    )
+    for f in files:
+        f.unlink(missing_ok=True)
+    u, v = _group_edges(rec["key"], rec["doc"].astype(np.int64), store.n_old)
+    del rec
+    if key_set == 0:
+        return "exact", (u, v)
+    path = plan.folder / f"pairs-{key_set:03d}-{r:05d}.npy"
+    pairs = np.unique(u * np.int64(store.total) + v)
+    np.save(path, pairs)
+    return "pairs", (path, len(pairs))
+
+
+def _verify_pairs(store: _Store, plan: _Plan, paths: list[Path], lo: int, hi: int, accept):
+    """The pairs in [lo, hi) of every run, each once, that the signatures confirm."""
+    slices = [np.zeros(0, np.int64)]
+    for path in paths:
+        run = np.load(path, mmap_mode="r")
+        a, b = np.searchsorted(run, [lo, hi])
+        slices.append(np.array(run[a:b]))
+        del run
+    pairs = np.unique(np.concatenate(slices))
+    del slices
+    u, v = np.divmod(pairs, np.int64(store.total))
+    del pairs
+    ok = _similar(store, u, v, accept)
     return u[ok], v[ok]
-
-
-def _band_pairs(store: _Store, band: int) -> np.ndarray:
-    """The pairs (as u * total + v) that share this band's key."""
-    u, v = _group_edges(store.concat_band(band), store.n_old, skip=store.empty())
-    return u * np.int64(store.total) + v
 
 
 def _similar(store: _Store, u: np.ndarray, v: np.ndarray, accept: float) -> np.ndarray:
     return store.jaccard(u, v) >= accept
 
 
+class _NpyFile:
+    """Rows of a .npy file that do not stay in the process: blocks are read with pread, and
+    scattered rows gathered through a memory map dropped after every MAP_ROWS rows (a mapped
+    page counts in RSS until unmapped; the kernel maps up to 16 cached pages around each page
+    touched, so a gather maps at most MAP_ROWS * 64 KB)."""
+
+    MAP_ROWS = 1024
+
+    def __init__(self, path: Path):
+        self.path = path
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            self.shape, _, self.dtype = read(f)
+            self.offset = f.tell()
+        self.row_shape = self.shape[1:]
+        self.row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        size = (hi - lo) * self.row_bytes
+        with open(self.path, "rb") as f:
+            data = os.pread(f.fileno(), size, self.offset + lo * self.row_bytes)
+        if len(data) != size:
+            raise DataselError(f"{self.path}: shorter than its header says")
+        return np.frombuffer(data, self.dtype).reshape((hi - lo, *self.row_shape))
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The rows at sorted positions `rows`."""
+        out = np.empty((len(rows), *self.row_shape), self.dtype)
+        for lo in range(0, len(rows), self.MAP_ROWS):
+            mapped = np.load(self.path, mmap_mode="r")
+            out[lo : lo + self.MAP_ROWS] = mapped[rows[lo : lo + self.MAP_ROWS]]
+            del mapped
+        return out
+
+
 class _Store:
-    """Narrow per-document arrays of the indexed documents then of this run's, in global order."""
+    """Narrow per-document arrays of the indexed documents then of this run's, in global order,
+    read from their files a block or a few rows at a time."""
 
     def __init__(
-        self, old: list[Path], staged: Staged, with_sig: bool, bands_rows: tuple[int, int]
+        self,
+        old: list[Path],
+        staged: Staged,
+        with_sig: bool,
+        bands_rows: tuple[int, int],
+        budget: int,
     ):
         self.old, self.staged = old, staged
+        self.budget = budget  # bytes a task may hold
         self.bands_rows = bands_rows
         self.parts: list[tuple[str, int]] = []  # ("old", segment) or ("new", unit)
         sizes = []
         for i, seg in enumerate(old):
             self.parts.append(("old", i))
-            sizes.append(len(np.load(seg / "hash.npy", mmap_mode="r")))
+            sizes.append(len(_NpyFile(seg / "hash.npy")))
         for i, n in enumerate(staged.rows):
             self.parts.append(("new", i))
             sizes.append(n)
@@ -326,73 +544,61 @@ class _Store:
         self.n_old = int(sum(sizes[: len(old)]))
         self.total = int(self.offsets[-1])
         self.with_sig = with_sig
-        self._mmaps: dict[tuple[int, str], np.ndarray] = {}
-        self._empty: np.ndarray | None = None
+        self.chunk = max(256, budget // (8 * self.sig_row_bytes))  # pairs verified at once
+        self._files: dict[tuple[int, str], _NpyFile] = {}
+        # an empty signature (no words) has a known first band key: such documents take part
+        # in exact dedup only
+        b, r = bands_rows
+        self.empty_key = band_keys(np.full((1, b * r), EMPTY, dtype=np.uint32), b, r)[0, 0]
 
-    def _array(self, part: int, name: str) -> np.ndarray:
+    def size(self, part: int) -> int:
+        return int(self.offsets[part + 1] - self.offsets[part])
+
+    def part_file(self, part: int, name: str) -> _NpyFile:
         key = (part, name)
-        if key not in self._mmaps:
-            self._mmaps[key] = self._open(part, name)
-        return self._mmaps[key]
+        if key not in self._files:
+            kind, i = self.parts[part]
+            path = self.old[i] / f"{name}.npy" if kind == "old" else self.staged.array_path(name, i)
+            self._files[key] = _NpyFile(path)
+        return self._files[key]
 
-    def _open(self, part: int, name: str) -> np.ndarray:
-        kind, i = self.parts[part]
-        if kind == "old":
-            return np.load(self.old[i] / f"{name}.npy", mmap_mode="r")
-        if self.staged.rows[i] == 0:
-            return np.zeros((0,), np.uint64)
-        return self.staged.array(name, i)
+    @property
+    def sig_row_bytes(self) -> int:
+        return 4 * self.bands_rows[0] * self.bands_rows[1] if self.with_sig else 8
 
     def concat(self, name: str, new_only: bool = False) -> np.ndarray:
         parts = range(len(self.old) if new_only else 0, len(self.parts))
-        arrays = [np.asarray(self._array(p, name)) for p in parts]
+        arrays = [self.part_file(p, name).read(0, self.size(p)) for p in parts if self.size(p)]
         return np.concatenate(arrays) if arrays else np.zeros(0)
 
-    def concat_band(self, band: int) -> np.ndarray:
-        out = np.empty(self.total, dtype=np.uint64)
-        for p in range(len(self.parts)):
-            lo, hi = self.offsets[p], self.offsets[p + 1]
-            if hi > lo:
-                out[lo:hi] = self._array(p, "bands")[:, band]
-        return out
-
-    def __getstate__(self):  # memory maps are reopened in each process
-        return {**self.__dict__, "_mmaps": {}}
-
-    def empty(self) -> np.ndarray:
-        """Documents without shingles (no words): they take part in exact dedup only."""
-        if self._empty is None:
-            self._empty = self._concat_empty()
-        return self._empty
-
-    def _concat_empty(self) -> np.ndarray:
-        # an empty signature has a known first band key: reading it touches 8 bytes per
-        # document, where the signature's first value would map its whole 1 KB row in
-        b, r = self.bands_rows
-        empty_key = band_keys(np.full((1, b * r), EMPTY, dtype=np.uint32), b, r)[0, 0]
-        return self.concat_band(0) == empty_key
-
     def rows(self, name: str, index: np.ndarray) -> np.ndarray:
-        """Rows of a 2-D array at global positions, reading each part once."""
+        """Rows of an array at global positions, reading each part once, in order."""
+        index = np.asarray(index, dtype=np.int64)
         part = np.searchsorted(self.offsets, index, side="right") - 1
         out = None
         for p in np.unique(part):
             sel = np.flatnonzero(part == p)
             local = index[sel] - self.offsets[p]
-            order = np.argsort(local, kind="stable")  # sorted reads are kinder to a memory map
-            arr = self._array(int(p), name)
+            order = np.argsort(local, kind="stable")
+            got = self.part_file(int(p), name).take(local[order])
             if out is None:
-                out = np.empty((len(index),) + arr.shape[1:], dtype=arr.dtype)
-            out[sel[order]] = arr[local[order]]
+                out = np.empty((len(index), *got.shape[1:]), dtype=got.dtype)
+            out[sel[order]] = got
+        return out if out is not None else np.zeros(0, np.uint64)
+
+    def jaccard(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Share of equal signature values of each pair, read `chunk` pairs at a time."""
+        out = np.empty(len(u), dtype=np.float32)
+        for lo in range(0, len(u), self.chunk):
+            a = self.rows("sig", u[lo : lo + self.chunk])
+            b = self.rows("sig", v[lo : lo + self.chunk])
+            out[lo : lo + self.chunk] = np.count_nonzero(a == b, axis=1) / a.shape[1]
         return out
 
-    def jaccard(self, u: np.ndarray, v: np.ndarray, chunk: int = 200_000) -> np.ndarray:
-        out = np.empty(len(u), dtype=np.float32)
-        for lo in range(0, len(u), chunk):
-            a = self.rows("sig", u[lo : lo + chunk])
-            b = self.rows("sig", v[lo : lo + chunk])
-            out[lo : lo + chunk] = np.count_nonzero(a == b, axis=1) / a.shape[1]
-        return out
+    def id_column(self, part: int) -> pa.ChunkedArray:
+        kind, i = self.parts[part]
+        path = self.old[i] / "ids.parquet" if kind == "old" else self.staged.shard(i)
+        return read_table(path, columns=["id"]).column(0)
 
     def ids(self, index: np.ndarray) -> list[str]:
         """Ids of documents at global positions."""
@@ -401,9 +607,7 @@ class _Store:
         for p in np.unique(part):
             sel = np.flatnonzero(part == p)
             local = index[sel] - self.offsets[p]
-            kind, i = self.parts[int(p)]
-            path = self.old[i] / "ids.parquet" if kind == "old" else self.staged.shard(i)
-            col = read_table(path, columns=["id"]).column(0)
+            col = self.id_column(int(p))
             for j, value in zip(sel, col.take(pa.array(local)).to_pylist(), strict=True):
                 out[j] = value
         return out
@@ -444,7 +648,9 @@ class DedupIndex:
             if p.is_dir() and p.name != f"seg-{exclude}" and (p / "ids.parquet").exists()
         )
 
-    def append(self, key: str, store: _Store, keep_local: np.ndarray) -> None:
+    def append(self, key: str, store: _Store, keep: np.ndarray) -> None:
+        """Add this run's kept documents (`keep`, one flag per new document) as a segment,
+        a block of rows at a time."""
         from datasel.io import write_json
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -453,23 +659,37 @@ class DedupIndex:
         tmp = self.root / f".seg-{key}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        glob_idx = store.n_old + keep_local
-        np.save(tmp / "hash.npy", store.concat("hash", new_only=True)[keep_local])
+        kept = []  # (part, its kept rows)
+        for p in range(len(store.old), len(store.parts)):
+            lo = store.offsets[p] - store.n_old
+            kept.append((p, np.flatnonzero(keep[lo : lo + store.size(p)])))
+        arrays = {"hash": (np.uint64, ())}
         if store.with_sig:
-            np.save(
-                tmp / "sig.npy",
-                store.rows("sig", glob_idx)
-                if len(glob_idx)
-                else np.zeros((0, self.meta["num_perm"]), np.uint32),
-            )
-            np.save(
-                tmp / "bands.npy",
-                store.rows("bands", glob_idx)
-                if len(glob_idx)
-                else np.zeros((0, self.meta["bands"]), np.uint64),
-            )
-        pq.write_table(
-            pa.table({"id": pa.array(store.ids(glob_idx), pa.string())}), tmp / "ids.parquet"
-        )
+            arrays |= {
+                "sig": (np.uint32, (self.meta["num_perm"],)),
+                "bands": (np.uint64, (self.meta["bands"],)),
+            }
+        n = int(keep.sum())
+        for name, (dtype, row) in arrays.items():
+            with open(tmp / f"{name}.npy", "wb") as f:
+                header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": (n, *row)}
+                np.lib.format.write_array_header_1_0(f, header)
+                for p, rows in kept:
+                    for lo in range(0, len(rows), store.chunk):
+                        block = store.part_file(p, name).take(rows[lo : lo + store.chunk])
+                        f.write(np.ascontiguousarray(block, dtype).tobytes())
+        schema = pa.schema([("id", pa.string())])
+        with pq.ParquetWriter(tmp / "ids.parquet", schema) as writer:
+            for p, rows in kept:
+                ids = store.id_column(p).take(pa.array(rows, pa.int64()))
+                writer.write_table(pa.table({"id": ids.cast(pa.string())}, schema=schema))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+
+
+def parse_bytes(text: str) -> int:
+    """A size such as 512MB, 1.5GB or 100000 (bytes), in bytes (a KB is 1024 bytes)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"memory must be a size such as 512MB or 2GB, got {text!r}")
+    return int(float(m[1]) * 1024 ** "BKMGT".index(m[2].upper() or "B"))
