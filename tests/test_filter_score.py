@@ -259,3 +259,64 @@ def test_no_stage_imports_the_pipeline_a_workflow_or_the_cli():
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
             assert not any(n.startswith(above) for n in names), (path, names)
+
+
+def _reference_filter(rows, rules):
+    """The whole-column select filter did before it streamed: lexsort over every alive row."""
+    n = len(rows)
+    alive, reason = np.ones(n, dtype=bool), [None] * n
+    chars = np.array([len(r["text"] or "") for r in rows])
+    for kind, col, v in rules:
+        values = np.array([np.nan if r[col] is None else r[col] for r in rows], dtype=float)
+        for i in np.flatnonzero(np.isnan(values) & alive):
+            reason[i] = f"filter:{col} missing"
+        alive &= ~np.isnan(values)
+        idx = np.flatnonzero(alive)
+        order = idx[np.lexsort((idx, -values[idx]))]
+        if kind == "top":
+            k = int(v)
+        elif kind == "top_fraction":
+            k = int(round(v * len(idx)))
+        else:
+            cum = np.cumsum(chars[order])
+            k = int(np.searchsorted(cum, v * (cum[-1] if len(cum) else 0), side="left")) + 1
+        keep = np.zeros(n, dtype=bool)
+        keep[order[: min(k, len(order))]] = True
+        for i in np.flatnonzero(alive & ~keep):
+            reason[i] = f"filter:{kind.replace('_', '-')}:{col}={v:g}"
+        alive &= keep
+    return {r["id"]: why for r, why in zip(rows, reason, strict=True)}
+
+
+def test_filter_top_rules_over_many_shards_and_exact_ties_remove_what_a_full_sort_removes(
+    tmp_path,
+):
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(3000):
+        s = [None, -0.0, 0.0, 0.5, 1.0, float("inf"), -1.5][int(rng.integers(0, 7))]
+        text = "y" * int(rng.integers(0, 30)) if rng.random() > 0.05 else None
+        rows.append({"id": f"d{i}", "text": text, "s": s, "t": int(rng.integers(0, 4))})
+    (tmp_path / "in").mkdir()
+    for part in range(6):  # six files: six staged shards, the ties spread over all of them
+        pq.write_table(
+            pa.Table.from_pylist(rows[part * 500 : (part + 1) * 500]),
+            tmp_path / "in" / f"{part}.parquet",
+        )
+    rule_sets = [
+        [("top", "s", 1234)],
+        [("top_fraction", "t", 0.37)],
+        [("top_chars", "s", 0.42)],
+        [("top", "t", 2500), ("top_fraction", "t", 0.5), ("top_chars", "s", 0.6)],  # as RULES
+        [("top", "s", 0)],
+    ]
+    for n, rules in enumerate(rule_sets):
+        flags = {}
+        for kind, col, v in rules:
+            flags.setdefault(kind, []).append(f"{col}={v:g}")
+        out = tmp_path / f"out{n}"
+        datasel.run(Filter(**flags), tmp_path / "in", out, quiet=True, workers=2)
+        kept = read_dataset(out).column("id").to_pylist()
+        removed = read_removed(out).to_pylist()
+        got = {i: None for i in kept} | {r["id"]: r["reason"] for r in removed}
+        assert got == _reference_filter(rows, rules), rules

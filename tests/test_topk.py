@@ -59,3 +59,49 @@ def test_gumbel_topk_first_draw_follows_softmax():
         [sum(w[j] * w[i] / (1 - w[j]) for j in range(4) if j != i) for i in range(4)]
     )
     np.testing.assert_allclose(incl / 8000, expected, atol=0.02)
+
+
+def _stream_top(scores, weights, target, weighted, parts):
+    """Rows taken by streaming_cut + take_tied over `parts` splits, as one index array."""
+    from datasel.ops.topk import order_keys, streaming_cut, take_tied
+
+    bounds = np.linspace(0, len(scores), parts + 1).astype(int)
+    chunks = list(zip(bounds[:-1], bounds[1:], strict=True))
+
+    def gen():
+        for lo, hi in chunks:
+            yield order_keys(scores[lo:hi]), (weights[lo:hi] if weighted else None)
+
+    key, running = streaming_cut(gen, target, weighted)
+    taken, reached = [], False
+    for lo, hi in chunks:
+        keys = order_keys(scores[lo:hi])
+        taken += (lo + np.flatnonzero(keys > key)).tolist()
+        if not reached:
+            tied = np.flatnonzero(keys == key)
+            w = weights[lo:hi][tied] if weighted else np.ones(len(tied), dtype=np.int64)
+            n, running, reached = take_tied(w, running, target)
+            taken += (lo + tied[:n]).tolist()
+    return np.sort(taken)
+
+
+@pytest.mark.parametrize("parts", [1, 3, 17])
+def test_streaming_cut_takes_the_rows_a_stable_sort_takes(parts):
+    rng = np.random.default_rng(1)
+    for n in (1, 50, 3000):
+        s = rng.integers(-3, 4, size=n).astype(float) / 2  # heavy exact ties
+        s[rng.random(n) < 0.1] = -0.0  # ties with 0.0
+        s[rng.random(n) < 0.02] = np.inf
+        s[rng.random(n) < 0.02] = -np.inf
+        w = rng.integers(0, 50, size=n)
+        w[rng.random(n) < 0.2] = 0  # rows without characters
+        order = np.lexsort((np.arange(n), -s))  # highest first, ties by position
+        for k in sorted({1, 2, n // 3, n // 2, n} & set(range(1, n + 1))):
+            np.testing.assert_array_equal(_stream_top(s, w, k, False, parts), np.sort(order[:k]))
+        for f in (0.001, 0.3, 0.5, 1.0):
+            cum = np.cumsum(w[order])
+            target = f * cum[-1]
+            k = int(np.searchsorted(cum, target, side="left")) + 1
+            np.testing.assert_array_equal(
+                _stream_top(s, w, target, True, parts), np.sort(order[:k])
+            )

@@ -82,3 +82,73 @@ def gumbel_topk(logw: np.ndarray, k: int, seed: int) -> np.ndarray:
     keys = lw + g
     keys[np.isnan(keys)] = -np.inf
     return topk(keys, k)
+
+
+# ------------------------------------------------------------------ top-k in bounded memory
+
+DIGIT_BITS = 16  # four passes over 64-bit keys, each with a 65,536-bucket histogram
+_SIGN = np.uint64(1 << 63)
+
+
+def order_keys(values: np.ndarray) -> np.ndarray:
+    """uint64 keys that sort as the float64 `values` do; -0.0 gets the key of 0.0 (they tie
+    in a sort). `values` hold no NaN.
+
+    Examples
+    --------
+    >>> k = order_keys(np.array([-np.inf, -1.0, -0.0, 0.0, 2.5]))
+    >>> bool((np.diff(k.astype(object)) >= 0).all()), bool(k[2] == k[3])
+    (True, True)
+    """
+    bits = (np.asarray(values, dtype=np.float64) + 0.0).view(np.uint64)  # -0.0 + 0.0 is 0.0
+    return np.where(bits & _SIGN, ~bits, bits | _SIGN)
+
+
+def streaming_cut(parts, target: float, weighted: bool) -> tuple[int, float]:
+    """Where a top-k over streamed parts ends, without holding all keys: radix selection.
+
+    Rows are taken highest key first, ties in the order `parts()` yields them; the cut is at the
+    first row where the running weight (1 a row unless `weighted`) reaches `target`. Each of four
+    passes over `parts()` (a callable returning an iterable of `(keys, weights)` from
+    `order_keys`) keeps a 65,536-bucket histogram of the next 16 bits of the keys inside the
+    bucket found so far, so memory is one part plus the histogram, whatever the row count.
+
+    Returns the cut row's key and the weight of the rows whose key is larger. The caller takes
+    those rows, then the rows of that key in order while the running weight is below `target`,
+    plus the one that reaches it. `target` must be reached by the total weight and, unless no row
+    has weight, be > 0 (as in `topk`, k >= 1).
+    """
+    size = 1 << DIGIT_BITS
+    prefix, above = 0, 0
+    for shift in range(64 - DIGIT_BITS, -1, -DIGIT_BITS):
+        count = np.zeros(size, dtype=np.int64)
+        weight = np.zeros(size, dtype=np.float64)  # exact for sums below 2**53
+        for keys, weights in parts():
+            if shift < 64 - DIGIT_BITS:
+                inside = (keys >> np.uint64(shift + DIGIT_BITS)) == np.uint64(prefix)
+                keys = keys[inside]
+                weights = weights[inside] if weighted else None
+            digit = ((keys >> np.uint64(shift)) & np.uint64(size - 1)).astype(np.intp)
+            count += np.bincount(digit, minlength=size)
+            if weighted:
+                weight += np.bincount(digit, weights=weights, minlength=size)
+        w = weight if weighted else count
+        running = above + np.cumsum(w[::-1])  # highest digit first
+        hit = np.flatnonzero((count[::-1] > 0) & (running >= target))
+        if not len(hit):
+            raise ValueError(f"target {target} is more than the total weight")
+        d = size - 1 - int(hit[0])
+        above = above + w[d + 1 :].sum()
+        prefix = (prefix << DIGIT_BITS) | d
+    return prefix, (float(above) if weighted else int(above))
+
+
+def take_tied(weights: np.ndarray, running: float, target: float) -> tuple[int, float, bool]:
+    """Of the tied rows at the cut (in order, with their `weights`), how many to take, given the
+    `running` weight before them: up to and including the one where it reaches `target`.
+    Returns (taken, running weight after them, whether the target is reached)."""
+    cum = running + np.cumsum(weights)
+    j = int(np.searchsorted(cum, target, side="left"))  # the first that reaches it, as topk
+    if j < len(cum):
+        return j + 1, cum[j], True
+    return len(cum), (cum[-1] if len(cum) else running), False

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datasel.errors import DataselError
-from datasel.io import Columns
+from datasel.io import Columns, read_table
 from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register
 
 RULES = ("min", "max", "top", "top_fraction", "top_chars")
@@ -97,52 +97,113 @@ class Filter(Stage):
         return MapResult(batch, arrays={"chars": chars.to_numpy().astype(np.int64)})
 
     def select(self, staged: Staged, ctx: Context) -> Decision:
+        # Shard by shard: the driver holds a keep flag and a reason a row, never a whole column
+        # (the top rules find their cut by streaming passes, see ops.topk.streaming_cut).
         n = staged.total
         alive = np.ones(n, dtype=bool)
         reason = np.full(n, None, dtype=object)
-        chars = staged.concat("chars", np.int64)
+        shards = [
+            (i, slice(int(staged.offsets[i]), int(staged.offsets[i + 1])))
+            for i, rows in enumerate(staged.rows)
+            if rows
+        ]
         stats = {}
         for kind, col, v in self.rules:
             values = _numeric(staged, col)
-            missing = np.isnan(values) & alive
-            reason[missing] = f"filter:{col} missing"
-            alive &= ~missing
             if kind == "min":
-                out, label = alive & (values < v), f"filter:{col}<{v:g}"
+                label = f"filter:{col}<{v:g}"
                 ctx.cutoff(col, v, f"min {v:g}")
             elif kind == "max":
-                out, label = alive & (values > v), f"filter:{col}>{v:g}"
+                label = f"filter:{col}>{v:g}"
                 ctx.cutoff(col, v, f"max {v:g}")
-            else:
-                idx = np.flatnonzero(alive)
-                order = idx[np.lexsort((idx, -values[idx]))]  # highest first, ties by position
-                if kind == "top":
-                    k = int(v)
-                elif kind == "top_fraction":
-                    k = int(round(v * len(idx)))
-                else:
-                    cum = np.cumsum(chars[order])
-                    k = int(np.searchsorted(cum, v * (cum[-1] if len(cum) else 0), side="left")) + 1
-                k = min(k, len(order))  # --top N over the rows left keeps them all
-                keep = np.zeros(n, dtype=bool)
-                keep[order[:k]] = True
-                out, label = alive & ~keep, f"filter:{kind.replace('_', '-')}:{col}={v:g}"
-                if k:
-                    cut = float(values[order[k - 1]])
+            for i, rows in shards:
+                x, live = values(i), alive[rows]  # a view: updating `live` updates `alive`
+                missing = np.isnan(x) & live
+                reason[rows][missing] = f"filter:{col} missing"
+                live &= ~missing
+                if kind in ("min", "max"):
+                    out = live & ((x < v) if kind == "min" else (x > v))
+                    reason[rows][out] = label
+                    live &= ~out
+            if kind not in ("min", "max"):
+                cut = _top(kind, v, staged, shards, values, alive, reason, col)
+                if cut is not None:
                     stats[f"{kind}:{col}:threshold"] = cut
                     ctx.cutoff(col, cut, f"{kind.replace('_', '-')} {v:g}: ≥ {cut:.4g}")
-            reason[out] = label
-            alive &= ~out
         ctx.stats.update(stats)
         return Decision(keep=alive, reason=reason)
 
 
-def _numeric(staged: Staged, col: str) -> np.ndarray:
-    arr = staged.column(col)
-    if not (
-        pa.types.is_integer(arr.type)
-        or pa.types.is_floating(arr.type)
-        or pa.types.is_boolean(arr.type)
-    ):
-        raise DataselError(f"filter: column '{col}' holds {arr.type}, not numbers")
-    return arr.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+def _top(kind, v, staged, shards, values, alive, reason, col) -> float | None:
+    """Keep the highest alive rows by `col` (ties by position) under a top rule, removing the
+    other alive rows; return the value of the last row kept (None when none is)."""
+    from datasel.ops.topk import order_keys, streaming_cut, take_tied
+
+    weighted = kind == "top_chars"
+
+    def weights(i, live):
+        return np.asarray(staged.array("chars", i))[live].astype(np.int64) if weighted else None
+
+    def parts():
+        for i, rows in shards:
+            live = alive[rows]
+            yield order_keys(values(i)[live]), weights(i, live)
+
+    n_live = int(alive.sum())
+    if kind == "top":
+        target = min(int(v), n_live)  # --top N over the rows left keeps them all
+    elif kind == "top_fraction":
+        target = min(int(round(v * n_live)), n_live)
+    else:
+        total = sum(int(np.asarray(staged.array("chars", i))[alive[r]].sum()) for i, r in shards)
+        target = v * total
+    label = f"filter:{kind.replace('_', '-')}:{col}={v:g}"
+    if n_live == 0 or (not weighted and target == 0):
+        reason[alive] = label
+        alive[:] = False
+        return None
+    key, running = streaming_cut(parts, target, weighted)
+    key, reached, cut = np.uint64(key), False, None
+    for i, rows in shards:
+        live = alive[rows]
+        at = np.flatnonzero(live)
+        x = values(i)[live]
+        keys = order_keys(x)
+        keep = keys > key
+        if not reached:
+            tied = np.flatnonzero(keys == key)
+            w = weights(i, live)[tied] if weighted else np.ones(len(tied), dtype=np.int64)
+            taken, running, reached = take_tied(w, running, target)
+            keep[tied[:taken]] = True
+            if reached:
+                cut = float(x[tied[taken - 1]])
+        out = at[~keep]
+        reason[rows][out] = label
+        live[out] = False
+    return cut
+
+
+def _numeric(staged: Staged, col: str):
+    """A reader of `col` as float64 (NaN where null), one shard at a time."""
+    import pyarrow.parquet as pq
+
+    types = {
+        pq.ParquetFile(staged.shard(i)).schema_arrow.field(col).type
+        for i, rows in enumerate(staged.rows)
+        if rows
+    }
+    known = {t for t in types if not pa.types.is_null(t)} or types
+    if len(known) > 1:  # as Staged.column says it
+        raise DataselError(
+            f"column '{col}' holds {' and '.join(sorted(map(str, known)))} in different "
+            "parts of the input"
+        )
+    (typ,) = known
+    if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ)):
+        raise DataselError(f"filter: column '{col}' holds {typ}, not numbers")
+
+    def read(i: int) -> np.ndarray:
+        arr = read_table(staged.shard(i), columns=[col]).column(0)
+        return arr.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+
+    return read
