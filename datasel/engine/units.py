@@ -225,18 +225,17 @@ def save_decision(decision: Decision, staged: Staged, folder: StepFolder) -> Non
     n = staged.total
     if len(decision.keep) != n or len(decision.reason) != n:
         raise RuntimeError(f"select returned {len(decision.keep)} decisions for {n} rows")
-    cols = {
-        "keep": pa.array(decision.keep, pa.bool_()),
-        "reason": pa.array(decision.reason, pa.string()),
-    }
-    for name, arr in decision.removed_columns.items():
-        cols["removed:" + name] = arr
-    for name, arr in decision.kept_columns.items():
-        cols["kept:" + name] = arr
-    table = pa.table(cols)
-    for i in range(len(staged.rows)):
-        lo, hi = staged.offsets[i], staged.offsets[i + 1]
-        write_table(table.slice(lo, hi - lo), folder.decision(i))
+    for i in range(len(staged.rows)):  # one unit at a time: no Arrow copy of every row's reason
+        lo, hi = int(staged.offsets[i]), int(staged.offsets[i + 1])
+        cols = {
+            "keep": pa.array(decision.keep[lo:hi], pa.bool_()),
+            "reason": pa.array(decision.reason[lo:hi], pa.string()),
+        }
+        for name, arr in decision.removed_columns.items():
+            cols["removed:" + name] = arr.slice(lo, hi - lo)
+        for name, arr in decision.kept_columns.items():
+            cols["kept:" + name] = arr.slice(lo, hi - lo)
+        write_table(pa.table(cols), folder.decision(i))
 
 
 def _decided(batches: Iterable[pa.RecordBatch], decision: pa.Table, i: int) -> Iterator[Part]:
