@@ -279,3 +279,40 @@ def test_gotd_on_embed_output_with_rows_without_text(tmp_path):
     )
     assert m["removed"] == {"gotd:not_selected": 150, "gotd:empty_text": 2}
     assert m["stats"]["target_rows_without_text"] == 1
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_dsir_streamed_selection_takes_what_topk_over_all_weights_takes(tmp_path, deterministic):
+    """Few words, so many exactly tied weights, spread over four shards with null texts: the
+    streamed cut keeps the rows gumbel_topk / topk over every row's weight keep, ties included."""
+    from datasel.ops.topk import gumbel_topk, topk
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "pool").mkdir()
+    rows = []
+    for part in range(4):
+        chunk = [
+            {
+                "id": f"{part}-{i}",
+                "text": " ".join(rng.choice(list("abcdef"), size=int(rng.integers(0, 4))))
+                if rng.random() > 0.05
+                else None,
+            }
+            for i in range(400)
+        ]
+        pq.write_table(pa.Table.from_pylist(chunk), tmp_path / "pool" / f"{part}.parquet")
+        rows += chunk
+    pq.write_table(pa.table({"text": ["a b", "a", "c a b"] * 5}), tmp_path / "target.parquet")
+    for size in (1, 500, 1200):
+        out = tmp_path / f"out{size}"
+        stage = ShiftDsir(
+            target=str(tmp_path / "target.parquet"), size=size, seed=7, deterministic=deterministic
+        )
+        datasel.run(stage, tmp_path / "pool", out, quiet=True, workers=2)
+        kept = read_dataset(out).to_pylist()
+        weight = {r["id"]: r["dsir_logw"] for r in kept + read_removed(out).to_pylist()}
+        live = [r["id"] for r in rows if weight[r["id"]] is not None]  # in input order
+        logw = np.array([weight[i] for i in live])
+        assert len(np.unique(logw)) < len(logw) / 4  # the ties are there
+        pick = topk(logw, size) if deterministic else gumbel_topk(logw, size, seed=7)
+        assert {r["id"] for r in kept} == {live[j] for j in pick}

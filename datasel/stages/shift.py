@@ -127,7 +127,8 @@ class _Shift(Stage):
         selected and the rest as empty_text; `values` of the live rows become `column`."""
         keep = np.zeros(n, dtype=bool)
         keep[chosen] = True
-        reason = np.full(n, f"{self.reason_prefix}:empty_text", dtype=object)
+        reason = np.full(n, None, dtype=object)
+        reason[:] = f"{self.reason_prefix}:empty_text"  # np.full would copy the str n times
         reason[live] = f"{self.reason_prefix}:not_selected"
         reason[keep] = None
         full = np.zeros(n)
@@ -204,7 +205,7 @@ class ShiftDsir(_Shift):
 
     def select(self, staged: Staged, ctx: Context) -> Decision:
         from datasel.ops.ngrams import fit_distribution, hashed_kl
-        from datasel.ops.topk import gumbel_topk, topk
+        from datasel.ops.topk import order_keys, streaming_cut, take_tied
         from datasel.ops.words import doc_sums
 
         units = [i for i, n in enumerate(staged.rows) if n]
@@ -213,18 +214,44 @@ class ShiftDsir(_Shift):
         )
         log_q = np.log(fit_distribution([pool], self.buckets, smoothing=self.smoothing))
         log_ratio = self.log_p - log_q
-        logw = np.zeros(staged.total)
-        for i in units:
-            lo = staged.offsets[i]
-            w = log_ratio[staged.array("dsir_features", i)]
-            logw[lo : lo + staged.rows[i]] = doc_sums(w, staged.array("dsir_nnz", i))
-        live = self.live(staged)
-        k = self.budget(len(live), ctx)
-        pick = topk(logw[live], k) if self.deterministic else gumbel_topk(logw[live], k, self.seed)
-        decision = self.decision(len(logw), live, live[pick], "dsir_logw", logw[live])
+        has_text = staged.concat("shift_blank", bool) == 0
+        spans = [(i, slice(int(staged.offsets[i]), int(staged.offsets[i + 1]))) for i in units]
+
+        def ranked():  # (unit, its rows with text, their log-weights, their ranking keys)
+            draws = np.random.default_rng(self.seed)  # one stream, drawn unit after unit
+            for i, rows in spans:
+                w = log_ratio[staged.array("dsir_features", i)]
+                logw = doc_sums(w, staged.array("dsir_nnz", i))[has_text[rows]]
+                key = logw if self.deterministic else logw + draws.gumbel(size=logw.shape)
+                # as topk and gumbel_topk: NaN ranks with -inf, below every number
+                yield i, rows, logw, order_keys(np.where(np.isnan(key), -np.inf, key))
+
+        # Gumbel top-k (or top-k) in bounded memory: the cut from streaming passes, then the
+        # rows above it and the first tied ones by position, as topk takes them
+        k = self.budget(int(has_text.sum()), ctx)
+        cut, running = (
+            streaming_cut(lambda: ((keys, None) for *_, keys in ranked()), k, False)
+            if k
+            else (None, 0)
+        )
+        picked = np.zeros(staged.total, dtype=bool)
+        values, reached, low = [], k == 0, np.inf
+        for _, rows, logw, keys in ranked():
+            values.append(logw)
+            if cut is None:
+                continue
+            take = keys > np.uint64(cut)
+            if not reached:
+                tied = np.flatnonzero(keys == np.uint64(cut))
+                n, running, reached = take_tied(np.ones(len(tied), np.int64), running, k)
+                take[tied[:n]] = True
+            picked[rows][has_text[rows]] = take
+            if take.any():
+                low = np.minimum(low, logw[take].min())
+        values = np.concatenate(values) if values else np.zeros(0)
+        decision = self.decision(staged.total, has_text, picked, "dsir_logw", values)
         if self.deterministic and k:  # Gumbel top-k draws: no single cut-off on the weight
-            cut = logw[live][pick].min()
-            ctx.cutoff("dsir_logw", cut, f"top {k:,}: ≥ {cut:.4g}")
+            ctx.cutoff("dsir_logw", low, f"top {k:,}: ≥ {low:.4g}")
         keep = decision.keep
         chosen = _chosen_totals(staged, units, keep, self.buckets)
         p = np.exp(self.log_p)
