@@ -313,7 +313,7 @@ def bench_gotd_stage_path(args) -> None:
     """The issue's scale on this machine: a 1,000,000 x 384 pool against a 10,000-point target,
     through the stage's own path (target summary sized for the device, Sinkhorn, gradient,
     top-k), with time and peak memory; and, at 100k, how far the summary moves the pick."""
-    from datasel.stages.shift import _summarise, target_points
+    from datasel.stages.shift import summarise, target_points
 
     rng = np.random.default_rng(1)
     dim = 384
@@ -327,7 +327,7 @@ def bench_gotd_stage_path(args) -> None:
         k = int(is_t.sum())
         t0 = time.perf_counter()
         m = target_points(n, 5_000, args.device)
-        points, mass = _summarise(target, m, seed=0)
+        points, mass = summarise(target, m, seed=0)
         t_sum = time.perf_counter() - t0
         res = sinkhorn(pool, points, b=mass, eps=args.gotd_eps, cost="cosine", device=args.device)
         sel = topk(gotd_gradient(res.f), k, largest=False)

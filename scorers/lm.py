@@ -183,8 +183,8 @@ def load_lm(
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(f"cannot load a causal LM from {src}: {first}") from e
     net.to(device).eval().requires_grad_(False)
-    _fuse_gelu(net)
-    _quiet_padding_warning()
+    fuse_gelu(net)
+    quiet_padding_warning()
     lm = LM(
         model=net,
         tokenizer=tokenizer,
@@ -205,13 +205,13 @@ class _RightPaddingIsSafe(logging.Filter):
         return "passing in an `attention_mask`" not in record.getMessage()
 
 
-def _quiet_padding_warning() -> None:
+def quiet_padding_warning() -> None:
     hf_log = logging.getLogger("transformers.modeling_utils")
     if not any(isinstance(f, _RightPaddingIsSafe) for f in hf_log.filters):
         hf_log.addFilter(_RightPaddingIsSafe())
 
 
-def _fuse_gelu(net) -> None:
+def fuse_gelu(net) -> None:
     """Swap transformers' GELU-tanh written as eight tensor ops (``gelu_new``, GPT-2 and
     kin) for torch's fused kernel of the same formula: a quarter of a small model's CPU time."""
     import torch

@@ -60,9 +60,9 @@ def score(net, tok, sets: list[EvalSet], *, context: int, device: str) -> dict[s
     """{set name: {"loss": nats per token, "bpb": bits per byte}} of `net` on each set."""
     import torch
 
-    from scorers.lm import LM, _quiet_padding_warning, score_bpb, score_conditional
+    from scorers.lm import LM, quiet_padding_warning, score_bpb, score_conditional
 
-    _quiet_padding_warning()
+    quiet_padding_warning()
 
     lm = LM(model=net, tokenizer=tok, device=device, dtype=torch.float32, max_tokens=context)
     out = {}

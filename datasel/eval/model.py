@@ -107,7 +107,7 @@ def build_model(spec: ModelSpec, tokenizer, seed: int):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from scorers.lm import _fuse_gelu, _quiet_padding_warning
+    from scorers.lm import fuse_gelu, quiet_padding_warning
 
     torch.manual_seed(seed)
     if spec.weights is not None:
@@ -128,9 +128,9 @@ def build_model(spec: ModelSpec, tokenizer, seed: int):
         except (ValueError, KeyError, TypeError) as e:
             raise DataselError(f"--model {spec.name}: bad model config ({e})") from None
         net = AutoModelForCausalLM.from_config(config)
-    _quiet_padding_warning()  # blocks hold EOS, which is also the pad token: no padding here
+    quiet_padding_warning()  # blocks hold EOS, which is also the pad token: no padding here
     net.loss_type = "ForCausalLM"  # transformers warns about class names it does not know
-    _fuse_gelu(net)  # same formula, a quarter of a small GPT-2's CPU time
+    fuse_gelu(net)  # same formula, a quarter of a small GPT-2's CPU time
     return net
 
 

@@ -24,7 +24,7 @@ from datasel.stage import (
     set_aside_blank,
 )
 from datasel.stage import budget as select_budget
-from datasel.stages.embed import _Embedding, check_backend, check_model, neural, read_embeddings
+from datasel.stages.embed import EmbeddingStage, check_backend, check_model, neural, read_embeddings
 
 # a unit's share of the budget ~ its size ** power: equal (kMQ), sqrt (temperature sampling),
 # proportional (as a random sample)
@@ -35,7 +35,7 @@ HASHING_FIT = 10_000  # rows the hashing embedder is fitted on (idf + SVD), out 
 
 @register
 @dataclass(kw_only=True)
-class Diversify(_Embedding):
+class Diversify(EmbeddingStage):
     """Select a diverse subset: k-means clusters, a quota per cluster, sampling inside each.
 
     Adds `cluster` (int32) and `cluster_dist` (float32, squared distance to the centroid,

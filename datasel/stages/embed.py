@@ -147,7 +147,7 @@ def read_embeddings(column: pa.Array | pa.ChunkedArray, name: str = "embedding")
     return np.ascontiguousarray(flat.reshape(n, dim), dtype=np.float32)
 
 
-class _Embedding(Stage):
+class EmbeddingStage(Stage):
     """Shared by `embed` and `diversify`: one embedder per process, fitted once in `fit`."""
 
     def _use_torch(self) -> bool:
@@ -188,7 +188,7 @@ class _Embedding(Stage):
 
 @register
 @dataclass(kw_only=True)
-class Embed(_Embedding):
+class Embed(EmbeddingStage):
     """Add an `embedding` column (fixed-size list of float32, unit length) to every row.
 
     Backends: `hashing` (hashed word unigram+bigram TF-IDF, no model; fitted on a sample of the

@@ -412,7 +412,7 @@ class ShiftGotd(_Shift):
         live = self.live(staged)
         n = staged.total
         x = staged.concat("gotd_emb", np.float32)[live]
-        points, mass = _summarise(
+        points, mass = summarise(
             self.target_emb, target_points(len(x), self.max_target, self.device), self.seed
         )
 
@@ -455,7 +455,7 @@ def target_points(n_pool: int, max_target: int, device: str) -> int:
     return min(max_target, max(MIN_TARGET_POINTS, int(CPU_PAIR_BUDGET // max(1, n_pool))))
 
 
-def _summarise(y: np.ndarray, max_points: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def summarise(y: np.ndarray, max_points: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The target as at most `max_points` weighted support points (k-means centroids + masses)."""
     if len(y) <= max_points:
         return y, np.full(len(y), 1.0 / len(y))
