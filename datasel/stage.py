@@ -92,7 +92,7 @@ class Needs:
     single_process: bool = False
     # map takes seconds a batch: units are cut into row ranges of about --unit-seconds of work,
     # estimated from `Stage.model_size`, so that a kill loses about that much
-    cut_by_speed: bool = False
+    cut_by_model_size: bool = False
 
     def gpus_on(self, cluster_gpus: float) -> float:
         """GPUs a model worker requests on a cluster that has `cluster_gpus` in all."""
@@ -160,7 +160,7 @@ class Context:
     staging: Staging | None = None  # where map writes staged shards and side arrays (default: work)
     workers: int = 1
     units: list = field(default_factory=list)
-    # the units before a model stage cut them by its speed: what `sample` reads, so that a
+    # the units before a model stage cut them by its model size: what `sample` reads, so that a
     # sample never depends on the model size (default: `units`)
     sample_units: list | None = None
     stats: dict = field(default_factory=dict)  # stage statistics, copied into the manifest
@@ -371,8 +371,8 @@ class Stage:
         return MapResult(batch)
 
     def model_size(self, ctx: Context) -> tuple[int, str]:
-        """(parameters, device) of the model `map` runs: stages whose needs say `cut_by_speed`."""
-        raise NotImplementedError(f"{self.name} sets cut_by_speed but has no model_size")
+        """(parameters, device) of the model `map` runs: stages whose needs say cut_by_model_size."""
+        raise NotImplementedError(f"{self.name} sets cut_by_model_size but has no model_size")
 
     def select(self, staged: Staged, ctx: Context) -> Decision:
         raise NotImplementedError

@@ -29,13 +29,19 @@ TORCH = Needs(model=True, gpus=1, single_process=True)
     [
         (Dedup(), Needs()),
         (ScoreFastText(model="m.bin", label="hq"), Needs()),
-        (ScorePpl(model="lm/"), Needs(model=True, gpus=1, single_process=True, cut_by_speed=True)),
+        (
+            ScorePpl(model="lm/"),
+            Needs(model=True, gpus=1, single_process=True, cut_by_model_size=True),
+        ),
         (
             Pick(model="lm/"),
-            Needs(text=False, model=True, gpus=1, single_process=True, cut_by_speed=True),
+            Needs(text=False, model=True, gpus=1, single_process=True, cut_by_model_size=True),
         ),
         (Embed(), Needs(model=True)),  # hashing: fitted once, no GPU, any number of processes
-        (Embed(model="minilm"), Needs(model=True, gpus=1, single_process=True, cut_by_speed=True)),
+        (
+            Embed(model="minilm"),
+            Needs(model=True, gpus=1, single_process=True, cut_by_model_size=True),
+        ),
         (Diversify(k=2, size=1, model="minilm"), Needs(model=True)),  # the backend is fit's choice
         (ShiftDsir(target="t", size=1), Needs()),
         (ShiftDsir(target="t", size=1, template="{a} {b}"), Needs(text=False)),

@@ -1,4 +1,4 @@
-"""Progress inside units, and the small units of model stages (cut by their measured speed)."""
+"""Progress inside units, and the small units of model stages (sized from their model)."""
 
 import gzip
 import json

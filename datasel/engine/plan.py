@@ -42,7 +42,7 @@ def step_units(
     folder.work.mkdir(parents=True, exist_ok=True)
     _save_plan(folder, {**saved, **head}, units)  # saved: what a resume must keep
     # the units of a model stage are cut once, from its model's size, before any work
-    if stage.needs.cut_by_speed and "unit_bytes" not in saved:
+    if stage.needs.cut_by_model_size and "unit_bytes" not in saved:
         probe = Context(
             columns=columns, work=folder.work, key=head["key"], units=units, quiet=options.quiet
         )

@@ -203,7 +203,7 @@ class Embed(EmbeddingStage):
     @property
     def needs(self) -> Needs:
         torch = self._use_torch()  # a torch model: one model on one device, seconds a batch
-        return Needs(model=True, gpus=int(torch), single_process=torch, cut_by_speed=torch)
+        return Needs(model=True, gpus=int(torch), single_process=torch, cut_by_model_size=torch)
 
     model: str = param("hashing", help="hashing | minilm | saved hashing .npz | local model folder")
     dim: int = param(256, help="width of the hashing backend (neural models have their own)")

@@ -57,7 +57,7 @@ class Pick(Stage):
 
     name = "pick"
     example = "datasel pick sft-candidates.jsonl picked/ --model models/target-lm --responses-column responses"
-    needs = Needs(text=False, model=True, gpus=1, single_process=True, cut_by_speed=True)
+    needs = Needs(text=False, model=True, gpus=1, single_process=True, cut_by_model_size=True)
 
     model: str = param(help="the target model: local HF folder, .gguf file, or hub name")
     instruction_column: str = param("instruction", help="column with the instruction")

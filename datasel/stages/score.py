@@ -163,7 +163,7 @@ class ScorePpl(Stage):
 
     name = "score-ppl"
     example = "datasel score ppl docs/ scored/ --model models/smollm2-135m --column smol"
-    needs = Needs(model=True, gpus=1, single_process=True, cut_by_speed=True)
+    needs = Needs(model=True, gpus=1, single_process=True, cut_by_model_size=True)
 
     model: str = param(
         help="local Hugging Face model folder, a .gguf file, or a hub name (needs network)"
