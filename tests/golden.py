@@ -23,6 +23,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -121,15 +122,9 @@ def train_fasttext_models(out: Path = MODELS) -> None:
     n_models = 4
     losses = [[(len(t) % (97 + 13 * m)) / 10 for m in range(n_models)] for t in texts]
     fit_preselect(
-        texts, _array(losses), _array([30.0, 40.0, 45.0, 60.0]), out / "preselect",
+        texts, np.asarray(losses), np.asarray([30.0, 40.0, 45.0, 60.0]), out / "preselect",
         model_names=[f"m{m}" for m in range(n_models)], **small,
     )  # fmt: skip
-
-
-def _array(values):
-    import numpy as np
-
-    return np.asarray(values, dtype=np.float64)
 
 
 def stage_cases(models: dict[str, Path]) -> dict[str, list]:
@@ -202,8 +197,7 @@ def run_all(work: Path, src: str | None = None, exact: bool = False) -> dict:
     inputs = make_inputs(work, src)
     models = make_models(work)
     results = {}
-    cases = dict(stage_cases(models))
-    for name, chain in cases.items():
+    for name, chain in stage_cases(models).items():
         results[name] = _run_chain(chain, inputs["pool"], work / name, exact)
     results["pick"] = _run_chain(_pick_case(models), inputs["instructions"], work / "pick", exact)
     register_stages()
