@@ -5,6 +5,7 @@ a one-layer GPT-2 from a config file, 16 steps of 4 x 64 tokens."""
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -12,6 +13,7 @@ import datasel
 from datasel.cli import app
 from datasel.errors import DataselError
 from datasel.eval import data, run, train
+from datasel.stages.score import ScorePpl
 from tests.conftest import write_jsonl
 from tests.lm_fixtures import make_tiny_lm, tiny_corpus
 
@@ -107,6 +109,28 @@ def test_killed_eval_resumes_with_only_the_unfinished_runs(tmp_path, sets, monke
     assert len(done) == 1  # all finished: nothing retrained
     datasel.evaluate(tmp_path / "out", arms(sets), held, **one | {"checkpoints": 1})
     assert len(done) == 3  # another setting: every run again
+
+
+def test_saved_models_score_with_score_ppl_and_count_for_resume(tmp_path, sets, fast, monkeypatch):
+    one, held = fast | {"seeds": 1}, {"held": sets["heldout"]}
+    datasel.evaluate(tmp_path / "o", arms(sets), held, **one)
+    assert not (tmp_path / "o" / "models").exists()  # only when asked
+    real, trained = train.train, []
+    monkeypatch.setattr(train, "train", lambda *a, **k: trained.append(1) or real(*a, **k))
+    datasel.evaluate(tmp_path / "o", arms(sets), held, **one | {"save_models": True})
+    assert len(trained) == 2  # finished, but without their models: trained again
+    datasel.evaluate(tmp_path / "o", arms(sets), held, **one | {"save_models": True})
+    assert len(trained) == 2
+    folder = tmp_path / "o" / "models" / "plain.seed0"
+    assert sorted(p.name for p in (tmp_path / "o" / "models").iterdir()) == [
+        "plain.seed0", "shout.seed0"]  # fmt: skip
+    # a reference LM for `score ppl`: the plain arm's model finds plain text likelier
+    pool = sets["pool"]
+    datasel.run(ScorePpl(model=str(folder), column="ref"), pool, tmp_path / "s", quiet=True)
+    t = pq.read_table(tmp_path / "s", columns=["text", "ref_bpb"]).to_pylist()
+    shouted = [r["ref_bpb"] for r in t if r["text"].isupper()]
+    plain = [r["ref_bpb"] for r in t if not r["text"].isupper()]
+    assert len(shouted) == 300 and np.mean(plain) < np.mean(shouted)
 
 
 def test_random_baseline_is_matched_in_tokens(tmp_path, sets, fast):

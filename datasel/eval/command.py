@@ -64,6 +64,10 @@ def eval_command(
         int | None, typer.Option(help="blocks per step (default: the preset's)")
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    save_model: Annotated[
+        bool,
+        typer.Option(help="also save each trained model to OUT/models/ARM.seedS (for score ppl)"),
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="no progress, estimate or table")] = False,
 ):
     """Train the same small causal LM on each selection and compare held-out loss (bits per
@@ -94,6 +98,7 @@ def eval_command(
             lr=lr,
             batch_size=batch_size,
             device=device,
+            save_models=save_model,
             quiet=quiet,
         )
     except DataselError as e:

@@ -3,6 +3,8 @@
 Layout of the output folder:
     tokenizer/              the one tokenizer of every arm (trained once; reused on resume)
     runs/ARM.seedS.json     one finished (arm, seed): its learning curve, written atomically
+    models/ARM.seedS/       with `save_models`: the trained model and tokenizer (an HF folder,
+                            e.g. for `score ppl --model`)
     eval.json               every run plus the mean and spread per arm and eval set
     report.html             learning curves and a bar chart with error bars
 
@@ -60,6 +62,7 @@ def evaluate(
     lr: float | None = None,
     batch_size: int | None = None,
     device: str = "auto",
+    save_models: bool = False,
     quiet: bool = False,
 ) -> dict:
     """Train the same small causal LM on each arm and score held-out loss on each eval set.
@@ -91,6 +94,10 @@ def evaluate(
         Tokens scored per eval set (documents sampled once, the same for every run).
     checkpoints
         Evaluations per run, evenly spaced (learning curves); the last is the final model.
+    save_models
+        Also save each trained model with the tokenizer to ``models/ARM.seedS/`` (a local HF
+        folder: a reference LM for ``score ppl --model``). A finished run without its folder
+        is trained again.
 
     Returns
     -------
@@ -166,7 +173,8 @@ def evaluate(
             key = digest(common | what)
             path = out / "runs" / f"{name}.seed{seed}.json"
             prev = _load(path)
-            if prev is not None and prev.get("key") == key:
+            saved = not save_models or (_model_dir(out, name, seed) / "config.json").is_file()
+            if prev is not None and prev.get("key") == key and saved:
                 done[(name, seed)] = prev
             else:
                 todo.append((name, seed, key, path))
@@ -217,6 +225,8 @@ def evaluate(
                 "seconds": round(time.perf_counter() - t0, 2),
                 "curve": curve,
             }
+            if save_models:
+                _save_model(net, tok, _model_dir(out, name, seed))
             write_json(result, path)
             done[(name, seed)] = result
             left = (time.perf_counter() - started) / (k + 1) * (len(todo) - k - 1)
@@ -257,6 +267,26 @@ def _check_names(train_sets: dict, eval_sets: dict, baseline: dict) -> None:
     for name in [*train_sets, *eval_sets]:
         if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise DataselError(f"name {name!r}: use letters, digits, '-', '_' or '.'")
+
+
+def _model_dir(out: Path, arm: str, seed: int) -> Path:
+    return out / "models" / f"{arm}.seed{seed}"
+
+
+def _save_model(net, tok, folder: Path) -> None:
+    """Model and tokenizer as one HF folder, written to a sibling and renamed into place, so
+    a killed save leaves no half folder that a resumed eval would take for finished."""
+    import shutil
+
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # one "writing shards" bar per run would break our own
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    net.to("cpu").save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
 
 
 def _files(path: str) -> list[dict]:
