@@ -4,7 +4,8 @@ r"""What each stage buys: held-out loss of the same proxy LM trained on each sta
     python benchmarks/proxy_eval.py --only shift --domain man_pages
     python benchmarks/proxy_eval.py --model small --tokens 10000000 --eval-tokens 200000   # GPU
     python benchmarks/proxy_eval.py --tokens 20000 --pick-tokens 100000 --pool 2000 \
-        --eval-tokens 2000 --held 40                             # smoke test, ~7 min
+        --eval-tokens 2000 --held 40 --ref-tokens 20000 --set-tokens 2000 \
+        --held-per-domain 10 --val-per-domain 10 --fit-docs 200  # smoke test
 
 Every arm is judged by `datasel.evaluate` (no training loop here): the same model (`--model`,
 default `tiny`), tokenizer, token budget (`--tokens`), data order and seeds (`--seeds`, >= 2), on
@@ -19,24 +20,40 @@ Sections (`--only shift,dedup,diversify,filter,pick`):
              perfect (every pool document of the domain), random-same-size, and the evaluator's
              token-matched random baseline. Bars of issue 14: DSIR/GOT-D within 2% of perfect
              and >= 8% below random.
-  dedup      pool with injected exact/near duplicates (dedup_quality.inject); `dedup` (defaults)
-             vs the pool as is; eval: held-out documents of every domain.
+  dedup      a pool of about `--tokens` unique tokens (training sees each document about once)
+             plus copies of a few of its documents, `--dup-copies` each (exact, lightly edited
+             or a paragraph dropped), a third of the documents: heavy-tailed repetition, as in
+             web crawls. Copies follow their sources, so `dedup` keeps the originals. `dedup`
+             (defaults) vs the pool as is.
   diversify  10% of a 7-domain mixture, `diversify` (defaults) vs random-same-size and the
              baseline; mean and worst of the 7 held-out domains.
-  filter     Gopher rules (`score heuristics` + configs/quickstart.yaml's thresholds) vs random
-             of the same size; eval: held-out documents of every domain. The perplexity filter
-             and PreSelect need a real scoring model and are not run here (a note says so).
+  filter     quality filters vs the token-matched random baseline, on a pool of 3x `--tokens`:
+             Gopher rules (`score heuristics` + configs/quickstart.yaml's thresholds); CCNet's
+             perplexity filter (`score ppl` under a reference LM, keep the lowest-bits-per-byte
+             documents holding `--keep` of the characters); PreSelect (`preselect fit` on the
+             losses of `--fit-docs` pool documents under 5 LMs and their benchmark scores, then
+             `score preselect` and `filter --top-chars`, `--keep`). The 5 LMs are trained here by
+             `datasel eval --save-model` on disjoint reference documents (every domain; prose;
+             technical; old literature; math); CCNet's reference LM is the every-domain one;
+             a model's benchmark score is minus its bits per byte on validation documents of
+             every domain (disjoint from the eval sets).
   pick       fine-tuning (`datasel eval --finetune`) on self-instruct-8way split into train and
              held-out instructions: `pick` vs a random candidate per instruction vs each single
              source (the best one is reported). The base and target model is a tiny random GPT-2
              built from a config (tests/lm_fixtures.py): a smoke-level measure only.
 
+Dedup and filter score one held-out set per domain (`--held-per-domain` documents), diversify
+one per mixture domain (`--held` / 4), each up to `--set-tokens` tokens; they report the mean
+and the worst domain.
+
 Time: `datasel eval` prints its estimate before it starts. `tiny` trains 1M tokens in ~2.4
-CPU-minutes, ~4-7 min wall on the shared 2-core CPU under load (docs/benchmarks.md, eval), so at the default
-size: shift 10 runs (~1 h), dedup 4 (~25 min), diversify 6 with 7 eval sets (~45 min), filter
-6 (~35 min), pick 20 runs of a 50k-parameter model, 300k tokens each (~10 min, plus ~1.5 min
-for `pick` itself). The smoke command above (a smoke test, not a result) took, at load: shift
-100 s, dedup + filter 100 s, diversify ~90 s, pick ~130 s. The default size has not been run.
+CPU-minutes (83 s wall on the idle 2-core CPU); on the shared CPU at load average ~14 a step
+took 3.4-4.3 s instead of ~0.34 s, so 1M tokens took ~15-18 min per arm and seed there. Runs
+per section: shift 10, dedup 4, diversify 6, filter 8 plus 5 reference LMs (`--ref-tokens`),
+`score ppl` of the pool and of `--fit-docs` documents under 5 models; pick 20 runs of a
+50k-parameter model, 300k tokens each. Measured wall times are in docs/benchmarks.md. The smoke
+command above (a smoke test, not a result) took, at load: shift 100 s, dedup ~4 min, filter
+~15 min (at load average 14), diversify ~90 s, pick ~130 s.
 """
 
 from __future__ import annotations
@@ -57,13 +74,16 @@ from datasel.eval.report import difference, seed_stats
 from datasel.stages.diversify import Diversify
 from datasel.stages.heuristics import GOPHER_MAX, GOPHER_MIN, ScoreHeuristics
 from datasel.stages.pick import Pick
+from datasel.stages.score import ScorePpl, ScorePreselect
 from datasel.stages.shift import ShiftDsir, ShiftGotd
+from datasel.workflows.preselect_fit import preselect_fit
 
 sys.path.insert(0, str(Path(__file__).parent))  # dedup_quality's inject
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests.lm_fixtures
 from dedup_quality import inject  # noqa: E402
 
 DATA = Path(__file__).parents[1] / "../shared/data"
+PPL_STRIDE = 224  # of the tiny model's 256-token context: windows overlap by 32 tokens
 SECTIONS = ("shift", "dedup", "diversify", "filter", "pick")
 MIXTURE = [  # the diversify section's 7 domains
     "python_docs",
@@ -74,6 +94,15 @@ MIXTURE = [  # the diversify section's 7 domains
     "abc_news_rural",
     "math_word_problems",
 ]
+# the filter section's reference LMs, each trained on its reference documents of these domains:
+# "all" is CCNet's reference LM; the five differ in what they know, as PreSelect's models do
+REFERENCE_GROUPS = {
+    "all": None,
+    "prose": ["movie_reviews", "abc_news_rural", "abc_news_science", "us_speeches"],
+    "tech": ["python_docs", "man_pages"],
+    "old": ["bible_kjv", "literature_shakespeare", "literature_milton"],
+    "math": ["math_word_problems"],
+}
 
 
 def write(rows: list[dict], path: Path) -> str:
@@ -106,6 +135,40 @@ def cap(rows: list[dict], n: int | None, rng: random.Random) -> list[dict]:
     return rows if n is None or len(rows) <= n else rng.sample(rows, n)
 
 
+def take_tokens(rows: list[dict], tokens: int) -> list[dict]:
+    """The first rows holding about `tokens` tokens (4 characters a token)."""
+    out, chars = [], 0
+    for r in rows:
+        if chars >= 4 * tokens:
+            break
+        out.append(r)
+        chars += len(r["text"])
+    return out
+
+
+def heldout_sets(held: dict[str, list[dict]], work: Path) -> dict[str, str]:
+    """One eval set per domain: the section's figure is the mean (and worst) over domains."""
+    return {dom: write(rows, work / "heldout" / f"{dom}.parquet") for dom, rows in held.items()}
+
+
+def composition(path, domains: list[str]) -> dict:
+    """Documents, characters and each domain's share of the characters of a selection."""
+    t = pq.read_table(path, columns=["domain", "text"]).to_pydict()
+    chars = {dom: 0 for dom in domains}
+    for dom, text in zip(t["domain"], t["text"], strict=True):
+        chars[dom] += len(text)
+    total = sum(chars.values())
+    return {"docs": len(t["text"]), "chars": total,
+            "share": {d: round(c / total, 4) for d, c in chars.items()}}  # fmt: skip
+
+
+def per_domain(result: dict, arm: str) -> dict[str, float]:
+    """Final bits per byte of `arm` on each eval set, mean over seeds."""
+    runs = [r for r in result["runs"] if r["arm"] == arm]
+    return {s: round(statistics.fmean(r["curve"][-1]["eval"][s]["bpb"] for r in runs), 4)
+            for s in result["eval_sets"]}  # fmt: skip
+
+
 def judge(args, work: Path, train: dict, evals: dict, *, random_pool: str | None = None, **kw):
     """datasel.evaluate with the benchmark's settings (`kw` overrides); eval.json's content."""
     settings = {
@@ -117,6 +180,8 @@ def judge(args, work: Path, train: dict, evals: dict, *, random_pool: str | None
         "checkpoints": args.checkpoints,
         "quiet": args.quiet,
     }
+    if len(evals) > 1:  # one set per domain: each gets its share of the eval budget
+        settings["eval_tokens"] = args.set_tokens
     return datasel.evaluate(work / "eval", train, evals, **(settings | kw))
 
 
@@ -202,26 +267,46 @@ def shift(args, docs: list[dict], work: Path) -> dict:
     return out | {"info": info}
 
 
-def heldout_all(held: dict[str, list[dict]], work: Path) -> dict[str, str]:
-    """One eval set: the held-out documents of every domain together."""
-    return {"all": write([d for rows in held.values() for d in rows], work / "heldout.parquet")}
-
-
 def dedup(args, docs: list[dict], work: Path) -> dict:
+    """A pool of about `--tokens` unique tokens, so that training sees each document about once,
+    plus copies of a few documents, `--dup-copies` each on average (exact, lightly edited or a
+    paragraph dropped; dedup_quality.inject) making a third of the documents: the heavy-tailed
+    repetition of web crawls (boilerplate, mirrors) that dedup is for. Copies come after their
+    sources, so `dedup` (keep first) keeps the original; the evaluator draws its own order."""
     rng = random.Random(1)
-    pool, held = split_held_out(docs, args.held // 4, rng)
-    pool = cap(pool, args.pool, rng)
-    rows, _ = inject([{"id": d["id"], "text": d["text"]} for d in pool], len(pool) // 3, rng)
-    rng.shuffle(rows)
+    pool, held = split_held_out(docs, args.held_per_domain, rng)
+    pool = take_tokens(pool, args.tokens)
+    copies = len(pool) // 2
+    long = [d for d in pool if len(d["text"].split()) >= 50]
+    sources = rng.sample(long, max(1, copies // args.dup_copies))
+    injected, truth = inject([{"id": d["id"], "text": d["text"]} for d in sources], copies, rng)
+    domain = {d["id"]: d["domain"] for d in pool}
+    rows = [{"id": d["id"], "domain": d["domain"], "text": d["text"]} for d in pool] + [
+        r | {"domain": domain[truth[r["id"]][1]]} for r in injected[len(sources) :]
+    ]
     pool_path = write(rows, work / "pool" / "pool.parquet")
     m = datasel.run(datasel.Dedup(), pool_path, work / "dedup", quiet=True, overwrite=True)
-    print(f"dedup: pool {len(rows):,} documents ({len(rows) - len(pool):,} injected "
-          f"duplicates); dedup removed {m['removed_total']:,}")  # fmt: skip
-    res = judge(args, work, {"duplicated": pool_path, "dedup": str(work / "dedup")},
-                heldout_all(held, work))  # fmt: skip
-    out = table("dedup (held-out documents of every domain)", res, "duplicated")
-    return out | {"info": {"pool": len(rows), "injected": len(rows) - len(pool),
-                           "removed": m["removed_total"]}}  # fmt: skip
+    kept = set(pq.read_table(work / "dedup", columns=["id"]).column("id").to_pylist())
+    info = {
+        "unique_docs": len(pool), "sources": len(sources), "injected": copies,
+        "removed": m["removed_total"],
+        "removed_injected": sum(1 for i in truth if i not in kept),
+        "removed_original": sum(1 for d in pool if d["id"] not in kept),
+        "sources_kept": sum(1 for d in sources if d["id"] in kept),
+    }  # fmt: skip
+    print(f"dedup: {len(pool):,} unique documents + {copies:,} copies of {len(sources)} of them; "
+          f"dedup removed {info['removed']:,} ({info['removed_injected']:,} injected copies, "
+          f"{info['removed_original']:,} originals); kept {info['sources_kept']} of "
+          f"{len(sources)} sources")  # fmt: skip
+    arms = {"duplicated": pool_path, "dedup": str(work / "dedup")}
+    info["composition"] = {a: composition(p, sorted(held)) for a, p in arms.items()}
+    res = judge(args, work, arms, heldout_sets(held, work))
+    out = {
+        "mean": table("dedup", res, "duplicated", statistics.fmean, "mean of the domains"),
+        "worst": table("dedup", res, "duplicated", max, "worst domain"),
+        "per_domain": {a: per_domain(res, a) for a in res["arms"]},
+    }
+    return out | {"info": info}
 
 
 def diversify(args, docs: list[dict], work: Path) -> dict:
@@ -243,25 +328,116 @@ def diversify(args, docs: list[dict], work: Path) -> dict:
     }
 
 
+def split_filter_data(docs: list[dict], args, rng: random.Random):
+    """Per domain, disjoint: held-out eval documents, validation documents (the benchmark that
+    orders PreSelect's models), reference documents (what the reference LMs train on), and the
+    rest as the pool, cut to 3x `--tokens` so that keeping `--keep` of it still fills the
+    training budget once."""
+    pool, held = split_held_out(docs, args.held_per_domain, rng)
+    by: dict[str, list[dict]] = {}
+    for d in pool:
+        by.setdefault(d["domain"], []).append(d)
+    val, ref, rest = {}, {}, []
+    for dom, rows in sorted(by.items()):
+        n_ref = int(args.ref_share * len(rows))
+        val[dom] = rows[: args.val_per_domain]
+        ref[dom] = rows[args.val_per_domain : args.val_per_domain + n_ref]
+        rest += rows[args.val_per_domain + n_ref :]
+    rng.shuffle(rest)
+    return take_tokens(rest, 3 * args.tokens), held, val, ref
+
+
+def reference_models(args, ref: dict, val: dict, work: Path) -> tuple[dict, dict]:
+    """One small LM per REFERENCE_GROUPS entry, trained by `datasel eval` on its reference
+    documents and saved; its benchmark score is minus its mean bits per byte over the
+    validation domains. Returns ({group: model folder}, {group: benchmark score})."""
+    arms = {
+        g: write([d for dom, rows in ref.items() if doms is None or dom in doms for d in rows],
+                 work / "reference" / f"{g}.parquet")
+        for g, doms in REFERENCE_GROUPS.items()
+    }  # fmt: skip
+    sets = {dom: write(rows, work / "validation" / f"{dom}.parquet") for dom, rows in val.items()}
+    res = judge(args, work / "reference", arms, sets, tokens=args.ref_tokens, seeds=1,
+                checkpoints=1, save_models=True)  # fmt: skip
+    folders = {g: str(work / "reference" / "eval" / "models" / f"{g}.seed0") for g in arms}
+    bench = {g: -statistics.fmean(per_domain(res, g).values()) for g in arms}
+    print("  reference LMs (mean validation bits/byte): "
+          + ", ".join(f"{g} {-b:.3f}" for g, b in bench.items()))  # fmt: skip
+    return folders, bench
+
+
+def score_ppl(models: dict[str, str], src: str, dst: Path) -> Path:
+    """`score ppl` under each model in turn (columns <name>_bpb); the last step's folder."""
+    steps = [ScorePpl(model=m, column=g, stride=PPL_STRIDE) for g, m in models.items()]
+    pipe = datasel.Pipeline(steps)
+    pipe.run(src, dst, quiet=True, overwrite=True)
+    return pipe.step_dirs(dst)[-1]
+
+
+def lowest(path: Path, column: str, keep: float) -> float:
+    """The `column` value below which the lowest-scored rows hold `keep` of the characters."""
+    t = pq.read_table(path, columns=[column, "text"]).to_pydict()
+    pairs = sorted((v, len(x)) for v, x in zip(t[column], t["text"], strict=True) if v == v)
+    total, acc = sum(n for _, n in pairs), 0
+    for v, n in pairs:
+        acc += n
+        if acc >= keep * total:
+            return v
+    return pairs[-1][0]
+
+
 def filter_(args, docs: list[dict], work: Path) -> dict:
-    print("filter: the perplexity filter and PreSelect are not run: they need a real scoring "
-          "model (score ppl --model, score preselect) that does not train in CPU minutes "
-          "here")  # fmt: skip
+    """Quality filters against a random selection, judged on held-out documents of every domain:
+    Gopher rules; CCNet's perplexity filter (Wenzek et al. 2019: keep the documents a reference
+    LM finds likeliest); PreSelect (Shum et al. 2025: keep what a fastText classifier says is
+    predictive, fitted on documents whose losses under several models order them as a benchmark
+    does). The reference LMs are trained here on disjoint reference documents of the corpus."""
     rng = random.Random(3)
-    pool, held = split_held_out(docs, args.held // 4, rng)
-    pool = cap(pool, args.pool, rng)
+    pool, held, val, ref = split_filter_data(docs, args, rng)
     pool_path = write(pool, work / "pool" / "pool.parquet")
+    print(f"filter: pool {len(pool):,} documents; reference "
+          f"{sum(map(len, ref.values())):,}, validation {sum(map(len, val.values())):,}, "
+          f"held-out {sum(map(len, held.values())):,}")  # fmt: skip
+
     datasel.run(ScoreHeuristics(), pool_path, work / "scored", quiet=True, overwrite=True)
     m = datasel.run(datasel.Filter(min=GOPHER_MIN, max=GOPHER_MAX), work / "scored",
                     work / "gopher", quiet=True, overwrite=True)  # fmt: skip
-    print(f"filter: pool {len(pool):,} documents; Gopher rules keep {m['kept']:,}")
-    arms = {"gopher": str(work / "gopher"),
-            "random-same-size": write(rng.sample(pool, m["kept"]),
-                                      work / "random.parquet")}  # fmt: skip
-    res = judge(args, work, arms, heldout_all(held, work), random_pool=pool_path)
-    out = table("filter: Gopher rules (held-out documents of every domain)", res, "random")
-    return out | {"info": {"pool": len(pool), "gopher_kept": m["kept"],
-                           "not_run": ["perplexity filter", "PreSelect"]}}  # fmt: skip
+    arms = {"gopher": str(work / "gopher")}
+    info = {"pool": len(pool), "gopher_kept": m["kept"], "keep": args.keep}
+
+    models, bench = reference_models(args, ref, val, work)
+    info["reference_bpb"] = {g: round(-b, 4) for g, b in bench.items()}
+    scored = score_ppl({"ref": models["all"]}, pool_path, work / "ppl-scored")
+    cut = lowest(scored, "ref_bpb", args.keep)
+    m = datasel.run(datasel.Filter(max=f"ref_bpb={cut}"), scored, work / "ppl", quiet=True,
+                    overwrite=True)  # fmt: skip
+    arms["ppl"] = str(work / "ppl")
+    info["ppl"] = {"cut_bpb": round(cut, 4), "kept": m["kept"]}
+
+    fit_src = write(rng.sample(pool, min(args.fit_docs, len(pool))), work / "fit.parquet")
+    losses = score_ppl(models, fit_src, work / "fit-scored")
+    card = preselect_fit(losses, work / "preselect-scorer", loss_columns=[f"{g}_bpb" for g in models],
+                         benchmark_scores=[bench[g] for g in models], fraction=0.2)  # fmt: skip
+    datasel.run(ScorePreselect(scorer=str(work / "preselect-scorer")), pool_path,
+                work / "preselect-scored", quiet=True, overwrite=True)  # fmt: skip
+    m = datasel.run(datasel.Filter(top_chars=f"preselect_score={args.keep}"),
+                    work / "preselect-scored", work / "preselect", quiet=True,
+                    overwrite=True)  # fmt: skip
+    arms["preselect"] = str(work / "preselect")
+    info["preselect"] = {"kept": m["kept"], "strength": card["strength"],
+                         "classifier_heldout_accuracy": card["heldout_accuracy"]}  # fmt: skip
+    print(f"  kept: gopher {info['gopher_kept']:,}, ppl {info['ppl']['kept']:,} (bpb <= {cut:.3f}), "
+          f"preselect {m['kept']:,} (classifier accuracy {card['heldout_accuracy']})")  # fmt: skip
+
+    info["composition"] = {a: composition(p, sorted(held)) for a, p in arms.items()}
+    info["composition"]["pool"] = composition(pool_path, sorted(held))
+    res = judge(args, work, arms, heldout_sets(held, work), random_pool=pool_path)
+    out = {
+        "mean": table("filter", res, "random", statistics.fmean, "mean of the domains"),
+        "worst": table("filter", res, "random", max, "worst domain"),
+        "per_domain": {a: per_domain(res, a) for a in res["arms"]},
+    }
+    return out | {"info": info}
 
 
 def pick(args, docs: list[dict], work: Path) -> dict:
@@ -336,6 +512,22 @@ def main() -> None:
     ap.add_argument("--held", type=int, default=300, help="held-out eval documents (shift); "
                     "a quarter of it per domain in the other sections")  # fmt: skip
     ap.add_argument("--pool", type=int, default=None, help="cap on pool documents (smoke runs)")
+    ap.add_argument("--held-per-domain", type=int, default=60,
+                    help="dedup, filter: held-out eval documents per domain")  # fmt: skip
+    ap.add_argument("--set-tokens", type=int, default=40_000,
+                    help="tokens scored per eval set where there is one set per domain")  # fmt: skip
+    ap.add_argument("--dup-copies", type=int, default=20,
+                    help="dedup: copies per duplicated document (on average)")  # fmt: skip
+    ap.add_argument("--keep", type=float, default=0.4,
+                    help="filter: fraction of the pool's characters ppl and PreSelect keep")  # fmt: skip
+    ap.add_argument("--ref-share", type=float, default=0.15,
+                    help="filter: share of each domain the reference LMs train on")  # fmt: skip
+    ap.add_argument("--val-per-domain", type=int, default=30,
+                    help="filter: validation documents per domain (PreSelect's benchmark)")  # fmt: skip
+    ap.add_argument("--ref-tokens", type=int, default=300_000,
+                    help="filter: training tokens of each reference LM")  # fmt: skip
+    ap.add_argument("--fit-docs", type=int, default=1000,
+                    help="filter: pool documents PreSelect's classifier is fitted on")  # fmt: skip
     ap.add_argument("--work", type=Path, default=Path("out/proxy_eval"),
                     help="working folder (resumable: finished runs are reused)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, help="JSON of the results")
