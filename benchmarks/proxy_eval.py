@@ -53,7 +53,7 @@ per section: shift 10, dedup 4, diversify 6, filter 8 plus 5 reference LMs (`--r
 `score ppl` of the pool and of `--fit-docs` documents under 5 models; pick 20 runs of a
 50k-parameter model, 300k tokens each. Measured wall times are in docs/benchmarks.md. The smoke
 command above (a smoke test, not a result) took, at load: shift 100 s, dedup ~4 min, filter
-~15 min (at load average 14), diversify ~90 s, pick ~130 s.
+> 15 min at load average 14 (its reference LMs and scoring), diversify ~90 s, pick ~130 s.
 """
 
 from __future__ import annotations
