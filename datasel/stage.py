@@ -365,7 +365,8 @@ class Stage:
     optionally `fit` / `select`.
 
     `fit` and `select` run in the driver; `map` may run in worker processes (or Ray actors) on
-    copies of the stage and its Context. So only `fit` and `select` report statistics
+    copies of the stage and its Context. `select` returns a `Decision` for every row, or, to
+    keep nothing per row in the driver, a `Decider` that the workers call unit by unit. So only `fit` and `select` report statistics
     (`ctx.stats`, copied into the manifest): what `map` learns per row travels back in its
     `MapResult` (rows in, null and empty texts, removed rows with their reasons, side arrays
     for `select`), never in `ctx.stats`, which a worker's copy would lose.
