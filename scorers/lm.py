@@ -26,13 +26,17 @@ How a batch is run (the numbers are what keeps a GPU busy and a CPU run light):
     no window sees another, no mask is built and no padding computed; every batch has the same
     token count whatever the lengths, so no sort is needed and texts are tokenised in pieces of
     ~16 batches, the next piece in a background thread while the GPU runs the current one
-    (tokenisation is otherwise serial with the GPU: ~1-2 s per 8k-row map batch). A
+    (a byte-level BPE did ~0.5M tokens per CPU-second here: an 8k-row map batch of 2k-char
+    web pages is ~4.7M tokens, ~9 CPU-s, where an H100 at 50% MFU scores it in ~24 s at 1B
+    and ~2 s at 125M; serial, that is a stall of up to several times the compute). A
     block-diagonal mask would cost ``T**2`` per row of T tokens in attention (SDPA with a
     dense mask) where varlen costs each window's own ``len**2 / 2``.
 
-  The CPU keeps padded rows: there the same kernels run either way (per-window SDPA for
-  packed), sorted padding wastes ~0%, and a tokeniser thread only takes cores from the model;
-  measured with benchmarks/score_speed.py (docs/benchmarks.md): packed rows ran no faster.
+  The CPU keeps padded rows: the same kernels run either way (SDPA per window when packed),
+  sorted padding wastes ~0%, and a tokeniser thread would only take cores from the model.
+  Measured (``benchmarks/score_speed.py --packed --no-naive --threads 1 --cpu-time``, 40
+  documents, three models): packed ran at 0.98-1.08x the padded speed, another run 0.94-1.03x,
+  i.e. no gain; padded also keeps today's CPU outputs bit for bit.
   Both layouts give the same scores (tests/test_lm_packed.py: within 1e-4, GPT-2 and Llama).
 - bf16 on CUDA is bf16 weights (``dtype="auto"``), not autocast over fp32 weights: the same
   bf16 matmuls without a cast per op and at half the memory; the head's logits are upcast to
@@ -505,6 +509,12 @@ def _nll_logsumexp(x, tgt, weight, bias, transform):
     return lse - _apply(transform, tgt).float()
 
 
+def _default_batch_tokens(lm: LM) -> int:
+    import torch
+
+    return _BATCH_TOKENS.get(torch.device(lm.device).type, 16384)
+
+
 def _run(
     lm: LM,
     n_docs: int,
@@ -521,7 +531,7 @@ def _run(
 
     dev = torch.device(lm.device)
     if batch_tokens is None:
-        batch_tokens = _BATCH_TOKENS.get(dev.type, 16384)
+        batch_tokens = _default_batch_tokens(lm)
     ctx = int(max_tokens or lm.max_tokens)
     stride = int(stride or ctx // 2)
     if ctx < 2:
@@ -573,14 +583,11 @@ def _run_plan(lm: LM, plan: _Plan, totals, budget: int, pad_id: int, n_docs: int
 
 def _pieces(lm: LM, items: Sequence, sizes: np.ndarray, encode: Callable, budget: int | None):
     """``(offset, *encode(items[offset:end]))`` over `items`: all at once for padded rows (one
-    length-sorted plan); for packed rows in pieces of ~16 batches (`sizes` are characters or
-    tokens, ~4 characters a token), each encoded in a background thread while the device
-    scores the one before."""
+    length-sorted plan); for packed rows in pieces of ~16 batches (`sizes` in characters, ~4 a
+    token), each encoded in a background thread while the device scores the one before."""
     if not lm.packed:
         return [(0, *encode(items))]
-    import torch
-
-    per_piece = _PIECE_BATCHES * 4 * (budget or _BATCH_TOKENS.get(torch.device(lm.device).type))
+    per_piece = _PIECE_BATCHES * 4 * (budget or _default_batch_tokens(lm))
     cum = np.cumsum(sizes)
     cuts = np.searchsorted(cum, np.arange(per_piece, cum[-1] if len(cum) else 0, per_piece)) + 1
     bounds = np.unique(np.concatenate([[0], cuts, [len(items)]]))
@@ -658,7 +665,7 @@ def score_bpb(
     texts
         Documents.
     batch_tokens
-        Budget of padded tokens per forward pass (halved on CUDA out-of-memory); default
+        Tokens per forward pass, padding included (halved on out-of-memory); default
         16384 on CUDA, 2048 on CPU.
     max_tokens
         Context length of a window (default ``lm.max_tokens``).
