@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 
 from scorers import lm as lmmod  # noqa: E402
 from scorers import varlen  # noqa: E402
-from scorers.lm import LM, bits_per_byte, load_lm, score_bpb, score_conditional  # noqa: E402
+from scorers.lm import LM, bits_per_byte, load_lm, score_bpb, score_conditional, score_ids  # noqa: E402
 from tests.lm_fixtures import make_tiny_llama, make_tiny_lm, tiny_corpus  # noqa: E402
 
 RTOL = 1e-4
@@ -204,3 +204,15 @@ def test_models_the_kernel_does_not_cover_stay_padded(tmp_path):
         model=net, tokenizer=None, device="cpu", dtype=torch.float32, max_tokens=32, packed=True
     )
     assert not lm.packed and net.config._attn_implementation != varlen.NAME
+
+
+def test_score_ids_is_score_bpb_after_tokenisation(pair):
+    docs = _docs(10, seed=9)
+    for lm in pair:
+        ids = [
+            [lm.prefix_id] + lm.tokenizer(d, add_special_tokens=False)["input_ids"] for d in docs
+        ]
+        nll, n = score_ids(lm, ids, batch_tokens=128)
+        ref, ref_n = score_bpb(lm, docs, batch_tokens=128)
+        np.testing.assert_array_equal(n, ref_n)
+        _close(nll, ref)
