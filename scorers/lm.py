@@ -12,13 +12,35 @@ How a batch is run (the numbers are what keeps a GPU busy and a CPU run light):
   once, in the window that ends at the end of its chunk, so it sees at least
   ``max_tokens - stride`` tokens of left context (the HF perplexity recipe, with the last window
   pulled back to keep a full context).
-- Windows are sorted by length (longest first, so an out-of-memory error shows on the first
-  batch; on CUDA OOM the batch is halved and retried) and packed under a budget of
-  ``batch_tokens`` padded tokens, padded to a multiple of 8. Random order wastes ~55% of
-  tokens on padding, length-sorted ~0%.
-- Right padding, position ids 0..width-1 on every row. A causal model never lets a real token
-  see the pad tokens to its right, so padding cannot change a score and no attention mask is
-  passed (that lets SDPA use its causal kernel, on CUDA and CPU).
+- Two row layouts, one per device (`LM.packed`, chosen by `load_lm`):
+
+  * padded (CPU; CUDA in fp32): windows sorted by length (longest first, so an out-of-memory
+    error shows on the first batch; on OOM the batch is halved and retried), batched under a
+    budget of ``batch_tokens`` padded tokens, each row right-padded to a multiple of 8. Random
+    order wastes ~55% of tokens on padding, length-sorted ~0%. Position ids 0..width-1 on every
+    row: a causal model never lets a real token see the pad tokens to its right, so padding
+    cannot change a score and no attention mask is passed (SDPA's causal kernel).
+  * packed (CUDA in bf16/fp16): windows in document order, back to back in one row of up to
+    ``batch_tokens`` tokens, position ids restarting at 0 in each, their offsets
+    (``cu_seqlens``) handed to `scorers.varlen`'s attention: torch's flash varlen kernel, where
+    no window sees another, no mask is built and no padding computed; every batch has the same
+    token count whatever the lengths, so no sort is needed and texts are tokenised in pieces of
+    ~16 batches, the next piece in a background thread while the GPU runs the current one
+    (a byte-level BPE did ~0.5M tokens per CPU-second here: an 8k-row map batch of 2k-char
+    web pages is ~4.7M tokens, ~9 CPU-s, where an H100 at 50% MFU scores it in ~24 s at 1B
+    and ~2 s at 125M; serial, that is a stall of up to several times the compute). A
+    block-diagonal mask would cost ``T**2`` per row of T tokens in attention (SDPA with a
+    dense mask) where varlen costs each window's own ``len**2 / 2``.
+
+  The CPU keeps padded rows: the same kernels run either way (SDPA per window when packed),
+  sorted padding wastes ~0%, and a tokeniser thread would only take cores from the model.
+  Measured (``benchmarks/score_speed.py --packed --no-naive --threads 1 --cpu-time``, 40
+  documents, three models): packed ran at 0.98-1.08x the padded speed, another run 0.94-1.03x,
+  i.e. no gain; padded also keeps today's CPU outputs bit for bit.
+  Both layouts give the same scores (tests/test_lm_packed.py: within 1e-4, GPT-2 and Llama).
+- bf16 on CUDA is bf16 weights (``dtype="auto"``), not autocast over fp32 weights: the same
+  bf16 matmuls without a cast per op and at half the memory; the head's logits are upcast to
+  fp32 for the log-sum-exp.
 - Only the body runs on the whole batch; the LM head and an fp32 log-softmax run on the scored
   positions in chunks of ~32M logits (128 MiB), never on full-vocabulary fp32 logits for the
   batch. Per-document totals stay on the device (float64) and are read back once per call.
@@ -28,6 +50,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +61,7 @@ import numpy as np
 from datasel.device import import_torch, pick_device
 from datasel.errors import import_extra
 from datasel.progress import batch_done
+from scorers import varlen
 from scorers.models import locate
 
 log = logging.getLogger(__name__)
@@ -48,6 +73,8 @@ _LOGIT_CHUNK = {"cuda": 1 << 25, "cpu": 1 << 20}
 # tokens ran ~1.5x faster than 16k (activations stay in the 32 MiB L3 cache).
 _BATCH_TOKENS = {"cuda": 16384, "cpu": 2048}
 _PAD_MULTIPLE = 8
+# Packed rows are tokenised in pieces of ~this many batches, the next while the device runs one
+_PIECE_BATCHES = 16
 # CPU LM head: vocabulary rows x tokens per step, a 4 MB logits block (2 MB per thread of a
 # 2-core run). On 50k-vocabulary heads 2048 x 512 ran 1.13x faster than 2048 x 128 (width 128:
 # 164 vs 145 GFLOP/s; width 576: 163 vs 149), and 2048 x 128 1.2x faster than 8192 x 128
@@ -74,6 +101,9 @@ class LM:
         Weight dtype (bf16 on CUDA, fp32 on CPU by default).
     max_tokens : int
         Context length used for sliding windows (the model's max positions by default).
+    packed : bool
+        Run packed rows through `scorers.varlen` (switches the model's attention to it; left
+        False when the model cannot take it) instead of right-padded length-sorted rows.
     """
 
     model: Any
@@ -81,6 +111,12 @@ class LM:
     device: str
     dtype: Any
     max_tokens: int
+    packed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.packed and not varlen.enable(self.model):
+            log.info("%s cannot take packed attention: padded batches", type(self.model).__name__)
+            self.packed = False
 
     @property
     def prefix_id(self) -> int:
@@ -110,6 +146,12 @@ def _resolve_dtype(dtype: str, device: str):
     return names[dtype]
 
 
+def _packs_by_default(device: str, dtype) -> bool:
+    import torch
+
+    return device.startswith("cuda") and dtype in (torch.bfloat16, torch.float16)
+
+
 def _max_positions(model, tokenizer) -> int:
     cfg = model.config
     cfg = getattr(cfg, "get_text_config", lambda: cfg)()
@@ -128,6 +170,7 @@ def load_lm(
     dtype: str = "auto",
     gguf_file: str | None = None,
     max_tokens: int | None = None,
+    packed: bool | None = None,
 ) -> LM:
     """Load a causal LM and its tokenizer.
 
@@ -143,6 +186,9 @@ def load_lm(
         Name of a GGUF file inside the `model` folder (alternative to a ``.gguf`` path).
     max_tokens
         Context length for sliding windows; default the model's max positions.
+    packed
+        Packed rows (see the module docstring); default: on CUDA in bf16/fp16, where the
+        flash varlen kernel runs them, padded rows elsewhere.
 
     Raises
     ------
@@ -191,6 +237,7 @@ def load_lm(
         device=device,
         dtype=tdtype,
         max_tokens=int(max_tokens or _max_positions(net, tokenizer)),
+        packed=_packs_by_default(device, tdtype) if packed is None else packed,
     )
     lm.prefix_id  # noqa: B018 - fail at load time, not mid-run, when there is no BOS/EOS
     return lm
@@ -253,50 +300,90 @@ def _round_up(x: int, m: int = _PAD_MULTIPLE) -> int:
 
 
 class _Plan:
-    """Sliding windows of all sequences, sorted longest first."""
+    """Sliding windows of all sequences (documents `offset`, `offset + 1`, ...), sorted longest
+    first for padded rows; in document order for packed rows, which any order fills alike."""
 
-    def __init__(self, seqs: list[np.ndarray], first: np.ndarray, ctx: int, stride: int):
+    def __init__(
+        self,
+        seqs: list[np.ndarray],
+        first: np.ndarray,
+        ctx: int,
+        stride: int,
+        *,
+        packed: bool = False,
+        offset: int = 0,
+    ):
         seg = [
             (d, a, b, k)
             for d, s in enumerate(seqs)
             for (a, b, k) in _windows(len(s), int(first[d]), ctx, stride)
         ]
         arr = np.array(seg, dtype=np.int64).reshape(-1, 4)
-        arr = arr[np.argsort(-(arr[:, 2] - arr[:, 1]), kind="stable")]
-        self.seqs, self.ctx = seqs, ctx
+        if not packed:
+            arr = arr[np.argsort(-(arr[:, 2] - arr[:, 1]), kind="stable")]
+        self.seqs, self.ctx, self.packed, self.offset = seqs, ctx, packed, offset
         self.doc, self.start, self.end, self.n_scored = arr.T
         self.length = self.end - self.start
+        self.cum = np.concatenate([[0], np.cumsum(self.length)])
 
     def __len__(self) -> int:
         return len(self.doc)
 
+    def cost(self, lo: int, hi: int) -> int:
+        """Tokens that windows lo..hi-1 put through the model (padding included)."""
+        if self.packed:
+            return int(self.cum[hi] - self.cum[lo])
+        return (hi - lo) * _round_up(int(self.length[lo]))
+
+    def stop(self, lo: int, budget: int) -> int:
+        """End of the batch that starts at window `lo` and costs at most `budget` tokens (one
+        window at least, whatever its length)."""
+        if self.packed:
+            hi = int(np.searchsorted(self.cum, self.cum[lo] + budget, side="right")) - 1
+        else:
+            hi = lo + budget // _round_up(int(self.length[lo]))
+        return min(len(self), max(lo + 1, hi))
+
     def batch(self, lo: int, hi: int, pad_id: int) -> dict[str, np.ndarray]:
-        """Right-padded ids and position ids for windows lo..hi-1, plus the flat positions
-        whose next token is scored, those targets, and their document index."""
+        """Model inputs for windows lo..hi-1 (`ids`, `pos`, and for packed rows `cu`, `max_len`),
+        the flat positions whose next token is scored, those targets, and their documents."""
         lens = self.length[lo:hi]
         n = self.n_scored[lo:hi]
-        # padded to a multiple of 8, but never past the context (windows never are; a learned
-        # position embedding has no row beyond it)
-        rows, width = hi - lo, min(_round_up(int(lens.max())), self.ctx)
-        ids = np.full((rows, width), pad_id, dtype=np.int64)
-        for r in range(rows):
-            i = lo + r
-            ids[r, : lens[r]] = self.seqs[self.doc[i]][self.start[i] : self.end[i]]
-        # positions run on through the padding: transformers reads a restart as a second
-        # sequence packed in the row and then builds an explicit mask, where none (a plain
-        # causal kernel) gives the same scores ~2x faster on long rows
-        pos = np.tile(np.arange(width, dtype=np.int64), (rows, 1))
+        if self.packed:
+            # one row: the windows back to back, positions restarting at 0 in each
+            starts = self.cum[lo:hi] - self.cum[lo]
+            ids = np.concatenate(
+                [self.seqs[self.doc[i]][self.start[i] : self.end[i]] for i in range(lo, hi)]
+            )[None]
+            pos = (np.arange(ids.shape[1], dtype=np.int64) - np.repeat(starts, lens))[None]
+            out = {
+                "cu": np.append(starts, starts[-1] + lens[-1]).astype(np.int32),
+                "max_len": np.int64(lens.max()),
+            }
+        else:
+            # padded to a multiple of 8, but never past the context (windows never are; a
+            # learned position embedding has no row beyond it)
+            rows, width = hi - lo, min(_round_up(int(lens.max())), self.ctx)
+            ids = np.full((rows, width), pad_id, dtype=np.int64)
+            for r in range(rows):
+                i = lo + r
+                ids[r, : lens[r]] = self.seqs[self.doc[i]][self.start[i] : self.end[i]]
+            # positions run on through the padding: transformers reads a restart as a second
+            # sequence packed in the row and then builds an explicit mask, where none (a plain
+            # causal kernel) gives the same scores ~2x faster on long rows
+            pos = np.tile(np.arange(width, dtype=np.int64), (rows, 1))
+            starts = np.arange(rows, dtype=np.int64) * width
+            out = {}
         total = int(n.sum())
-        row = np.repeat(np.arange(rows, dtype=np.int64), n)
         offs = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
-        t = np.repeat(lens - n - 1, n) + offs  # position whose output predicts t + 1
-        flat = row * width + t
+        flat = np.repeat(starts + lens - n - 1, n) + offs  # position whose output predicts +1
         return {
+            **out,
             "ids": ids,
             "pos": pos,
             "flat": flat,
             "target": ids.reshape(-1)[flat + 1],
-            "doc": np.repeat(self.doc[lo:hi], n),
+            "doc": np.repeat(self.doc[lo:hi] + self.offset, n),
         }
 
 
@@ -337,11 +424,13 @@ def _score_batch(lm: LM, b: dict[str, np.ndarray], totals) -> None:
         return t.pin_memory().to(dev, non_blocking=True) if cuda else t
 
     ids, pos, flat, target, doc = (put(b[k]) for k in ("ids", "pos", "flat", "target", "doc"))
+    # packed rows: transformers' varlen kwargs, read by scorers.varlen's attention
+    seqs = {"cu_seq_lens_q": put(b["cu"]), "max_length_q": int(b["max_len"])} if "cu" in b else {}
     body, head, transform = _head_parts(lm.model)
     if body is not None:
-        h = body(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
+        h = body(input_ids=ids, position_ids=pos, use_cache=False, **seqs).last_hidden_state
     else:
-        h = lm.model(input_ids=ids, position_ids=pos, use_cache=False).logits
+        h = lm.model(input_ids=ids, position_ids=pos, use_cache=False, **seqs).logits
     h = h.reshape(-1, h.shape[-1])
     if body is not None and not cuda and isinstance(head, torch.nn.Linear):
         nll = _nll_vocab_blocked(h.index_select(0, flat), target, head, transform)
@@ -420,20 +509,29 @@ def _nll_logsumexp(x, tgt, weight, bias, transform):
     return lse - _apply(transform, tgt).float()
 
 
+def _default_batch_tokens(lm: LM) -> int:
+    import torch
+
+    return _BATCH_TOKENS.get(torch.device(lm.device).type, 16384)
+
+
 def _run(
     lm: LM,
-    seqs: list[np.ndarray],
-    first: np.ndarray,
+    n_docs: int,
+    pieces: Iterable[tuple[int, list[np.ndarray], np.ndarray]],
     *,
     batch_tokens: int | None,
     max_tokens: int | None,
     stride: int | None,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Summed NLL and scored-token count of documents 0..n_docs-1, given as `pieces`
+    ``(offset, seqs, first)`` in order: ids of documents offset.. and their first scored
+    position."""
     import torch
 
     dev = torch.device(lm.device)
     if batch_tokens is None:
-        batch_tokens = _BATCH_TOKENS.get(dev.type, 16384)
+        batch_tokens = _default_batch_tokens(lm)
     ctx = int(max_tokens or lm.max_tokens)
     stride = int(stride or ctx // 2)
     if ctx < 2:
@@ -442,32 +540,108 @@ def _run(
         raise ValueError(f"stride must be in [1, max_tokens - 1] = [1, {ctx - 1}], got {stride}")
     if batch_tokens < 1:
         raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
-    n_docs = len(seqs)
-    plan = _Plan(seqs, first, ctx, stride)
-    n_tok = np.bincount(plan.doc, weights=plan.n_scored, minlength=n_docs).astype(np.int64)
     acc = torch.float32 if dev.type == "mps" else torch.float64
     totals = torch.zeros(n_docs, dtype=acc, device=dev)
+    n_tok = np.zeros(n_docs, dtype=np.int64)
     tok = lm.tokenizer
-    pad_id = next(t for t in (tok.pad_token_id, tok.eos_token_id, 0) if t is not None)
-    budget, lo = int(batch_tokens), 0
-    done = np.cumsum(plan.length) / max(1, int(plan.length.sum()))  # share of the work
+    ids = (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None))
+    pad_id = next((t for t in ids if t is not None), 0)
+    budget = int(batch_tokens)
     with torch.inference_mode():
-        while lo < len(plan):
-            rows = max(1, budget // _round_up(int(plan.length[lo])))
-            hi = min(len(plan), lo + rows)
-            try:
-                _score_batch(lm, plan.batch(lo, hi, pad_id), totals)
-            except torch.OutOfMemoryError:
-                if hi - lo == 1:
-                    raise
-                budget = max(1, (hi - lo) * _round_up(int(plan.length[lo])) // 2)
-                log.warning("out of memory at %d rows; batch budget now %d tokens", hi - lo, budget)
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            batch_done(float(done[hi - 1]), int(plan.n_scored[lo:hi].sum()))
-            lo = hi
+        for offset, seqs, first in pieces:
+            plan = _Plan(seqs, first, ctx, stride, packed=lm.packed, offset=offset)
+            n = np.bincount(plan.doc, weights=plan.n_scored, minlength=len(seqs))
+            n_tok[offset : offset + len(seqs)] = n
+            budget = _run_plan(lm, plan, totals, budget, pad_id, n_docs)
     return totals.cpu().numpy().astype(np.float64), n_tok
+
+
+def _run_plan(lm: LM, plan: _Plan, totals, budget: int, pad_id: int, n_docs: int) -> int:
+    """Score every window of `plan` into `totals`; return the batch budget, halved on each
+    out-of-memory error."""
+    import torch
+
+    share = plan.cum[1:] / max(1, int(plan.cum[-1]))  # of the piece's work, after each window
+    lo = 0
+    while lo < len(plan):
+        hi = plan.stop(lo, budget)
+        try:
+            _score_batch(lm, plan.batch(lo, hi, pad_id), totals)
+        except torch.OutOfMemoryError:
+            if hi - lo == 1:
+                raise
+            budget = max(1, plan.cost(lo, hi) // 2)
+            log.warning("out of memory at %d windows; batch budget now %d tokens", hi - lo, budget)
+            if torch.device(lm.device).type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        done = (plan.offset + len(plan.seqs) * float(share[hi - 1])) / max(1, n_docs)
+        batch_done(done, int(plan.n_scored[lo:hi].sum()))
+        lo = hi
+    return budget
+
+
+def _pieces(lm: LM, items: Sequence, sizes: np.ndarray, encode: Callable, budget: int | None):
+    """``(offset, *encode(items[offset:end]))`` over `items`: all at once for padded rows (one
+    length-sorted plan); for packed rows in pieces of ~16 batches (`sizes` in characters, ~4 a
+    token), each encoded in a background thread while the device scores the one before."""
+    if not lm.packed:
+        return [(0, *encode(items))]
+    per_piece = _PIECE_BATCHES * 4 * (budget or _default_batch_tokens(lm))
+    cum = np.cumsum(sizes)
+    cuts = np.searchsorted(cum, np.arange(per_piece, cum[-1] if len(cum) else 0, per_piece)) + 1
+    bounds = np.unique(np.concatenate([[0], cuts, [len(items)]]))
+    return _prefetch(
+        (lo, *encode(items[lo:hi])) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+    )
+
+
+def _prefetch(gen: Iterator) -> Iterator:
+    """Items of `gen`, the next one computed in a thread while the caller uses the current one
+    (tokenizers' Rust encoder releases the GIL, and so do torch's kernels)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(next, gen, None)
+        while (item := ahead.result()) is not None:
+            ahead = pool.submit(next, gen, None)
+            yield item
+
+
+def score_ids(
+    lm: LM,
+    seqs: list[np.ndarray],
+    first: np.ndarray | None = None,
+    *,
+    batch_tokens: int | None = None,
+    max_tokens: int | None = None,
+    stride: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Negative log-likelihood of token-id sequences (`score_bpb` after tokenisation).
+
+    Parameters
+    ----------
+    seqs
+        Token ids of each sequence, prefix (BOS) included.
+    first
+        Index of each sequence's first scored token (default 1: all but the prefix).
+    batch_tokens, max_tokens, stride
+        As in `score_bpb`.
+
+    Returns
+    -------
+    nll : ndarray of float64
+        Summed negative log-likelihood (nats) of tokens ``first..`` of each sequence.
+    n_tokens : ndarray of int64
+        Number of scored tokens.
+    """
+    seqs = [np.asarray(s, dtype=np.int64) for s in seqs]
+    first = np.ones(len(seqs), dtype=np.int64) if first is None else np.asarray(first, np.int64)
+    sizes = np.array([4 * len(s) for s in seqs], dtype=np.int64)
+    pieces = _pieces(
+        lm, range(len(seqs)), sizes, lambda r: ([seqs[i] for i in r], first[r]), batch_tokens
+    )
+    return _run(
+        lm, len(seqs), pieces, batch_tokens=batch_tokens, max_tokens=max_tokens, stride=stride
+    )
 
 
 def score_bpb(
@@ -491,7 +665,7 @@ def score_bpb(
     texts
         Documents.
     batch_tokens
-        Budget of padded tokens per forward pass (halved on CUDA out-of-memory); default
+        Tokens per forward pass, padding included (halved on out-of-memory); default
         16384 on CUDA, 2048 on CPU.
     max_tokens
         Context length of a window (default ``lm.max_tokens``).
@@ -512,9 +686,16 @@ def score_bpb(
     >>> bits_per_byte(["Hello world."], nll)  # doctest: +SKIP
     """
     pre = np.array([lm.prefix_id], dtype=np.int64)
-    seqs = [np.concatenate([pre, np.asarray(t, dtype=np.int64)]) for t in _tokenize(lm, texts)]
-    first = np.ones(len(seqs), dtype=np.int64)
-    return _run(lm, seqs, first, batch_tokens=batch_tokens, max_tokens=max_tokens, stride=stride)
+
+    def encode(part: list[str]):
+        seqs = [np.concatenate([pre, np.asarray(t, dtype=np.int64)]) for t in _tokenize(lm, part)]
+        return seqs, np.ones(len(seqs), dtype=np.int64)
+
+    sizes = np.array([len(t) for t in texts], dtype=np.int64)
+    pieces = _pieces(lm, list(texts), sizes, encode, batch_tokens)
+    return _run(
+        lm, len(texts), pieces, batch_tokens=batch_tokens, max_tokens=max_tokens, stride=stride
+    )
 
 
 def bits_per_byte(texts: list[str], nll: np.ndarray) -> np.ndarray:
@@ -556,15 +737,23 @@ def score_conditional(
         raise ValueError(
             f"prompts and responses differ in length: {len(prompts)} != {len(responses)}"
         )
-    uniq: dict[str, int] = {}
-    p_index = np.array([uniq.setdefault(p, len(uniq)) for p in prompts], dtype=np.int64)
-    p_ids = [np.asarray(t, dtype=np.int64) for t in _tokenize(lm, list(uniq))]
-    r_ids = _tokenize(lm, responses)
     pre = np.array([lm.prefix_id], dtype=np.int64)
-    seqs = [
-        np.concatenate([pre, p_ids[p], np.asarray(r, dtype=np.int64)])
-        for p, r in zip(p_index, r_ids, strict=True)
-    ]
-    first = np.array([1 + len(p_ids[p]) for p in p_index], dtype=np.int64)
-    nll, n = _run(lm, seqs, first, batch_tokens=batch_tokens, max_tokens=max_tokens, stride=stride)
+
+    def encode(pairs: list[tuple[str, str]]):
+        uniq: dict[str, int] = {}
+        p_index = [uniq.setdefault(p, len(uniq)) for p, _ in pairs]
+        p_ids = [np.asarray(t, dtype=np.int64) for t in _tokenize(lm, list(uniq))]
+        r_ids = _tokenize(lm, [r for _, r in pairs])
+        seqs = [
+            np.concatenate([pre, p_ids[p], np.asarray(r, dtype=np.int64)])
+            for p, r in zip(p_index, r_ids, strict=True)
+        ]
+        return seqs, np.array([1 + len(p_ids[p]) for p in p_index], dtype=np.int64)
+
+    pairs = list(zip(prompts, responses, strict=True))
+    sizes = np.array([len(p) + len(r) for p, r in pairs], dtype=np.int64)
+    pieces = _pieces(lm, pairs, sizes, encode, batch_tokens)
+    nll, n = _run(
+        lm, len(pairs), pieces, batch_tokens=batch_tokens, max_tokens=max_tokens, stride=stride
+    )
     return -nll, n

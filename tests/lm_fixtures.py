@@ -96,3 +96,33 @@ def make_tiny_lm(
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def make_tiny_llama(path: str | Path, *, n_positions: int = 64, seed: int = 0) -> Path:
+    """Write a random-weight Llama (RoPE, RMSNorm, grouped-query attention: 4 query heads on 2
+    key/value heads, head dim 8) and the tiny tokenizer to `path`; return the path."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok = make_tiny_tokenizer()
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=n_positions,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # as in make_tiny_lm: logits that differ between documents
+        model.model.embed_tokens.weight.mul_(20.0)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

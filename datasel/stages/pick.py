@@ -90,7 +90,7 @@ class Pick(Stage):
         None, help="plain template with {instruction} and {input} (default: Alpaca's)"
     )
     batch_tokens: int | None = param(
-        None, help="padded tokens per forward pass (default: 16384 on GPU, 2048 on CPU)"
+        None, help="tokens per forward pass, padding included (default: 16384 on GPU, 2048 on CPU)"
     )
     device: str = param("auto", help="auto | cpu | cuda")
 

@@ -170,7 +170,7 @@ class ScorePpl(Stage):
     )
     column: str = param("ppl", help="column prefix: adds <column>_bpb and <column>_tokens")
     batch_tokens: int | None = param(
-        None, help="padded tokens per forward pass (default: 16384 on GPU, 2048 on CPU)"
+        None, help="tokens per forward pass, padding included (default: 16384 on GPU, 2048 on CPU)"
     )
     max_tokens: int | None = param(
         None, help="context window for long documents (default: the model's)"
