@@ -515,15 +515,20 @@ def sample_rows(rows: np.ndarray, n: int, draws: np.random.Generator) -> np.ndar
 
 def gather_rows(staged: Staged, name: str, rows: np.ndarray) -> np.ndarray:
     """The rows at positions `rows` (sorted, among all staged rows) of a side array, read unit
-    by unit through a memory map dropped after each unit: only those rows are held."""
-    parts = []
+    by unit through a memory map dropped after each unit: only those rows are held, once."""
+    out = None
     bounds = np.searchsorted(rows, staged.offsets)
     for i in range(len(staged.rows)):
-        if bounds[i + 1] > bounds[i]:
+        at = slice(bounds[i], bounds[i + 1])
+        if at.stop > at.start:
             vectors = staged.array(name, i)
-            parts.append(np.asarray(vectors[rows[bounds[i] : bounds[i + 1]] - staged.offsets[i]]))
+            if out is None:
+                out = np.empty((len(rows), *vectors.shape[1:]), vectors.dtype)
+            out[at] = vectors[rows[at] - staged.offsets[i]]
             del vectors
-    return np.concatenate(parts)
+    if out is None:
+        raise ValueError("gather_rows: no rows to gather")
+    return out
 
 
 # Pool x target pairs one Sinkhorn iteration may cost on a CPU (~10 s at 1e9 on 2 cores, for
