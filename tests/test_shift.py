@@ -439,3 +439,14 @@ def test_gotd_on_a_quarter_of_the_pool_selects_as_the_whole_solve(mixture, tmp_p
         assert m["stats"]["ot_rows"] == sample
     assert len(outs["whole"] & outs["quarter"]) >= 0.85 * n_py
     assert precision(tmp_path / "quarter") >= precision(tmp_path / "whole") - 0.05
+
+
+def test_gotd_on_a_pool_without_text_removes_every_row_as_empty(tmp_path):
+    target = _vector_pool(tmp_path / "pool", shards=1, rows=20)
+    table = pq.read_table(tmp_path / "pool" / "0.parquet")
+    blank = pa.array([None] * 10 + [" "] * 10, pa.string())
+    table = table.set_column(table.schema.get_field_index("text"), "text", blank)
+    pq.write_table(table, tmp_path / "pool" / "0.parquet")
+    m = datasel.run(ShiftGotd(target=str(target), size=5), tmp_path / "pool", tmp_path / "o", quiet=True)  # fmt: skip
+    assert m["kept"] == 0 and m["removed"] == {"gotd:empty_text": 20}
+    assert m["stats"]["selected"] == 0

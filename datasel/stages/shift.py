@@ -413,6 +413,7 @@ class ShiftGotd(_Shift):
         has_text = staged.concat("shift_blank", bool) == 0
         live = np.flatnonzero(has_text)
         if not len(live):  # nothing to transport: every row goes as empty_text
+            ctx.stats.update({"selected": 0, "ot_rows": 0})
             return self.decision(staged.total, live, live, "gotd_grad", np.zeros(0))
         draws = np.random.default_rng(self.seed)
         solved = sample_rows(live, self.ot_sample, draws)
