@@ -10,6 +10,11 @@ selects as many passages as the pool holds of the domain; precision = the select
 that domain (random: ~0.03). Also the methods' own shift statistics: DSIR's hashed n-gram KL to
 the target before/after, GOT-D's OT cost before/after.
 
+`gotd-<M>` (e.g. `gotd-10000`) is GOT-D with --ot-sample M: the transport solved on M pool
+passages drawn at random, every passage's gradient from that solution (a pool of ~100k is solved
+whole by default); each prints its overlap with `gotd`'s selection when that runs first. They
+reuse the embeddings `gotd` staged.
+
 `oracle` (and `oracle-100k`) is a ceiling for DSIR's model, not a method: ShiftDsir with plain
 top-k whose target is every pool passage of the domain (the true labels, in sample) instead of
 300 target passages. Selection by hashed n-gram importance weights at that bucket count does
@@ -146,18 +151,27 @@ def run_domain(args, domain: str, methods: list[str], tmp: Path):
         pq.write_table(pq.read_table(pool, filters=[("domain", "=", domain)]), truth)
         for name, buckets in (("oracle", 10_000), ("oracle-100k", 100_000)):
             stages[name] = ShiftDsir(target=str(truth), size=k, buckets=buckets, deterministic=True)
-    precisions = []
+    for name in methods:
+        if name.startswith("gotd-"):
+            stages[name] = ShiftGotd(target=str(target), size=k, ot_sample=int(name[5:]))
+    precisions, picked = [], {}
     for name in methods:
         t0 = time.perf_counter()
-        m = datasel.run(stages[name], pool, tmp / name, quiet=True)
+        out = tmp / ("gotd" if name.startswith("gotd") else name)  # gotd-M: gotd's embeddings
+        m = datasel.run(stages[name], pool, out, quiet=True, overwrite=True)
         sec = time.perf_counter() - t0
-        dom = pq.read_table(tmp / name, columns=["domain"]).column("domain").to_pylist()
+        selected = pq.read_table(out, columns=["id", "domain"])
+        dom = selected.column("domain").to_pylist()
+        picked[name] = set(selected.column("id").to_pylist())
         s = m["stats"]
         shift = (
             f"KL {s['kl_before']:.3f} -> {s['kl_after']:.3f}"
             if name.startswith(("dsir", "oracle"))
             else f"OT cost {s['ot_before']:.3f} -> {s['ot_after']:.3f}"
         )
+        if name.startswith("gotd-") and "gotd" in picked:
+            shared = len(picked[name] & picked["gotd"]) / k
+            shift += f"; solved on {s['ot_rows']:,}; overlap with gotd {shared:.3f}"
         precisions.append(sum(d == domain for d in dom) / len(dom))
         print(f"{name:<10} {precisions[-1]:9.3f} {sec:8.1f}  {shift}", flush=True)
     return domain, n, k, precisions

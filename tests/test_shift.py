@@ -316,3 +316,137 @@ def test_dsir_streamed_selection_takes_what_topk_over_all_weights_takes(tmp_path
         assert len(np.unique(logw)) < len(logw) / 4  # the ties are there
         pick = topk(logw, size) if deterministic else gumbel_topk(logw, size, seed=7)
         assert {r["id"] for r in kept} == {live[j] for j in pick}
+
+
+def _vector_pool(folder, shards=4, rows=150, seed=0):
+    """Pool shards with an `embedding` column: ~15% of rows near the target's centre, every
+    tenth row a copy of its shard's first vector (exact ties), ~3% without text. Returns the
+    target's path."""
+    rng = np.random.default_rng(seed)
+    centre = np.eye(8)[0] * 3
+    folder.mkdir()
+    for part in range(shards):
+        v = rng.normal(size=(rows, 8))
+        near = rng.random(rows) < 0.15
+        v[near] = v[near] * 0.3 + centre
+        v[::10] = v[0]
+        texts = [None if rng.random() < 0.03 else f"doc {part}-{i}" for i in range(rows)]
+        ids = [f"{part}-{i}" for i in range(rows)]
+        _with_vectors(folder / f"{part}.parquet", v, id=ids, text=texts)
+    target = folder.parent / "target.parquet"
+    _with_vectors(target, rng.normal(size=(40, 8)) * 0.3 + centre, text=["t"] * 40)
+    return target
+
+
+def _grads_in_input_order(out):
+    rows = read_dataset(out).to_pylist() + read_removed(out).to_pylist()
+    return sorted(rows, key=lambda r: [int(p) for p in r["id"].split("-")])
+
+
+def test_gotd_on_a_sample_ranks_every_row_by_its_c_transform(tmp_path):
+    """A pool larger than --ot-sample: the transport is solved on a seeded sample, every row
+    with text gets a gradient, rows without text are removed as empty_text (null gradient), the
+    kept rows are those topk keeps over all gradients (exact ties to the earlier row), and the
+    same seed gives the same output."""
+    from datasel.ops.topk import topk
+
+    target = _vector_pool(tmp_path / "pool")
+    outs = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        stage = ShiftGotd(target=str(target), size=120, ot_sample=64, seed=3)
+        m = datasel.run(stage, tmp_path / "pool", out, quiet=True, workers=2)
+        outs.append((m, out))
+    m, out = outs[0]
+    blank = m["texts"]["null"]
+    assert blank > 0 and m["kept"] == 120 and m["rows_in"] == 600
+    assert m["removed"] == {"gotd:not_selected": 600 - 120 - blank, "gotd:empty_text": blank}
+    assert m["stats"]["ot_rows"] == 64 and m["stats"]["ot_after_rows"] == 64
+    rows = _grads_in_input_order(out)
+    assert all((r["gotd_grad"] is None) == (r["text"] is None) for r in rows)
+    live = [r for r in rows if r["text"] is not None]
+    grad = np.array([r["gotd_grad"] for r in live])
+    assert len(np.unique(grad)) < len(grad) - 40  # the copies tie exactly
+    kept = {r["id"] for r in read_dataset(out).to_pylist()}
+    assert kept == {live[j]["id"] for j in topk(grad, 120, largest=False)}
+    assert m["cutoffs"]["gotd_grad"][0]["value"] == grad[topk(grad, 120, largest=False)].max()
+    again = outs[1][1]
+    assert read_dataset(again).equals(read_dataset(out))
+    assert outs[1][0]["stats"] == m["stats"]
+    near = sum(r["id"] in kept and r["embedding"][0] > 1.5 for r in live)
+    assert near >= 0.6 * 120  # ~15% of 582 near the target: ~87 of them, nearly all picked
+
+
+def test_gotd_c_transform_of_the_whole_pool_gives_the_solved_gradients(tmp_path, monkeypatch):
+    """The sampled path's potentials (soft c-transform of the target's potential) equal the
+    exact solve's when the sample is the whole pool: same gradients, same selection."""
+    target = _vector_pool(tmp_path / "pool")
+    stage = ShiftGotd(target=str(target), size=120)
+    datasel.run(stage, tmp_path / "pool", tmp_path / "exact", quiet=True)
+    real = ShiftGotd.gradients
+    monkeypatch.setattr(ShiftGotd, "gradients", lambda self, *a: real(self, *a[:-1], exact=False))
+    datasel.run(stage, tmp_path / "pool", tmp_path / "streamed", quiet=True)
+    exact = _grads_in_input_order(tmp_path / "exact")
+    streamed = _grads_in_input_order(tmp_path / "streamed")
+    a = np.array([r["gotd_grad"] for r in exact if r["text"] is not None])
+    b = np.array([r["gotd_grad"] for r in streamed if r["text"] is not None])
+    assert np.abs(a - b).max() < 1e-5 * np.abs(a).max()
+    ids = lambda out: set(read_dataset(out).column("id").to_pylist())  # noqa: E731
+    assert ids(tmp_path / "exact") == ids(tmp_path / "streamed")
+
+
+def test_gotd_select_never_holds_every_vector(tmp_path, monkeypatch):
+    """On a pool above --ot-sample, select reads no side array whole, solves on the sample
+    only, and computes the other potentials a block of rows at a time."""
+    import datasel.ops.sinkhorn as ot
+    import datasel.stages.shift as shift
+    from datasel.stage import Staged
+
+    target = _vector_pool(tmp_path / "pool")
+    seen = {"solve": [], "c-transform": []}
+
+    def watch(name, fn):
+        def wrapper(x, *a, **kw):
+            seen[name].append(len(x))
+            return fn(x, *a, **kw)
+
+        return wrapper
+
+    monkeypatch.setattr(ot, "sinkhorn", watch("solve", ot.sinkhorn))
+    monkeypatch.setattr(ot, "soft_c_transform", watch("c-transform", ot.soft_c_transform))
+    monkeypatch.setattr(shift, "BLOCK_ROWS", 50)
+    concat = Staged.concat
+
+    def no_vectors(self, name, *a):
+        assert name != "gotd_emb", "select concatenated every vector"
+        return concat(self, name, *a)
+
+    monkeypatch.setattr(Staged, "concat", no_vectors)
+    stage = ShiftGotd(target=str(target), size=300, ot_sample=64)
+    m = datasel.run(stage, tmp_path / "pool", tmp_path / "out", quiet=True)
+    assert seen["solve"] == [64, 64]  # the pool's sample, then the selection's
+    assert max(seen["c-transform"]) == 50 and sum(seen["c-transform"]) == 600 - m["texts"]["null"]
+
+
+def test_gotd_on_a_quarter_of_the_pool_selects_as_the_whole_solve(mixture, tmp_path):
+    """Solved on a sample of a quarter of the pool, the selection stays the whole solve's."""
+    tmp, n_py, n = mixture
+    outs = {}
+    for name, sample in (("whole", n), ("quarter", n // 4)):
+        stage = ShiftGotd(target=str(tmp / "target.parquet"), size=n_py, fit_sample=3000, ot_sample=sample)  # fmt: skip
+        m = datasel.run(stage, tmp / "pool", tmp_path / name, quiet=True)
+        outs[name] = set(read_dataset(tmp_path / name).column("id").to_pylist())
+        assert m["stats"]["ot_rows"] == sample
+    assert len(outs["whole"] & outs["quarter"]) >= 0.85 * n_py
+    assert precision(tmp_path / "quarter") >= precision(tmp_path / "whole") - 0.05
+
+
+def test_gotd_on_a_pool_without_text_removes_every_row_as_empty(tmp_path):
+    target = _vector_pool(tmp_path / "pool", shards=1, rows=20)
+    table = pq.read_table(tmp_path / "pool" / "0.parquet")
+    blank = pa.array([None] * 10 + [" "] * 10, pa.string())
+    table = table.set_column(table.schema.get_field_index("text"), "text", blank)
+    pq.write_table(table, tmp_path / "pool" / "0.parquet")
+    m = datasel.run(ShiftGotd(target=str(target), size=5), tmp_path / "pool", tmp_path / "o", quiet=True)  # fmt: skip
+    assert m["kept"] == 0 and m["removed"] == {"gotd:empty_text": 20}
+    assert m["stats"]["selected"] == 0

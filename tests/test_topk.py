@@ -105,3 +105,18 @@ def test_streaming_cut_takes_the_rows_a_stable_sort_takes(parts):
             np.testing.assert_array_equal(
                 _stream_top(s, w, target, True, parts), np.sort(order[:k])
             )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_streaming_top_takes_what_topk_takes(seed):
+    """Few distinct values (many ties) over parts of random sizes, some empty: the mask of each
+    part is the rows topk keeps, ties to the earlier row."""
+    from datasel.ops.topk import order_keys, streaming_top
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 4, size=500).astype(np.float64)
+    cuts = np.sort(rng.integers(0, 501, size=6))
+    keys = np.split(order_keys(x), cuts)
+    for k in (0, 1, 37, 250, 499, 500):
+        masks = [t for _, t in streaming_top(lambda: [(p,) for p in keys], k)]
+        assert np.flatnonzero(np.concatenate(masks)).tolist() == sorted(topk(x, k).tolist())

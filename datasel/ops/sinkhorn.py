@@ -148,29 +148,14 @@ def sinkhorn(
         elif not host.is_pinned():
             host = host.pin_memory()
 
-    # Every cost is written C_ij = xterm_i + cconst_j - scale * <xt_i, yT_j>, so that one addmm per
-    # strip gives the whole log-kernel and the per-row term leaves the logsumexp.
-    if cost == "sqeuclidean":
-        # |x - y|^2 = |x - mu|^2 + |y - mu|^2 + 2 mu.(y - mu) - 2 x.(y - mu) with mu the target
-        # mean: centred norms lose less to fp32 cancellation, and the pool is never copied.
-        mu = yt.mean(0)
-        yc = yt - mu
-        cconst = (yc * yc).sum(1) + 2 * (yc @ mu)
-        yT = yc.T.contiguous()
-        scale = 2.0
-        xterm = torch.empty(n, device=dev, dtype=tdt)
-        for i0 in range(0, n, bs):
-            xb = host[i0 : i0 + bs].to(dev, non_blocking=True)
-            xterm[i0 : i0 + bs] = ((xb - mu) ** 2).sum(1)
-    else:
-        cconst = torch.ones(m, device=dev, dtype=tdt)
-        yT = torch.nn.functional.normalize(yt, dim=1).T.contiguous()
-        scale = 1.0
-        xterm = torch.zeros(n, device=dev, dtype=tdt)
+    costs = _Cost(torch, yt, cost)
+    xterm = torch.empty(n, device=dev, dtype=tdt)
+    for i0 in range(0, n, bs):
+        xterm[i0 : i0 + bs] = costs.xterm(host[i0 : i0 + bs].to(dev, non_blocking=True))
+    cconst, yT, scale = costs.cconst, costs.yT, costs.scale
 
     def pool_rows(i0: int, i1: int) -> Any:
-        xb = host[i0:i1].to(dev, non_blocking=True)
-        return xb if cost == "sqeuclidean" else torch.nn.functional.normalize(xb, dim=1)
+        return costs.rows(host[i0:i1].to(dev, non_blocking=True))
 
     def strip(i0: int, i1: int) -> Any:
         """Cost strip C[i0:i1, :] of shape (i1 - i0, m)."""
@@ -246,16 +231,104 @@ def sinkhorn(
     )
 
 
-def gotd_gradient(f: np.ndarray) -> np.ndarray:
+class _Cost:
+    """The cost between pool rows and the target, written C_ij = xterm_i + cconst_j - scale *
+    <rows(x)_i, yT_j>, so that one addmm per strip gives the whole log-kernel and the per-row
+    term leaves the logsumexp."""
+
+    def __init__(self, torch: Any, yt: Any, cost: str):
+        self.torch, self.cost = torch, cost
+        if cost == "sqeuclidean":
+            # |x - y|^2 = |x - mu|^2 + |y - mu|^2 + 2 mu.(y - mu) - 2 x.(y - mu) with mu the
+            # target mean: centred norms lose less to fp32 cancellation, and the pool is never
+            # copied.
+            self.mu = yt.mean(0)
+            yc = yt - self.mu
+            self.cconst = (yc * yc).sum(1) + 2 * (yc @ self.mu)
+            self.yT = yc.T.contiguous()
+            self.scale = 2.0
+        else:
+            self.cconst = torch.ones(yt.shape[0], device=yt.device, dtype=yt.dtype)
+            self.yT = torch.nn.functional.normalize(yt, dim=1).T.contiguous()
+            self.scale = 1.0
+
+    def rows(self, xb: Any) -> Any:
+        """Pool rows as they enter the product."""
+        return xb if self.cost == "sqeuclidean" else self.torch.nn.functional.normalize(xb, dim=1)
+
+    def xterm(self, xb: Any) -> Any:
+        if self.cost == "sqeuclidean":
+            return ((xb - self.mu) ** 2).sum(1)
+        return self.torch.zeros(xb.shape[0], device=xb.device, dtype=xb.dtype)
+
+
+def soft_c_transform(
+    x: Any,
+    y: Any,
+    g: np.ndarray,
+    *,
+    b: Any = None,
+    eps: float = 0.05,
+    cost: Literal["sqeuclidean", "cosine"] = "sqeuclidean",
+    block_size: int | None = None,
+    device: str | Any = "auto",
+    dtype: Literal["float32", "float64"] = "float32",
+) -> np.ndarray:
+    """The pool-side potential of any points ``x`` given the target-side potential ``g``:
+
+        f(x) = -eps * log sum_j b_j exp((g_j - C(x, y_j)) / eps),
+
+    the same update as a Sinkhorn iteration's, so it extends a solution found on a sample of the
+    pool to every pool point (the entropic potentials' out-of-sample extension; Pooladian &
+    Niles-Weed 2021, arXiv:2109.12004). Applied to the pool the solve ran on, with the ``g`` of
+    :func:`sinkhorn`, it gives back its ``f`` up to the tolerance of the solve. Memory: one strip
+    of ``block_size`` rows x m, as :func:`sinkhorn`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, y = rng.normal(size=(100, 8)), rng.normal(size=(30, 8))
+    >>> res = sinkhorn(x, y, eps=0.5, tol=1e-7, dtype="float64")
+    >>> f = soft_c_transform(x, y, res.g, eps=0.5, dtype="float64")
+    >>> bool(np.abs(f - res.f).max() < 1e-5)
+    True
+    """
+    torch = import_torch(WHAT, "embed")
+    dev = torch.device(pick_device(device, WHAT, "embed"))
+    tdt = getattr(torch, dtype)
+    n, m = x.shape[0], y.shape[0]
+    yt = torch.from_numpy(np.ascontiguousarray(y)).to(device=dev, dtype=tdt)
+    c = _Cost(torch, yt, cost)
+    if b is None:
+        log_b = torch.full((m,), -math.log(m), device=dev, dtype=torch.float64)
+    else:  # as sinkhorn reads them: in the working precision, then normalised in float64
+        w = torch.from_numpy(np.asarray(b)).to(device=dev, dtype=tdt).to(torch.float64)
+        log_b = torch.log(w / w.sum())
+    g = torch.from_numpy(np.asarray(g, dtype=np.float64)).to(dev)
+    row_const = ((g - c.cconst.to(torch.float64)) / eps + log_b).to(tdt).unsqueeze(0)
+    f = np.empty(n, dtype=np.float64)
+    bs = max(1, block_size or _BLOCK_ELEMS // m)
+    with torch.inference_mode():
+        for i0 in range(0, n, bs):
+            xb = torch.from_numpy(np.ascontiguousarray(x[i0 : i0 + bs])).to(device=dev, dtype=tdt)
+            t = torch.addmm(row_const, c.rows(xb), c.yT, alpha=c.scale / eps)
+            lse = torch.logsumexp(t, dim=1).to(torch.float64)
+            f[i0 : i0 + bs] = (c.xterm(xb).to(torch.float64) - eps * lse).cpu().numpy()
+    return f
+
+
+def gotd_gradient(f: np.ndarray, total: float | None = None, n: int | None = None) -> np.ndarray:
     """Calibrated gradient of the OT distance w.r.t. each pool point's mass (GOT-D / LAVA).
 
     Masses sum to one, so moving mass onto point i takes it from the others:
     ``grad_i = f_i - (sum_j f_j - f_i) / (n - 1)``. Invariant to the constant shift of the
     potentials. The most negative gradients mark the pool points whose up-weighting moves the pool
-    closest to the target: select them with ``topk(grad, k, largest=False)``.
+    closest to the target: select them with ``topk(grad, k, largest=False)``. For a part of a
+    pool streamed part by part, give the `total` of all `n` potentials of the pool.
     """
     f = np.asarray(f, dtype=np.float64).reshape(-1)
-    n = len(f)
+    if total is None:
+        total, n = f.sum(), len(f)
     if n < 2:
-        return np.zeros(n)
-    return f - (f.sum() - f) / (n - 1)
+        return np.zeros(len(f))
+    return f - (total - f) / (n - 1)

@@ -152,3 +152,33 @@ def take_tied(weights: np.ndarray, running: float, target: float) -> tuple[int, 
     if j < len(cum):
         return j + 1, cum[j], True
     return len(cum), (cum[-1] if len(cum) else running), False
+
+
+def streaming_top(parts, k: int):
+    """Top-k of keys streamed part by part, in bounded memory: the cut from `streaming_cut`'s
+    passes, then the rows above it and the first tied ones in order, as `topk` takes them.
+
+    `parts()` returns an iterable of tuples whose last item is the `order_keys` of a part's rows
+    (highest first; NaN must already be mapped to -inf). Yields `(part, taken)` for each tuple of
+    a last pass over `parts()`, `taken` a bool mask of its rows; `k` must not exceed the rows.
+
+    Examples
+    --------
+    >>> keys = order_keys(np.array([1.0, 3.0, 3.0, 2.0]))
+    >>> [t.tolist() for _, t in streaming_top(lambda: [(keys[:2],), (keys[2:],)], 2)]
+    [[False, True], [True, False]]
+    """
+    if k == 0:
+        for part in parts():
+            yield part, np.zeros(len(part[-1]), dtype=bool)
+        return
+    cut, running = streaming_cut(lambda: ((p[-1], None) for p in parts()), k, False)
+    cut, reached = np.uint64(cut), False
+    for part in parts():
+        keys = part[-1]
+        taken = keys > cut
+        if not reached:
+            tied = np.flatnonzero(keys == cut)
+            n, running, reached = take_tied(np.ones(len(tied), np.int64), running, k)
+            taken[tied[:n]] = True
+        yield part, taken

@@ -205,7 +205,7 @@ class ShiftDsir(_Shift):
 
     def select(self, staged: Staged, ctx: Context) -> Decision:
         from datasel.ops.ngrams import fit_distribution, hashed_kl
-        from datasel.ops.topk import order_keys, streaming_cut, take_tied
+        from datasel.ops.topk import order_keys, streaming_top
         from datasel.ops.words import doc_sums
 
         units = [i for i, n in enumerate(staged.rows) if n]
@@ -226,25 +226,12 @@ class ShiftDsir(_Shift):
                 # as topk and gumbel_topk: NaN ranks with -inf, below every number
                 yield i, rows, logw, order_keys(np.where(np.isnan(key), -np.inf, key))
 
-        # Gumbel top-k (or top-k) in bounded memory: the cut from streaming passes, then the
-        # rows above it and the first tied ones by position, as topk takes them
+        # Gumbel top-k (or top-k) in bounded memory, as topk takes them (ties by position)
         k = self.budget(int(has_text.sum()), ctx)
-        cut, running = (
-            streaming_cut(lambda: ((keys, None) for *_, keys in ranked()), k, False)
-            if k
-            else (None, 0)
-        )
         picked = np.zeros(staged.total, dtype=bool)
-        values, reached, low = [], k == 0, np.inf
-        for _, rows, logw, keys in ranked():
+        values, low = [], np.inf
+        for (_, rows, logw, _), take in streaming_top(ranked, k):
             values.append(logw)
-            if cut is None:
-                continue
-            take = keys > np.uint64(cut)
-            if not reached:
-                tied = np.flatnonzero(keys == np.uint64(cut))
-                n, running, reached = take_tied(np.ones(len(tied), np.int64), running, k)
-                take[tied[:n]] = True
             picked[rows][has_text[rows]] = take
             if take.any():
                 low = np.minimum(low, logw[take].min())
@@ -279,6 +266,11 @@ def _chosen_totals(staged: Staged, units: list[int], keep: np.ndarray, buckets: 
     return chosen
 
 
+# Pool rows GOT-D's transport is solved on (see ShiftGotd.ot_sample): 200,000 x 384 float32 is
+# 307 MB.
+OT_SAMPLE = 200_000
+
+
 @register
 @dataclass(kw_only=True)
 class ShiftGotd(_Shift):
@@ -309,12 +301,21 @@ class ShiftGotd(_Shift):
         5_000,
         help="a larger target is summarised by this many k-means centroids with their masses (on CPU fewer, to keep pool x target under 1e9 pairs, at least 300)",
     )
+    ot_sample: int = param(
+        OT_SAMPLE,
+        help="pool rows (with text) the transport is solved on, drawn uniformly with --seed from a larger pool; every row's gradient then comes from that solution (its soft c-transform), so memory stays bounded; a pool of at most this many is solved whole",
+    )
     device: str = param("auto", help="auto | cpu | cuda")
 
     @property
     def needs(self) -> Needs:
         torch = neural(self.model)  # a torch model: one model on one device
         return replace(super().needs, model=torch, gpus=int(torch), single_process=torch)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.ot_sample < 1:
+            raise ValueError(f"ot_sample must be >= 1, got {self.ot_sample}")
 
     def check(self) -> None:
         from datasel.stages.embed import check_model
@@ -406,26 +407,43 @@ class ShiftGotd(_Shift):
         return MapResult(batch, arrays={"gotd_emb": x, "shift_blank": blank}, texts=counts)
 
     def select(self, staged: Staged, ctx: Context) -> Decision:
-        from datasel.ops.sinkhorn import gotd_gradient, sinkhorn
-        from datasel.ops.topk import topk
+        from datasel.ops.sinkhorn import sinkhorn
+        from datasel.ops.topk import order_keys, streaming_top
 
-        live = self.live(staged)
-        n = staged.total
-        x = staged.concat("gotd_emb", np.float32)[live]
+        has_text = staged.concat("shift_blank", bool) == 0
+        live = np.flatnonzero(has_text)
+        if not len(live):  # nothing to transport: every row goes as empty_text
+            ctx.stats.update({"selected": 0, "ot_rows": 0})
+            return self.decision(staged.total, live, live, "gotd_grad", np.zeros(0))
+        draws = np.random.default_rng(self.seed)
+        solved = sample_rows(live, self.ot_sample, draws)
         points, mass = summarise(
-            self.target_emb, target_points(len(x), self.max_target, self.device), self.seed
+            self.target_emb, target_points(len(solved), self.max_target, self.device), self.seed
         )
 
-        def solve(pool):
-            return sinkhorn(pool, points, b=mass, eps=self.eps, cost="cosine", device=self.device)
+        def solve(rows):  # the OT between the pool rows at positions `rows` and the target
+            x = gather_rows(staged, "gotd_emb", rows)
+            return sinkhorn(x, points, b=mass, eps=self.eps, cost="cosine", device=self.device)
 
-        ot = solve(x)
-        grad = gotd_gradient(ot.f)
-        k = self.budget(len(grad), ctx)
-        pick = topk(grad, k, largest=False)
-        after = solve(x[np.sort(pick)]) if k else ot
+        ot = solve(solved)
+        gradients = self.gradients(staged, ctx, ot, points, mass, live, len(solved) == len(live))
+
+        def ranked():  # (positions of a unit's rows with text, their gradients, ranking keys)
+            for at, grad in gradients():
+                # the lowest gradient first; NaN last, as topk(largest=False) ranks it
+                yield at, grad, order_keys(np.where(np.isnan(grad), -np.inf, -grad))
+
+        k = self.budget(len(live), ctx)
+        picked = np.zeros(staged.total, dtype=bool)
+        values, cut = [], -np.inf
+        for (at, grad, _), take in streaming_top(ranked, k):
+            values.append(grad)
+            picked[at[take]] = True
+            if take.any():
+                cut = max(cut, float(grad[take].max()))
+        chosen = np.flatnonzero(picked)
+        after = solve(sample_rows(chosen, self.ot_sample, draws)) if k else ot
         if k:
-            cut = grad[pick].max()
             ctx.cutoff("gotd_grad", cut, f"lowest {k:,}: ≤ {cut:.4g}")
         ctx.stats.update(
             {
@@ -434,10 +452,84 @@ class ShiftGotd(_Shift):
                 "ot_after": round(float(after.cost), 5),
                 "sinkhorn_iterations": int(ot.n_iter),
                 "target_points": int(len(points)),
+                # pool rows the transport was solved on; the others' potentials are its soft
+                # c-transform (all of them when the pool has no more than --ot-sample)
+                "ot_rows": int(len(solved)),
+                "ot_after_rows": int(min(k, self.ot_sample)),
                 "target_rows_without_text": getattr(self, "target_without_text", 0),
             }
         )
-        return self.decision(n, live, live[pick], "gotd_grad", grad)
+        values = np.concatenate(values) if values else np.zeros(0)
+        return self.decision(staged.total, live, chosen, "gotd_grad", values)
+
+    def gradients(self, staged: Staged, ctx: Context, ot, points, mass, live, exact: bool):
+        """A callable whose every call yields, unit by unit, the positions of the rows with text
+        and their calibrated OT gradients. Solved on the whole pool (`exact`): from the solve's
+        potentials. Solved on a sample: each row's potential is the soft c-transform of the
+        target's potential, computed once in a pass over the units, a block of rows at a time,
+        and kept on disk, so no more than a block of vectors and a unit's potentials are held."""
+        from datasel.ops.sinkhorn import gotd_gradient, soft_c_transform
+
+        bounds = np.searchsorted(live, staged.offsets)  # unit i's: live[bounds[i] : bounds[i+1]]
+        units = [(i, slice(bounds[i], bounds[i + 1])) for i in range(len(staged.rows))]
+        units = [(i, rows) for i, rows in units if rows.stop > rows.start]
+        if exact:
+            grad = gotd_gradient(ot.f)
+            return lambda: ((live[rows], grad[rows]) for _, rows in units)
+        folder = ctx.work / "gotd-select"
+        folder.mkdir(parents=True, exist_ok=True)
+        total = 0.0
+        for i, rows in units:
+            at = live[rows]
+            f = [
+                soft_c_transform(
+                    gather_rows(staged, "gotd_emb", at[j : j + BLOCK_ROWS]),
+                    points,
+                    ot.g,
+                    b=mass,
+                    eps=self.eps,
+                    cost="cosine",
+                    device=self.device,
+                )
+                for j in range(0, len(at), BLOCK_ROWS)
+            ]
+            f = np.concatenate(f)
+            total += f.sum()
+            np.save(folder / f"f-{i}.npy", f)
+        n = len(live)
+        return lambda: (
+            (live[rows], gotd_gradient(np.load(folder / f"f-{i}.npy"), total, n))
+            for i, rows in units
+        )
+
+
+# Pool rows whose vectors the c-transform pass reads at a time (50 MB at 384 dimensions)
+BLOCK_ROWS = 32_768
+
+
+def sample_rows(rows: np.ndarray, n: int, draws: np.random.Generator) -> np.ndarray:
+    """`rows` when they are no more than `n`, else `n` of them drawn uniformly, in order."""
+    if len(rows) <= n:
+        return rows
+    return np.sort(draws.choice(rows, n, replace=False))
+
+
+def gather_rows(staged: Staged, name: str, rows: np.ndarray) -> np.ndarray:
+    """The rows at positions `rows` (sorted, among all staged rows) of a side array, read unit
+    by unit through a memory map dropped after each unit: only those rows are held, once."""
+    out = None
+    bounds = np.searchsorted(rows, staged.offsets)
+    for i in range(len(staged.rows)):
+        at = slice(bounds[i], bounds[i + 1])
+        if at.stop > at.start:
+            vectors = staged.array(name, i)
+            if out is None:
+                out = np.empty((len(rows), *vectors.shape[1:]), vectors.dtype)
+            out[at] = vectors[rows[at] - staged.offsets[i]]
+            del vectors
+    if out is None:
+        raise ValueError("gather_rows: no rows to gather")
+    return out
 
 
 # Pool x target pairs one Sinkhorn iteration may cost on a CPU (~10 s at 1e9 on 2 cores, for
