@@ -8,22 +8,26 @@ maximum, uniform over 10 domains, is ln 10 = 2.303). It also counts duplicate pa
 selection: pairs of documents that `datasel dedup` puts in one cluster (exact or MinHash near
 duplicates at --dup-threshold), and the number expected from a random sample of the same size.
 
-Methods: kMQ (`--levels 1 --quota equal`: equal quotas per k-means cluster, Yu et al. 2024) and
-`--levels 2 --quota equal --cluster-quota equal` (equal quotas per group of clusters, groups by
-spectral clustering of the clusters' topology graph, then equal per cluster).
+Methods, all with quotas in rows (`--quota-by rows`): kMQ (`--levels 1 --quota equal`: equal
+quotas per k-means cluster, Yu et al. 2024) and `--levels 2 --quota equal --cluster-quota equal`
+(equal quotas per group of clusters, groups by spectral clustering of the clusters' topology
+graph, then equal per cluster).
 
     python benchmarks/diversify_quality.py                      # ~5 min on 2 cores
     python benchmarks/diversify_quality.py --reduce random svd --k 100 300 --seeds 2
 
 Entropy is a stand-in. --heldout measures what a selection is for: `datasel eval` trains the
 same tiny GPT-2 on each arm (same tokenizer, same --tokens, same order, --seeds seeds) and
-scores bits per byte on documents of each domain held out of the pool. Arms: diversify with
-the defaults, diversify with equal quotas (the defaults before: equal over groups and over
-clusters), and a random selection of the same number of rows. Corpora, all built from
-dev-corpus: mix7 (7 domains, skewed as web mixtures are), loo9 (the 9 domains other than
-python_docs, natural sizes), skew (one domain 85%) and pass7 (120-word passages, 7 domains).
+scores bits per byte on documents of each domain held out of the pool. Arms (--arms, ARMS):
+diversify with the defaults and other quota rules, and a random selection of the same number
+of rows; per arm it prints the mean over domains (± the seeds' spread), how many domains are
+worse than random and the worst, and per domain the bpb and the domain's share of the selected
+text. Corpora, all built from dev-corpus: mix7 (7 domains, skewed as web mixtures are), loo9
+(the 9 domains other than python_docs, natural sizes), skew (one domain 84% of the rows), pass7
+(120-word passages, 7 domains) and tail7 (other domains: short news 58% of the rows, a long tail).
 
-    python benchmarks/diversify_quality.py --heldout mix7 skew pass7 loo9 --seeds 2  # ~15 min a corpus
+    python benchmarks/diversify_quality.py --heldout mix7 tail7 skew --arms defaults sqrt-rows \
+        --seeds 2 --workdir /tmp/divq   # 1M tokens: ~90 s an arm and seed, idle 2-core CPU
 """
 
 from __future__ import annotations
@@ -141,8 +145,8 @@ def main() -> None:
             for seed in range(args.seeds):
                 out = tmp / f"div-{reduce}-{levels}-{k}-{seed}"
                 t = time.perf_counter()
-                # equal quotas: kMQ, and the --levels 2 default before the held-out-loss
-                # measure (--heldout) made it sqrt over groups, proportional inside
+                # equal row quotas: kMQ, and the --levels 2 default before the held-out-loss
+                # measure (--heldout) made it equal text per group, proportional inside
                 stage = Diversify(
                     k=k,
                     fraction=args.frac,
@@ -150,6 +154,7 @@ def main() -> None:
                     seed=seed,
                     quota="equal",
                     cluster_quota="equal",
+                    quota_by="rows",
                 )
                 datasel.run(stage, emb, out, **run)
                 secs.append(time.perf_counter() - t)
@@ -247,8 +252,8 @@ def build(name: str, folder: Path, held: dict, pool: dict):
 
 ARMS = {  # --heldout arms besides random: diversify's parameters
     "defaults": {},
-    "sqrt-rows": {"quota": "sqrt", "cluster_quota": "proportional", "quota_by": "rows"},
-    "equal-rows": {"quota": "equal", "cluster_quota": "equal", "quota_by": "rows"},
+    "sqrt-rows": {"quota": "sqrt", "cluster_quota": "proportional", "quota_by": "rows"},  # before
+    "equal-rows": {"quota": "equal", "cluster_quota": "equal", "quota_by": "rows"},  # before that
     "sqrt-bytes": {"quota": "sqrt", "cluster_quota": "proportional", "quota_by": "bytes"},
     "equal-bytes": {"quota": "equal", "cluster_quota": "proportional", "quota_by": "bytes"},
     "sqrt2-bytes": {"quota": "sqrt", "cluster_quota": "sqrt", "quota_by": "bytes"},
@@ -313,11 +318,10 @@ def report(head, evals, arms, picked, domains, nbytes, result) -> None:
         delta = {d: bpb[arm][d] - bpb["random"][d] for d in doms}
         worst = max(delta, key=delta.get)
         worse = f"{sum(v > 0 for v in delta.values())}/{len(doms)}, {worst[:9]} {delta[worst]:+.3f}"
-        _, counts = np.unique(domains[mask], return_counts=True)
         cells = " ".join(f"{bpb[arm][d]:.3f} {share[d]:6.1%}" for d in doms)
         print(
             f"   {arm:12s} {nbytes[mask].sum() / 1e6:7.2f} {np.mean(per_seed):8.4f} "
-            f"±{np.std(per_seed):.4f} {worse:>24s} {entropy(counts):7.3f} | {cells}"
+            f"±{np.std(per_seed):.4f} {worse:>24s} {entropy(np.unique(domains[mask], return_inverse=True)[1]):7.3f} | {cells}"
         )
     sys.stdout.flush()
 

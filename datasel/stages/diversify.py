@@ -48,16 +48,20 @@ class Diversify(EmbeddingStage):
     Quotas: a unit's share of the budget follows its size ** p: --quota equal (p = 0) splits the
     budget equally, a unit smaller than its share giving its leftover to the others (kMQ);
     sqrt (p = 0.5) flattens unequal sizes without equalising them; proportional (p = 1) keeps
-    the sizes. With --levels 1 the units are the clusters. With --levels 2 (default) the
-    clusters are first grouped, by spectral clustering of their topology graph (two clusters
+    the sizes. --quota-by bytes (default) measures sizes and shares in text bytes: a unit's
+    share of the selected *text* follows its text ** p (rows per unit = its text share over its
+    mean row bytes), so a domain of short documents is not starved by one of long ones; rows
+    counts rows, as kMQ. With --levels 1 the units are the clusters. With --levels 2 (default)
+    the clusters are first grouped, by spectral clustering of their topology graph (two clusters
     are linked by the rows that have one as nearest and the other as second-nearest centroid:
     Martinetz & Schulten 1994); --quota splits the budget across groups, then --cluster-quota
     across the clusters of each group (equal and equal: the balanced hierarchical sampling of
     Vo et al. 2024). A large domain gets many clusters from k-means (about in proportion to its
-    size and spread) but few groups, so groups stand for domains. The defaults (sqrt over
-    groups, proportional inside a group) up-weight small domains and keep each domain's own
-    mix: equal quotas trained a worse model than a random sample of the same size, by held-out
-    loss over the domains, mostly because they starve the largest domain (docs/methods.md, "diversify").
+    size and spread) but few groups, so groups stand for domains. The defaults, equal text per
+    group and proportional inside (a uniform sample of each group: UniMax, Chung et al. 2023,
+    with groups for languages), were chosen by the held-out loss of a model trained on the
+    selection, mean over domains (docs/methods.md, "diversify"): equal quotas per cluster
+    over-sample a domain's rare clusters, and row quotas give long-document domains the text.
     Inside a cluster rows are drawn uniformly, or with probability proportional to
     exp(score / --temperature) by --weight-by, skipping rows whose cosine with a row already
     taken from the cluster is >= --max-similarity (near duplicates, as SemDeDup: Abbas et al.
@@ -102,7 +106,7 @@ class Diversify(EmbeddingStage):
     )
     groups: int = param(0, help="--levels 2: number of groups (0: by the largest eigengap)")
     quota: str = param(
-        "sqrt",
+        "equal",
         help="budget across groups (--levels 2) or clusters (1), by size ** p: equal (p=0, kMQ) "
         "| sqrt (0.5) | proportional (1)",
     )
@@ -110,7 +114,7 @@ class Diversify(EmbeddingStage):
         "proportional", help="--levels 2: a group's quota across its clusters, as --quota"
     )
     quota_by: str = param(
-        "rows",
+        "bytes",
         help="what the quotas share out: bytes (the selected text; sizes in text bytes) | rows",
     )
     max_similarity: float = param(
