@@ -11,8 +11,10 @@ step are all generated from them (see `cli.py` and `pipeline.py`).
 from __future__ import annotations
 
 import dataclasses
+import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -150,6 +152,17 @@ class Decision:
     kept_columns: dict[str, pa.Array] = field(default_factory=dict)
 
 
+class Decider:
+    """What `select` returns instead of a `Decision` when each unit can be decided on its own
+    from what select found for the whole input (dedup: the removed documents, written by unit
+    to its scratch folder). It is small and picklable: the workers call `decide` unit by unit
+    and save each unit's decision, so no process holds anything per row of the whole input."""
+
+    def decide(self, i: int, rows: int) -> Decision:
+        """The decision for the `rows` staged rows of unit `i`, in their order."""
+        raise NotImplementedError
+
+
 @dataclass
 class Context:
     """What a stage sees at run time besides its batch."""
@@ -170,6 +183,9 @@ class Context:
     warnings: list[str] = field(default_factory=list)  # one line each, copied into the manifest
     # column -> the cut-offs `select` applied to it, copied into the manifest (see `cutoff`)
     cutoffs: dict[str, list[dict]] = field(default_factory=dict)
+    # what ran when, each {"phase", "start" (epoch seconds), "seconds"}: copied into the
+    # manifest, where benchmarks read each phase's time and memory (see `phase`)
+    timeline: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
         if self.staging is None:
@@ -191,6 +207,18 @@ class Context:
         if not isinstance(value, dict):
             value = float(value)
         self.cutoffs.setdefault(column, []).append({"value": value, "label": label})
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a phase of the step (the engine's map, select, apply; a stage's own parts of
+        select) into `timeline`."""
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.timeline.append(
+                {"phase": name, "start": round(start, 3), "seconds": round(time.time() - start, 3)}
+            )
 
     def __getstate__(self):  # workers get everything but the engine itself
         return {**self.__dict__, "executor": None, "threads": None}
@@ -337,7 +365,8 @@ class Stage:
     optionally `fit` / `select`.
 
     `fit` and `select` run in the driver; `map` may run in worker processes (or Ray actors) on
-    copies of the stage and its Context. So only `fit` and `select` report statistics
+    copies of the stage and its Context. `select` returns a `Decision` for every row, or, to
+    keep nothing per row in the driver, a `Decider` that the workers call unit by unit. So only `fit` and `select` report statistics
     (`ctx.stats`, copied into the manifest): what `map` learns per row travels back in its
     `MapResult` (rows in, null and empty texts, removed rows with their reasons, side arrays
     for `select`), never in `ctx.stats`, which a worker's copy would lose.
@@ -374,7 +403,7 @@ class Stage:
         """(parameters, device) of the model `map` runs: stages whose needs say cut_by_model_size."""
         raise NotImplementedError(f"{self.name} sets cut_by_model_size but has no model_size")
 
-    def select(self, staged: Staged, ctx: Context) -> Decision:
+    def select(self, staged: Staged, ctx: Context) -> Decision | Decider:
         raise NotImplementedError
 
     def narrow_columns(self, ctx: Context) -> list[str]:

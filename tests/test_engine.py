@@ -151,7 +151,7 @@ def output_bytes(path):
     return {str(p.relative_to(path)): p.read_bytes() for p in files}
 
 
-@pytest.mark.parametrize("point", ["stage:0", "stage:1", "select", "apply:1"])
+@pytest.mark.parametrize("point", ["stage:0", "stage:1", "decide:1", "select", "apply:1"])
 def test_sigkill_then_resume_gives_identical_output(tmp_path, point):
     src = make_input(tmp_path)
     datasel.run(datasel.Dedup(), src, tmp_path / "ref", workers=1, quiet=True)

@@ -37,6 +37,34 @@ def two_nodes(tmp_path_factory):
         cluster.shutdown()
 
 
+@pytest.fixture
+def task_nodes(tmp_path, monkeypatch):
+    """Where the engine's Ray tasks ran: every task passes through `_call`, wrapped here to note
+    (node id, what ran) in a file before it runs. Returns a reader of {what: set of nodes}."""
+    import datasel.engine.ray as engine_ray
+
+    log = tmp_path / "task-nodes.tsv"
+    run = engine_ray._call
+
+    def noted(fn, *args):
+        what = f"unit:{args[0].kind}" if fn.__name__ == "do_unit" else fn.__name__
+        node = ray.get_runtime_context().get_node_id()
+        with open(log, "a") as f:  # one short line per append: whole lines, whatever the order
+            f.write(f"{node}\t{what}\n")
+        return run(fn, *args)
+
+    monkeypatch.setattr(engine_ray, "_call", noted)
+
+    def nodes() -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for line in log.read_text().splitlines() if log.exists() else []:
+            node, what = line.split("\t")
+            out.setdefault(what, set()).add(node)
+        return out
+
+    return nodes
+
+
 def files(path):
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*.parquet"))}
 
@@ -57,9 +85,9 @@ def pool(folder):
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("memory", ["1GB", "64KB"])
-def test_dedup_on_two_nodes_equals_local(two_nodes, tmp_path, monkeypatch, memory):
+def test_dedup_on_two_nodes_equals_local(two_nodes, tmp_path, monkeypatch, memory, task_nodes):
     """With a 64KB budget and no small-corpus shortcut, select's scatter, group and verify
-    tasks run as Ray tasks on the cluster, many key ranges of them."""
+    tasks run as Ray tasks on the cluster, many key ranges of them, on both nodes."""
     import datasel.stages.dedup as dedup
 
     if memory == "64KB":
@@ -72,10 +100,18 @@ def test_dedup_on_two_nodes_equals_local(two_nodes, tmp_path, monkeypatch, memor
         out[engine] = (m["removed"], files(tmp_path / engine))
     assert out["local"][0]["near"] >= 90 and out["local"][0]["exact"] >= 40
     assert out["ray"] == out["local"]
+    ran = task_nodes()
+    both = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(both) == 2
+    assert ran["unit:stage"] == both and ran["unit:apply"] <= both  # map tasks, then writes
+    assert ran["save_unit_decision"] <= both  # each unit's decision, by a task
+    if memory == "64KB":  # select's own tasks, on both nodes
+        select = ran["_scatter"] | ran["_group"] | ran["_verify_pairs"]
+        assert select == both and ran["_group"] == both
 
 
 @pytest.mark.timeout(300)
-def test_three_stage_pipeline_on_two_nodes_equals_local(two_nodes, tmp_path):
+def test_three_stage_pipeline_on_two_nodes_equals_local(two_nodes, tmp_path, task_nodes):
     src = pool(tmp_path / "in")
     steps = [
         Dedup(),
@@ -88,3 +124,5 @@ def test_three_stage_pipeline_on_two_nodes_equals_local(two_nodes, tmp_path):
         out[engine] = files(tmp_path / engine)
     assert len(out["local"]) >= 6
     assert out["ray"] == out["local"]
+    both = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert task_nodes()["unit:map"] == both  # heuristics' map tasks ran on both nodes

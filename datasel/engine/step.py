@@ -18,7 +18,7 @@ import numpy as np
 
 from datasel.engine.executors import Executor, ThreadExecutor, make_executor
 from datasel.engine.plan import step_units
-from datasel.engine.units import Phase, kill_point, save_decision
+from datasel.engine.units import Phase, kill_point, save_decision, save_unit_decision
 from datasel.errors import DataselError
 from datasel.io import (
     Columns,
@@ -35,7 +35,7 @@ from datasel.lock import FolderLock
 from datasel.options import RunOptions
 from datasel.preflight import check_steps
 from datasel.progress import Progress, print_summary
-from datasel.stage import Context, Decision, Stage, Staged
+from datasel.stage import Context, Decider, Decision, Stage, Staged
 from datasel.step_folder import StepFolder
 from datasel.version import __version__
 
@@ -136,7 +136,8 @@ def _run(stage: Stage, src, folder: StepFolder, options: RunOptions) -> dict:
             mapping = Phase(
                 "map", Stage() if empty else stage, ctx, folder, units, options.batch_rows
             )
-            counts = _run_phase(mapping, executor, progress)
+            with ctx.phase("map"):
+                counts = _run_phase(mapping, executor, progress)
     if all(c["rows_in"] == sum(c.get("skipped", {}).values()) for c in counts):
         ctx.warn(f"no rows in {src}: the step is empty")
     outputs = folder.shards() + folder.removed_shards()
@@ -175,12 +176,20 @@ def _map_select_write(
 ) -> list[dict]:
     """Map every unit into staged shards, select over them once, then write every unit."""
     mapping = Phase("stage", stage, ctx, folder, ctx.units, batch_rows)
-    counts = _run_phase(mapping, executor, progress)
+    with ctx.phase("map"):
+        counts = _run_phase(mapping, executor, progress)
     staged = Staged(ctx.staging, [c["rows_in"] for c in counts])
     if not folder.selected.exists():
         progress.status("select")
-        decision = stage.select(staged, ctx) if staged.total else _keep_all(0)
-        save_decision(decision, staged, folder)
+        with ctx.phase("select"):
+            decision = stage.select(staged, ctx) if staged.total else _keep_all(0)
+        with ctx.phase("decide"):
+            if isinstance(decision, Decider):  # each unit decided and saved by a worker
+                calls = [(decision, rows, folder, i) for i, rows in enumerate(staged.rows)]
+                list(executor.map_unordered(save_unit_decision, calls))
+            else:
+                save_decision(decision, staged, folder)
+        del decision
         write_json(
             {"stats": ctx.stats, "warnings": ctx.warnings, "cutoffs": ctx.cutoffs},
             folder.selected,
@@ -190,7 +199,8 @@ def _map_select_write(
     ctx.stats, ctx.warnings = selected["stats"], selected.get("warnings", [])
     ctx.cutoffs = selected.get("cutoffs", {})
     progress.status("write")
-    return _run_phase(Phase("apply", stage, ctx, folder, ctx.units, batch_rows), executor, None)
+    with ctx.phase("apply"):
+        return _run_phase(Phase("apply", stage, ctx, folder, ctx.units, batch_rows), executor, None)
 
 
 def _run_phase(phase: Phase, executor: Executor, progress: Progress | None) -> list[dict]:
@@ -368,6 +378,7 @@ def _manifest(
         "seconds": round(seconds, 3),
         "stats": ctx.stats,
         "cutoffs": ctx.cutoffs,  # column -> what select kept on one side of (Context.cutoff)
+        "phases": ctx.timeline,  # what this invocation ran, when (Context.phase)
         **({"warnings": ctx.warnings} if ctx.warnings else {}),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -26,7 +26,7 @@ from datasel.bad_rows import count as count_skipped
 from datasel.bad_rows import skipped_table
 from datasel.io import ShardWriter, Unit, read_table, read_unit, write_json, write_table
 from datasel.progress import unit_meter
-from datasel.stage import Context, Decision, MapResult, Stage, Staged, count_texts
+from datasel.stage import Context, Decider, Decision, MapResult, Stage, Staged, count_texts
 from datasel.step_folder import StepFolder
 
 PhaseKind = Literal["map", "stage", "apply"]
@@ -227,15 +227,29 @@ def save_decision(decision: Decision, staged: Staged, folder: StepFolder) -> Non
         raise RuntimeError(f"select returned {len(decision.keep)} decisions for {n} rows")
     for i in range(len(staged.rows)):  # one unit at a time: no Arrow copy of every row's reason
         lo, hi = int(staged.offsets[i]), int(staged.offsets[i + 1])
-        cols = {
-            "keep": pa.array(decision.keep[lo:hi], pa.bool_()),
-            "reason": pa.array(decision.reason[lo:hi], pa.string()),
-        }
-        for name, arr in decision.removed_columns.items():
-            cols["removed:" + name] = arr.slice(lo, hi - lo)
-        for name, arr in decision.kept_columns.items():
-            cols["kept:" + name] = arr.slice(lo, hi - lo)
-        write_table(pa.table(cols), folder.decision(i))
+        write_table(_decision_table(decision, lo, hi), folder.decision(i))
+
+
+def save_unit_decision(decider: Decider, rows: int, folder: StepFolder, i: int) -> None:
+    """Unit `i`'s decision, made by `decider` in this (worker) process and saved for `apply`."""
+    decision = decider.decide(i, rows)
+    if len(decision.keep) != rows or len(decision.reason) != rows:
+        raise RuntimeError(f"select decided {len(decision.keep)} rows of unit {i}, not {rows}")
+    write_table(_decision_table(decision, 0, rows), folder.decision(i))
+    kill_point(f"decide:{i}")
+
+
+def _decision_table(decision: Decision, lo: int, hi: int) -> pa.Table:
+    """Rows [lo, hi) of a decision as the table `apply` reads."""
+    cols = {
+        "keep": pa.array(decision.keep[lo:hi], pa.bool_()),
+        "reason": pa.array(decision.reason[lo:hi], pa.string()),
+    }
+    for name, arr in decision.removed_columns.items():
+        cols["removed:" + name] = arr.slice(lo, hi - lo)
+    for name, arr in decision.kept_columns.items():
+        cols["kept:" + name] = arr.slice(lo, hi - lo)
+    return pa.table(cols)
 
 
 def _decided(batches: Iterable[pa.RecordBatch], decision: pa.Table, i: int) -> Iterator[Part]:

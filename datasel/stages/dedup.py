@@ -27,7 +27,16 @@ from datasel.lock import FolderLock
 from datasel.ops.minhash import EMPTY, band_keys, lsh_params, shingle_hashes, signatures
 from datasel.ops.unionfind import components
 from datasel.ops.words import byte_chunks, grow_powers, hash_texts, normalize, utf8_lengths
-from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register
+from datasel.stage import (
+    Context,
+    Decider,
+    Decision,
+    MapResult,
+    Stage,
+    Staged,
+    param,
+    register,
+)
 
 PARALLEL_BANDS_FROM = 200_000  # documents (indexed + new) from which select sends its tasks
 # to worker processes; below it, to threads
@@ -135,7 +144,7 @@ class Dedup(Stage):
         return {"hash": text_hash, "sig": sig, "bands": band_keys(sig, *self.bands_rows)}
 
     # ------------------------------------------------------------------ select
-    def select(self, staged: Staged, ctx: Context) -> Decision:
+    def select(self, staged: Staged, ctx: Context) -> _Removed:
         if not self.index:
             return self._select(staged, ctx, None)
         root = Path(self.index)
@@ -144,7 +153,7 @@ class Dedup(Stage):
         with FolderLock(root / "_lock", wait=True):
             return self._select(staged, ctx, DedupIndex(root, self))
 
-    def _select(self, staged: Staged, ctx: Context, index: DedupIndex | None) -> Decision:
+    def _select(self, staged: Staged, ctx: Context, index: DedupIndex | None) -> _Removed:
         old = index.segments(exclude=ctx.key) if index else []
         # half the budget for a task's data, the other half for the process and its imports
         budget = max(1 << 14, parse_bytes(self.memory) // 2)
@@ -159,108 +168,145 @@ class Dedup(Stage):
         folder.mkdir(parents=True)
         try:
             plan = _plan(store, folder, executor.workers)
-            u, v = _candidate_edges(store, plan, self.accept, executor)
+            u, v = _candidate_edges(store, plan, self.accept, executor, ctx)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        nodes, label = components(u, v)
-        rank = self._rank(store, staged, ctx, n_old, n_all)
-        gone, keeper, jacc = self._assign(store, nodes, label, rank, n_old)
-        removed = gone - n_old
-        keep = np.ones(staged.total, dtype=bool)
-        keep[removed] = False
-        reason = np.full(staged.total, None, dtype=object)
-        exact = store.rows("hash", keeper) == store.rows("hash", n_old + removed)
-        reason[removed] = np.where(exact, "exact", "near")
-        dup_ids = np.full(staged.total, None, dtype=object)
-        dup_ids[removed] = store.ids(keeper)
-        jac = np.full(staged.total, np.nan)
-        jac[removed] = np.where(exact, 1.0, jacc)
+        with ctx.phase("dedup:union-find"):
+            nodes, label = components(u, v)
+            # each cluster's label is its smallest document, which is one of its nodes
+            edges, clusters = len(u), int(np.count_nonzero(label == nodes))
+            del u, v
+            rank = self._rank(store, staged, nodes, n_old)
+        with ctx.phase("dedup:keepers"):
+            gone, keeper, sim, exact = self._assign(store, nodes, label, rank, n_old, executor)
+            del nodes, label, rank
+        with ctx.phase("dedup:keeper-ids"):
+            folder = ctx.work / "dedup-decided"
+            decided = _Removed.write(folder, store, gone, keeper, sim, exact, executor)
         ctx.stats.update(
             {
                 "bands": self.bands_rows[0],
                 "rows_per_band": self.bands_rows[1],
                 "accept_estimated_jaccard": round(self.accept, 4),
                 "index_documents_before": n_old,
-                "clusters": int(len(np.unique(label))),
-                "candidate_edges": int(len(u)),
+                "clusters": clusters,
+                "candidate_edges": edges,
             }
         )
         if not self.exact_only:  # near duplicates: estimated Jaccard to their keeper
             ctx.cutoff("dedup_jaccard", self.threshold, f"threshold {self.threshold:g}")
         if index:
-            index.append(ctx.key, store, keep)
-            ctx.stats["index_documents_after"] = n_old + int(keep.sum())
-        return Decision(
-            keep=keep,
-            reason=reason,
-            removed_columns={
-                "duplicate_of": pa.array(dup_ids, pa.string()),
-                "dedup_jaccard": pa.array(jac, pa.float32(), from_pandas=True),
-            },
-        )
+            with ctx.phase("dedup:index"):
+                index.append(ctx.key, store, gone - n_old)
+            ctx.stats["index_documents_after"] = n_all - len(gone)
+        return decided
 
-    def _rank(
-        self, store: _Store, staged: Staged, ctx: Context, n_old: int, n_all: int
-    ) -> np.ndarray | None:
-        """Position of each document in keep-priority order: indexed documents first."""
+    def _rank(self, store: _Store, staged: Staged, nodes: np.ndarray, n_old: int):
+        """Keep priority of each node (smallest first): indexed documents first, by position,
+        then this run's by --keep's value (highest first) and position; None for --keep first
+        (the position itself). Only the nodes (documents with a duplicate) are read."""
         if self.keep == "first":
-            return None  # the position itself
+            return None
+        new = nodes >= n_old
+        value = np.zeros(len(nodes))
         if self.keep == "longest":
-            value = store.concat("len", new_only=True).astype(np.float64)
+            value[new] = store.rows("len", nodes[new]).astype(np.float64)
         else:
-            col = self.keep[4:]
+            value[new] = np.nan_to_num(self._values(store, staged, nodes[new]), nan=-np.inf)
+        order = np.lexsort((nodes, -value, new))
+        rank = np.empty(len(nodes), dtype=np.int64)
+        rank[order] = np.arange(len(nodes))
+        return rank
+
+    def _values(self, store: _Store, staged: Staged, docs: np.ndarray) -> np.ndarray:
+        """The --keep max:<column> values of this run's documents at sorted global `docs`."""
+        col = self.keep[4:]
+        out = np.empty(len(docs))
+        part = np.searchsorted(store.offsets, docs, side="right") - 1
+        for p in np.unique(part):
+            sel = np.flatnonzero(part == p)
+            unit = store.parts[p][1]
             try:
-                value = staged.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+                values = read_table(staged.shard(unit), columns=[col]).column(0)
+                local = pa.array(docs[sel] - store.offsets[p])
+                taken = values.take(local).to_numpy(zero_copy_only=False)
+                out[sel] = taken.astype(np.float64)
             except (KeyError, pa.ArrowInvalid, ValueError, TypeError):
                 raise DataselError(
                     f"--keep {self.keep}: no numeric column '{col}' in the input"
                 ) from None
-            value = np.nan_to_num(value, nan=-np.inf)
-        order = np.lexsort((np.arange(len(value)), -value))
-        rank = np.empty(n_all, dtype=np.int64)
-        rank[:n_old] = np.arange(n_old)
-        rank[n_old + order] = n_old + np.arange(len(value))
-        return rank
+        return out
 
-    def _assign(self, store, nodes, label, rank, n_old):
+    def _assign(self, store, nodes, label, rank, n_old, executor):
         """Greedy keepers inside each cluster: the best-ranked document is kept, every other
         member that is similar enough *to it* is removed; repeat with those left. So each
         removed document is a duplicate of the kept one it names, never only of a chain.
-        Returns the removed documents (sorted), the kept one each duplicates, and the
-        estimated Jaccard with it."""
-        removed, kept_by, sims = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], []
-        node_rank = nodes if rank is None else rank[nodes]
-        node_hash = store.rows("hash", nodes)
-        active = np.ones(len(nodes), dtype=bool)
+        Clusters are independent: they are cut into tasks of about equal documents.
+        Returns the removed documents (sorted), the kept one each duplicates, the estimated
+        Jaccard with it (1 for an exact duplicate) and whether it is an exact duplicate."""
         _, comp = np.unique(label, return_inverse=True)
-        while True:
-            idx = np.flatnonzero(active)
-            counts = np.bincount(comp[idx], minlength=comp.max() + 1 if len(comp) else 0)
-            idx = idx[counts[comp[idx]] >= 2]
-            if not idx.size:
-                break
-            order = idx[np.lexsort((node_rank[idx], comp[idx]))]
-            first = np.ones(len(order), dtype=bool)
-            first[1:] = comp[order[1:]] != comp[order[:-1]]
-            keepers = order[first]
-            keeper_of = np.full(comp.max() + 1, -1, dtype=np.int64)
-            keeper_of[comp[keepers]] = keepers
-            others = order[~first]
-            a, k = nodes[others], nodes[keeper_of[comp[others]]]
-            same = node_hash[others] == node_hash[keeper_of[comp[others]]]
-            sim = np.ones(len(a), dtype=np.float32)
-            if (~same).any():
-                sim[~same] = store.jaccard(a[~same], k[~same])
-            gone = (same | (sim >= self.accept)) & (a >= n_old)
-            removed.append(a[gone])
-            kept_by.append(k[gone])
-            sims.append(sim[gone])
-            active[others[gone]] = False
-            active[keepers] = False
-        gone = np.concatenate(removed)
+        by_comp = np.argsort(comp, kind="stable")
+        comp = comp[by_comp]
+        parts = -(-len(nodes) * BYTES_PER_NODE // store.budget)
+        if len(nodes) > VERIFY_ALONE:  # enough work to share among the workers
+            parts = max(parts, 2 * executor.workers)
+        # cut at the first node of a cluster: each cluster in one task
+        cuts = np.searchsorted(comp, comp[np.arange(1, parts) * len(comp) // max(1, parts)])
+        bounds = sorted({0, *cuts.tolist(), len(comp)})
+        node_rank = nodes if rank is None else rank
+        calls = []
+        for lo, hi in zip(bounds, bounds[1:], strict=False):
+            mine = by_comp[lo:hi]
+            calls.append((store, nodes[mine], comp[lo:hi], node_rank[mine], n_old, self.accept))
+        del by_comp, comp, node_rank
+        done = sorted(executor.map_unordered(_keepers, calls), key=lambda x: x[0])
+        none = (
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.float32),
+            np.zeros(0, bool),
+        )
+        results = [none, *(r for _, r in done)]
+        gone, keeper, sim, exact = (np.concatenate([r[j] for r in results]) for j in range(4))
         order = np.argsort(gone)
-        sim = np.concatenate([np.zeros(0, np.float32), *sims])
-        return gone[order], np.concatenate(kept_by)[order], sim[order]
+        return gone[order], keeper[order], sim[order], exact[order]
+
+
+def _keepers(store, nodes, comp, node_rank, n_old: int, accept: float):
+    """`Dedup._assign` over whole clusters: `nodes` (any order) with their cluster `comp` and
+    keep priority `node_rank` (unique, smallest first). Returns (removed, keeper, estimated
+    Jaccard, exact), unsorted."""
+    removed, kept_by = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    sims, exacts = [np.zeros(0, np.float32)], [np.zeros(0, bool)]
+    _, comp = np.unique(comp, return_inverse=True)  # 0..clusters-1 in this task
+    node_hash = store.rows("hash", nodes)
+    active = np.ones(len(nodes), dtype=bool)
+    while True:
+        idx = np.flatnonzero(active)
+        counts = np.bincount(comp[idx], minlength=comp.max() + 1 if len(comp) else 0)
+        idx = idx[counts[comp[idx]] >= 2]
+        if not idx.size:
+            break
+        order = idx[np.lexsort((node_rank[idx], comp[idx]))]
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = comp[order[1:]] != comp[order[:-1]]
+        keepers = order[first]
+        keeper_of = np.full(comp.max() + 1, -1, dtype=np.int64)
+        keeper_of[comp[keepers]] = keepers
+        others = order[~first]
+        a, k = nodes[others], nodes[keeper_of[comp[others]]]
+        same = node_hash[others] == node_hash[keeper_of[comp[others]]]
+        sim = np.ones(len(a), dtype=np.float32)
+        if (~same).any():
+            sim[~same] = store.jaccard(a[~same], k[~same])
+        gone = (same | (sim >= accept)) & (a >= n_old)
+        removed.append(a[gone])
+        kept_by.append(k[gone])
+        sims.append(sim[gone])
+        exacts.append(same[gone])
+        active[others[gone]] = False
+        active[keepers] = False
+    return tuple(np.concatenate(x) for x in (removed, kept_by, sims, exacts))
 
 
 @lru_cache(maxsize=32)
@@ -296,6 +342,7 @@ def _group_edges(keys: np.ndarray, docs: np.ndarray, n_old: int):
 # a (key, document) record being grouped, a candidate pair being merged and deduplicated.
 BYTES_PER_RECORD = 80
 BYTES_PER_PAIR = 48
+BYTES_PER_NODE = 64  # a document of a cluster while its keepers are chosen
 VERIFY_ALONE = 1 << 16  # candidate pairs (with repeats) that one task verifies faster alone
 
 
@@ -336,7 +383,7 @@ def _plan(store: _Store, folder: Path, workers: int) -> _Plan:
     return _Plan(folder, budget, key_sets, (records - 1).bit_length(), groups, np.dtype(doc))
 
 
-def _candidate_edges(store: _Store, plan: _Plan, accept: float, executor):
+def _candidate_edges(store: _Store, plan: _Plan, accept: float, executor, ctx: Context):
     """Exact edges (equal text hash) and verified near edges (a shared band key and enough
     agreeing signature values), found in bounded memory:
     1. scatter: each part's keys go, as (key, document) records in document order, to a run
@@ -347,11 +394,23 @@ def _candidate_edges(store: _Store, plan: _Plan, accept: float, executor):
        run, drop repeats (near duplicates share most bands) and verify each pair once."""
     bounds = np.linspace(0, len(store.parts), plan.groups + 1).astype(int)
     scatter = [(store, plan, g, bounds[g], bounds[g + 1]) for g in range(plan.groups)]
-    list(executor.map_unordered(_scatter, scatter))
+    with ctx.phase("dedup:scatter"):
+        list(executor.map_unordered(_scatter, scatter))
     tasks = [(store, plan, s, r) for s in range(plan.key_sets) for r in range(plan.ranges)]
     exact, runs = [], []
-    for _, (kind, result) in executor.map_unordered(_group, tasks):
-        (exact if kind == "exact" else runs).append(result)
+    with ctx.phase("dedup:group"):
+        for _, (kind, result) in executor.map_unordered(_group, tasks):
+            (exact if kind == "exact" else runs).append(result)
+    with ctx.phase("dedup:verify"):
+        near_u, near_v = _verified(store, plan, runs, accept, executor)
+    u = np.concatenate([e[0] for e in exact] + near_u)
+    v = np.concatenate([e[1] for e in exact] + near_v)
+    return u, v
+
+
+def _verified(store: _Store, plan: _Plan, runs, accept: float, executor):
+    """The candidate pairs of the sorted `runs` that verify, each once, as lists of (u, v)
+    arrays: tasks cut by pair range."""
     near_u, near_v = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     if runs:
         pairs = sum(n for _, n in runs)
@@ -366,9 +425,7 @@ def _candidate_edges(store: _Store, plan: _Plan, accept: float, executor):
         for _, (u, v) in sorted(executor.map_unordered(_verify_pairs, merge), key=lambda x: x[0]):
             near_u.append(u)
             near_v.append(v)
-    u = np.concatenate([e[0] for e in exact] + near_u)
-    v = np.concatenate([e[1] for e in exact] + near_v)
-    return u, v
+    return near_u, near_v
 
 
 def _pair_cuts(runs: list[tuple[Path, int]], parts: int, total: int) -> list[int]:
@@ -613,6 +670,94 @@ class _Store:
         return out
 
 
+REMOVED = np.dtype([("row", "<i8"), ("keeper", "<i8"), ("jaccard", "<f4"), ("exact", "?")])
+
+
+@dataclass
+class _Removed(Decider):
+    """Select's result, on disk in `folder`: each unit's removed rows (with the document each
+    duplicates, the estimated Jaccard with it and whether it is an exact copy), and the ids of
+    the kept documents that removed ones name, so a worker decides a unit reading only these."""
+
+    folder: Path
+
+    @classmethod
+    def write(cls, folder, store: _Store, gone, keeper, sim, exact, executor) -> _Removed:
+        """Save the removed documents (sorted global positions `gone`) by unit, and look up the
+        ids of their keepers, a task per part that holds some."""
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        rows = np.empty(len(gone), REMOVED)
+        rows["keeper"], rows["jaccard"], rows["exact"] = keeper, sim, exact
+        parts = np.searchsorted(store.offsets, gone, side="right") - 1
+        rows["row"] = gone - store.offsets[parts]
+        first = len(store.old)
+        for p, lo, hi in _runs(parts):
+            np.save(folder / f"removed-{p - first:05d}.npy", rows[lo:hi])
+        del rows, parts
+        keepers = np.unique(keeper)
+        np.save(folder / "keepers.npy", keepers)
+        parts = np.searchsorted(store.offsets, keepers, side="right") - 1
+        calls = [
+            (store, int(p), keepers[lo:hi] - store.offsets[p], folder / f"ids-{p:05d}.arrow")
+            for p, lo, hi in _runs(parts)
+        ]
+        list(executor.map_unordered(_keeper_ids, calls))
+        schema = pa.schema([("id", pa.string())])
+        with pa.OSFile(str(folder / "keeper-ids.arrow"), "wb") as sink:
+            with pa.ipc.new_file(sink, schema) as writer:
+                for *_, path in calls:  # in part order: the keepers' order
+                    with pa.memory_map(str(path)) as src:
+                        writer.write_table(pa.ipc.open_file(src).read_all())
+                    path.unlink()
+        return cls(folder)
+
+    def decide(self, i: int, rows: int) -> Decision:
+        keep = np.ones(rows, dtype=bool)
+        reason = np.full(rows, None, dtype=object)
+        path = self.folder / f"removed-{i:05d}.npy"
+        removed = np.load(path) if path.exists() else np.zeros(0, REMOVED)
+        r = removed["row"]
+        keep[r] = False
+        reason[r] = np.where(removed["exact"], "exact", "near")
+        at = np.full(rows, -1, dtype=np.int64)
+        keepers = np.load(self.folder / "keepers.npy", mmap_mode="r")
+        at[r] = np.searchsorted(keepers, removed["keeper"])
+        del keepers
+        with pa.memory_map(str(self.folder / "keeper-ids.arrow")) as src:
+            ids = pa.ipc.open_file(src).read_all().column("id")
+            dup_ids = ids.take(pa.array(at, mask=at < 0)).combine_chunks()
+        jaccard = np.full(rows, np.nan, dtype=np.float32)
+        jaccard[r] = removed["jaccard"]
+        return Decision(
+            keep=keep,
+            reason=reason,
+            removed_columns={
+                "duplicate_of": dup_ids,
+                "dedup_jaccard": pa.array(jaccard, pa.float32(), from_pandas=True),
+            },
+        )
+
+
+def _runs(sorted_values: np.ndarray):
+    """(value, start, stop) of each run of equal values in a sorted array."""
+    if not len(sorted_values):
+        return []
+    starts = np.flatnonzero(np.diff(sorted_values)) + 1
+    bounds = [0, *starts.tolist(), len(sorted_values)]
+    return [(int(sorted_values[a]), a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def _keeper_ids(store: _Store, part: int, rows: np.ndarray, path: Path) -> None:
+    """The ids at sorted local `rows` of one part, as an Arrow file."""
+    ids = store.id_column(part).take(pa.array(rows, pa.int64())).cast(pa.string())
+    table = pa.table({"id": ids})
+    tmp = path.with_name(path.name + ".tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    os.replace(tmp, path)
+
+
 class DedupIndex:
     """Kept documents of earlier runs: ids, text hashes, band keys and signatures, one segment
     (folder) per run, named by the run's key so that a replayed run neither dedups against
@@ -648,9 +793,9 @@ class DedupIndex:
             if p.is_dir() and p.name != f"seg-{exclude}" and (p / "ids.parquet").exists()
         )
 
-    def append(self, key: str, store: _Store, keep: np.ndarray) -> None:
-        """Add this run's kept documents (`keep`, one flag per new document) as a segment,
-        a block of rows at a time."""
+    def append(self, key: str, store: _Store, removed: np.ndarray) -> None:
+        """Add this run's kept documents (all but `removed`, sorted positions among this run's
+        documents) as a segment, a block of rows at a time."""
         from datasel.io import write_json
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -662,14 +807,15 @@ class DedupIndex:
         kept = []  # (part, its kept rows)
         for p in range(len(store.old), len(store.parts)):
             lo = store.offsets[p] - store.n_old
-            kept.append((p, np.flatnonzero(keep[lo : lo + store.size(p)])))
+            a, b = np.searchsorted(removed, [lo, lo + store.size(p)])
+            kept.append((p, np.delete(np.arange(store.size(p)), removed[a:b] - lo)))
         arrays = {"hash": (np.uint64, ())}
         if store.with_sig:
             arrays |= {
                 "sig": (np.uint32, (self.meta["num_perm"],)),
                 "bands": (np.uint64, (self.meta["bands"],)),
             }
-        n = int(keep.sum())
+        n = sum(len(rows) for _, rows in kept)
         for name, (dtype, row) in arrays.items():
             with open(tmp / f"{name}.npy", "wb") as f:
                 header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": (n, *row)}
