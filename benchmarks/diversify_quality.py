@@ -8,22 +8,26 @@ maximum, uniform over 10 domains, is ln 10 = 2.303). It also counts duplicate pa
 selection: pairs of documents that `datasel dedup` puts in one cluster (exact or MinHash near
 duplicates at --dup-threshold), and the number expected from a random sample of the same size.
 
-Methods: kMQ (`--levels 1 --quota equal`: equal quotas per k-means cluster, Yu et al. 2024) and
-`--levels 2 --quota equal --cluster-quota equal` (equal quotas per group of clusters, groups by
-spectral clustering of the clusters' topology graph, then equal per cluster).
+Methods, all with quotas in rows (`--quota-by rows`): kMQ (`--levels 1 --quota equal`: equal
+quotas per k-means cluster, Yu et al. 2024) and `--levels 2 --quota equal --cluster-quota equal`
+(equal quotas per group of clusters, groups by spectral clustering of the clusters' topology
+graph, then equal per cluster).
 
     python benchmarks/diversify_quality.py                      # ~5 min on 2 cores
     python benchmarks/diversify_quality.py --reduce random svd --k 100 300 --seeds 2
 
 Entropy is a stand-in. --heldout measures what a selection is for: `datasel eval` trains the
 same tiny GPT-2 on each arm (same tokenizer, same --tokens, same order, --seeds seeds) and
-scores bits per byte on documents of each domain held out of the pool. Arms: diversify with
-the defaults, diversify with equal quotas (the defaults before: equal over groups and over
-clusters), and a random selection of the same number of rows. Corpora, all built from
-dev-corpus: mix7 (7 domains, skewed as web mixtures are), loo9 (the 9 domains other than
-python_docs, natural sizes), skew (one domain 85%) and pass7 (120-word passages, 7 domains).
+scores bits per byte on documents of each domain held out of the pool. Arms (--arms, ARMS):
+diversify with the defaults and other quota rules, and a random selection of the same number
+of rows; per arm it prints the mean over domains (± the seeds' spread), how many domains are
+worse than random and the worst, and per domain the bpb and the domain's share of the selected
+text. Corpora, all built from dev-corpus: mix7 (7 domains, skewed as web mixtures are), loo9
+(the 9 domains other than python_docs, natural sizes), skew (one domain 84% of the rows), pass7
+(120-word passages, 7 domains) and tail7 (other domains: short news 58% of the rows, a long tail).
 
-    python benchmarks/diversify_quality.py --heldout mix7 skew pass7 loo9 --seeds 2  # ~15 min a corpus
+    python benchmarks/diversify_quality.py --heldout mix7 tail7 skew --arms defaults sqrt-rows \
+        --seeds 2 --workdir /tmp/divq   # 1M tokens: ~90 s an arm and seed, idle 2-core CPU
 """
 
 from __future__ import annotations
@@ -80,7 +84,11 @@ def main() -> None:
     ap.add_argument("--dup-threshold", type=float, default=0.5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--heldout", nargs="+", choices=sorted(CORPORA), help="held-out loss instead")
-    ap.add_argument("--tokens", type=int, default=150_000, help="--heldout: training tokens")
+    ap.add_argument("--tokens", type=int, default=1_000_000, help="--heldout: training tokens")
+    ap.add_argument("--arms", nargs="+", default=["defaults", "sqrt-rows"], choices=sorted(ARMS))
+    ap.add_argument(
+        "--workdir", help="--heldout: folder for pools, selections and the eval (resumable)"
+    )
     args = ap.parse_args()
     if args.heldout:
         return heldout(args)
@@ -137,8 +145,8 @@ def main() -> None:
             for seed in range(args.seeds):
                 out = tmp / f"div-{reduce}-{levels}-{k}-{seed}"
                 t = time.perf_counter()
-                # equal quotas: kMQ, and the --levels 2 default before the held-out-loss
-                # measure (--heldout) made it sqrt over groups, proportional inside
+                # equal row quotas: kMQ, and the --levels 2 default before the held-out-loss
+                # measure (--heldout) made it equal text per group, proportional inside
                 stage = Diversify(
                     k=k,
                     fraction=args.frac,
@@ -146,6 +154,7 @@ def main() -> None:
                     seed=seed,
                     quota="equal",
                     cluster_quota="equal",
+                    quota_by="rows",
                 )
                 datasel.run(stage, emb, out, **run)
                 secs.append(time.perf_counter() - t)
@@ -186,6 +195,9 @@ CORPORA = {  # name -> ({domain: documents in the pool}, passages)
     "pass7": ({"abc_news_rural": 2000, "man_pages": 1000, "movie_reviews": 600, "bible_kjv": 400,
                "literature_shakespeare": 300, "abc_news_science": 200, "literature_milton": 100},
               True),
+    "tail7": ({"abc_news_rural": 2300, "literature_shakespeare": 700, "math_word_problems": 400,
+               "abc_news_science": 250, "python_docs": 150, "literature_milton": 100,
+               "man_pages": 60}, False),
 }  # fmt: skip
 
 
@@ -197,12 +209,10 @@ def passages(texts: list[str], words: int = 120) -> list[str]:
     return out
 
 
-def heldout(args) -> None:
-    """Held-out bits per byte of a tiny LM trained on diversify's selection vs random's."""
+def split_docs() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """dev-corpus texts by domain: EVAL_DOCS held out of each domain, the rest the pool side."""
     import gzip
     import json
-
-    import pyarrow as pa
 
     docs = [json.loads(line) for line in gzip.open(DATA, "rt")]
     np.random.default_rng(123).shuffle(docs)
@@ -210,49 +220,67 @@ def heldout(args) -> None:
     for d in docs:
         side = held if len(held.setdefault(d["domain"], [])) < EVAL_DOCS else pool
         side.setdefault(d["domain"], []).append(d["text"])
-    tmp = Path(tempfile.mkdtemp(prefix="diversify-heldout-"))
+    return held, pool
+
+
+def build(name: str, folder: Path, held: dict, pool: dict):
+    """Corpus `name` as a shuffled pool table (id, domain, text), written to folder/pool.parquet,
+    and its held-out eval files, one per domain."""
+    import pyarrow as pa
+
+    sizes, cut = CORPORA[name]
+    texts, domains, evals = [], [], {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for dom, n in sizes.items():
+        src = passages(pool[dom]) if cut else pool[dom]
+        texts += src[:n]
+        domains += [dom] * len(src[:n])
+        evals[dom] = folder / f"heldout-{dom}.parquet"
+        eval_texts = [t[:3000] for t in (passages(held[dom]) if cut else held[dom])]
+        pq.write_table(pa.table({"text": eval_texts}), evals[dom])
+    order = np.random.default_rng(7).permutation(len(texts))
+    table = pa.table(
+        {
+            "id": [f"{name}-{i}" for i in order],
+            "domain": [domains[i] for i in order],
+            "text": [texts[i] for i in order],
+        }
+    )
+    pq.write_table(table, folder / "pool.parquet")
+    return table, evals
+
+
+ARMS = {  # --heldout arms besides random: diversify's parameters
+    "defaults": {},
+    "sqrt-rows": {"quota": "sqrt", "cluster_quota": "proportional", "quota_by": "rows"},  # before
+    "equal-rows": {"quota": "equal", "cluster_quota": "equal", "quota_by": "rows"},  # before that
+    "sqrt-bytes": {"quota": "sqrt", "cluster_quota": "proportional", "quota_by": "bytes"},
+    "equal-bytes": {"quota": "equal", "cluster_quota": "proportional", "quota_by": "bytes"},
+    "sqrt2-bytes": {"quota": "sqrt", "cluster_quota": "sqrt", "quota_by": "bytes"},
+}
+
+
+def heldout(args) -> None:
+    """Held-out bits per byte of a tiny LM trained on diversify's selections vs random's."""
+    held, pool = split_docs()
+    tmp = Path(args.workdir or tempfile.mkdtemp(prefix="diversify-heldout-"))
     run = dict(quiet=True, workers=args.workers, overwrite=True)
     for name in args.heldout:
-        sizes, cut = CORPORA[name]
-        texts, domains, evals = [], [], {}
-        for dom, n in sizes.items():
-            src = passages(pool[dom]) if cut else pool[dom]
-            texts += src[:n]
-            domains += [dom] * len(src[:n])
-            evals[dom] = tmp / name / f"heldout-{dom}.parquet"
-            evals[dom].parent.mkdir(parents=True, exist_ok=True)
-            eval_texts = [t[:3000] for t in (passages(held[dom]) if cut else held[dom])]
-            pq.write_table(pa.table({"text": eval_texts}), evals[dom])
-        order = np.random.default_rng(7).permutation(len(texts))
-        table = pa.table(
-            {
-                "id": [f"{name}-{i}" for i in order],
-                "domain": [domains[i] for i in order],
-                "text": [texts[i] for i in order],
-            }
-        )
+        sizes, _ = CORPORA[name]
+        table, evals = build(name, tmp / name, held, pool)
         src = tmp / name / "pool.parquet"
-        pq.write_table(table, src)
+        ids = np.array(table["id"].to_pylist())
+        domains = np.array(table["domain"].to_pylist())
+        nbytes = np.array([len(t.encode()) for t in table["text"].to_pylist()])
         budget = int(round(args.frac * table.num_rows))
-        arms = {}
-        for arm, stage in (
-            ("diversify", Diversify(fraction=args.frac)),
-            ("equal", Diversify(fraction=args.frac, quota="equal", cluster_quota="equal")),
-        ):
-            datasel.run(stage, src, tmp / name / arm, **run)
-            arms[arm] = tmp / name / arm
         rows = np.sort(np.random.default_rng(1).choice(table.num_rows, budget, replace=False))
-        arms["random"] = tmp / name / "random.parquet"
+        arms = {"random": tmp / name / "random.parquet"}
         pq.write_table(table.take(rows), arms["random"])
-        names = np.unique(domains)
-        h = {}
-        for arm, path in arms.items():
-            picked = (
-                read(path, ["domain"])["domain"]
-                if path.is_dir()
-                else table.take(rows)["domain"].to_pylist()
-            )
-            h[arm] = entropy(np.searchsorted(names, picked))
+        picked = {"random": rows}
+        for arm in args.arms:
+            datasel.run(Diversify(fraction=args.frac, **ARMS[arm]), src, tmp / name / arm, **run)
+            arms[arm] = tmp / name / arm
+            picked[arm] = np.flatnonzero(np.isin(ids, read(arms[arm], ["id"])["id"]))
         result = datasel.evaluate(
             tmp / name / "eval",
             {k: str(v) for k, v in arms.items()},
@@ -264,20 +292,38 @@ def heldout(args) -> None:
             checkpoints=1,
             quiet=True,
         )
-        print(f"== {name}: {table.num_rows:,} rows, {len(sizes)} domains, select {budget:,}")
-        print(f"   {'arm':10s} {'mean bpb':>16s} {'worst domain':>22s} {'entropy (stand-in)':>19s}")
-        for arm in arms:
-            per_seed = [
-                np.mean([r["curve"][-1]["eval"][d]["bpb"] for d in evals])
-                for r in result["runs"]
-                if r["arm"] == arm
-            ]
-            means = {d: result["summary"][arm][d]["bpb"]["mean"] for d in evals}
-            worst = max(means, key=means.get)
-            print(
-                f"   {arm:10s} {np.mean(per_seed):8.4f} ±{np.std(per_seed):.4f} "
-                f"{worst[:13]:>13s} {means[worst]:.4f} {h[arm]:19.3f}"
-            )
+        head = f"{name}: {table.num_rows:,} rows, select {budget:,}, {args.tokens:,} tokens"
+        report(head, evals, arms, picked, domains, nbytes, result)
+
+
+def report(head, evals, arms, picked, domains, nbytes, result) -> None:
+    """Mean bpb over the domains (± the seeds' spread), the domain worsened most against random,
+    and per domain: bpb and the domain's share of the selected text (not of its rows)."""
+    doms = list(evals)
+    bpb = {a: {d: result["summary"][a][d]["bpb"]["mean"] for d in doms} for a in arms}
+    print(f"== {head}, {len({r['seed'] for r in result['runs']})} seeds")
+    print(
+        f"   {'arm':12s} {'text MB':>7s} {'mean bpb':>16s} {'worse than random':>24s} "
+        f"{'entropy':>7s} | " + " ".join(f"{d[:11]:>17s}" for d in doms)
+    )
+    for arm in arms:
+        per_seed = [
+            np.mean([r["curve"][-1]["eval"][d]["bpb"] for d in doms])
+            for r in result["runs"]
+            if r["arm"] == arm
+        ]
+        mask = np.zeros(len(domains), bool)
+        mask[picked[arm]] = True
+        share = {d: nbytes[mask & (domains == d)].sum() / nbytes[mask].sum() for d in doms}
+        delta = {d: bpb[arm][d] - bpb["random"][d] for d in doms}
+        worst = max(delta, key=delta.get)
+        worse = f"{sum(v > 0 for v in delta.values())}/{len(doms)}, {worst[:9]} {delta[worst]:+.3f}"
+        cells = " ".join(f"{bpb[arm][d]:.3f} {share[d]:6.1%}" for d in doms)
+        print(
+            f"   {arm:12s} {nbytes[mask].sum() / 1e6:7.2f} {np.mean(per_seed):8.4f} "
+            f"±{np.std(per_seed):.4f} {worse:>24s} {entropy(np.unique(domains[mask], return_inverse=True)[1]):7.3f} | {cells}"
+        )
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def test_selects_the_budget_and_writes_cluster_columns(embedded, tmp_path):
 
 @pytest.mark.parametrize("quota", ["equal", "proportional"])
 def test_quotas_per_cluster(embedded, tmp_path, quota):
-    stage = Diversify(k=K, size=300, levels=1, quota=quota, max_similarity=1.0)
+    stage = Diversify(k=K, size=300, levels=1, quota=quota, quota_by="rows", max_similarity=1.0)
     run(stage, embedded / "emb", tmp_path / "o")
     kept, removed = output(tmp_path / "o")
     sizes = per_cluster(kept) + per_cluster(removed)
@@ -86,7 +86,8 @@ def test_quotas_per_cluster(embedded, tmp_path, quota):
 
 @pytest.mark.parametrize("quota", ["equal", "sqrt"])
 def test_levels_2_quotas_over_groups_exactly(embedded, tmp_path, quota):
-    run(Diversify(k=K, size=300, quota=quota, max_similarity=1.0), embedded / "emb", tmp_path / "o")
+    stage = Diversify(k=K, size=300, quota=quota, quota_by="rows", max_similarity=1.0)
+    run(stage, embedded / "emb", tmp_path / "o")
     g = json.loads((tmp_path / "o" / "_manifest.json").read_text())["stats"]["groups"]
     assert g["count"] >= 2
     size = np.array(g["size"])
@@ -161,6 +162,7 @@ def test_kids_feedback_shifts_the_next_round(embedded, tmp_path):
         size=400,
         levels=1,
         quota="equal",
+        quota_by="rows",
         feedback="fb",
         feedback_temperature=t,
         max_similarity=1.0,
@@ -210,13 +212,13 @@ def test_kids_weights_multiply_the_levels_2_shares(quota, cluster_quota):
     # uniform feedback weights change nothing: kIDS allocates by the quota rule's own shares
     sizes, groups = np.array([100, 100, 10, 90]), np.array([0, 0, 0, 1])
     stage = Diversify(size=60, quota=quota, cluster_quota=cluster_quota)
-    q = stage._quotas(sizes, groups, 60, np.full(4, 0.25), allocate, allocate_nested)
+    q = stage._quotas(sizes, groups, 60, np.full(4, 0.25), None)
     p = {"equal": 0.0, "sqrt": 0.5, "proportional": 1.0}
     want = allocate_nested(sizes, groups, 60, p[quota], p[cluster_quota])
     assert q.tolist() == want.tolist() == ([17, 17, 2, 24] if quota == "sqrt" else [10, 10, 10, 30])
     # a cluster with twice the feedback weight gets about twice its share
     w = np.array([0.4, 0.2, 0.2, 0.2])
-    q2 = stage._quotas(sizes, groups, 60, w, allocate, allocate_nested)
+    q2 = stage._quotas(sizes, groups, 60, w, None)
     assert q2[0] > q[0] and q2.sum() == 60
 
 
@@ -228,6 +230,7 @@ def test_kids_rounds_inside_one_selection(embedded, tmp_path):
         size=301,
         levels=1,
         quota="equal",
+        quota_by="rows",
         feedback="fb",
         rounds=2,
         feedback_temperature=0.5,
@@ -389,3 +392,33 @@ def test_rows_without_text_are_removed_not_selected(tmp_path, embed_first):
     assert m["removed"] == {"diversify:empty_text": 3} and m["texts"] == {"null": 1, "empty": 2}
     gone = read_removed(tmp_path / "out")
     assert sorted(gone.column("id").to_pylist()) == ["blank", "empty", "null"]
+
+
+def test_byte_quotas_share_out_text_not_rows(embedded, tmp_path):
+    # the sample's math problems are ~480 bytes, its speeches ~5,500: equal quotas in rows give
+    # a short-document domain a sliver of the text; the defaults give every group about as much
+    # text (the held-out loss over domains beat random's only with shares of text: methods.md)
+    got = {}
+    for by, stage in (
+        ("rows", Diversify(k=K, size=300, quota="equal", quota_by="rows", max_similarity=1.0)),
+        ("bytes", Diversify(k=K, size=300, max_similarity=1.0)),  # the defaults
+    ):
+        run(stage, embedded / "emb", tmp_path / by)
+        g = json.loads((tmp_path / by / "_manifest.json").read_text())["stats"]["groups"]
+        room = np.array(g["picked"]) < np.array(g["size"])  # groups not taken whole
+        got[by] = np.array(g["picked_text_bytes"])[room]
+        assert sum(g["picked"]) == 300
+    assert got["bytes"].max() / got["bytes"].min() < 1.5
+    assert got["rows"].max() / got["rows"].min() > 3
+
+
+def test_allocate_nested_in_bytes_gives_each_group_its_text_share():
+    sizes, groups = np.array([400, 400, 50, 150]), np.array([0, 0, 1, 2])
+    row_bytes = np.array([500.0, 500.0, 5000.0, 2000.0])
+    q = allocate_nested(sizes, groups, 200, 0.0, 1.0, row_bytes)
+    text = np.bincount(groups, weights=q * row_bytes)
+    assert q.sum() == 200 and np.ptp(text) / text.mean() < 0.05  # equal text, not equal rows
+    # power 1 in bytes is a random sample's shares: the same as power 1 in rows
+    assert allocate_nested(sizes, groups, 200, 1.0, 1.0, row_bytes).tolist() == (
+        allocate_nested(sizes, groups, 200, 1.0, 1.0).tolist()
+    )

@@ -20,7 +20,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["allocate", "allocate_nested", "sample_within", "sample_distinct", "kids_weights"]
+__all__ = [
+    "allocate",
+    "allocate_nested",
+    "text_weights",
+    "sample_within",
+    "sample_distinct",
+    "kids_weights",
+]
 
 
 def allocate(sizes: np.ndarray, budget: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -86,8 +93,9 @@ def allocate_nested(
     budget: int,
     group_power: float = 0.0,
     cluster_power: float = 0.0,
+    row_bytes: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Quotas per group of clusters, then per cluster inside each group.
+    """Row quotas per group of clusters, then per cluster inside each group.
 
     A group's share of the budget is proportional to ``group size ** group_power``, a
     cluster's share of its group's quota to ``cluster size ** cluster_power``: power 0 splits
@@ -98,12 +106,21 @@ def allocate_nested(
     with fewer rows than its share gives its leftover to the other groups, a cluster to the
     other clusters of its group.
 
+    ``row_bytes`` (mean text bytes of a row of each cluster) measures sizes and shares in
+    text rather than rows: a unit's share *of the selected text* is then ``bytes ** power``,
+    so power 0 gives every group the same amount of text, capped at all it has (UniMax:
+    Chung et al. 2023, "UniMax: Fairer and more effective language sampling for large-scale
+    multilingual pretraining"), whatever the length of its documents. Quotas stay in rows:
+    each unit's row weight is its text share divided by its mean row bytes.
+
     Examples
     --------
     >>> allocate_nested(np.array([50, 50, 50, 50]), np.array([0, 0, 0, 1]), 40)
     array([ 7,  7,  6, 20])
     >>> allocate_nested(np.array([50, 50, 50, 50]), np.array([0, 0, 0, 1]), 40, 0.5, 1.0)
     array([ 9,  8,  8, 15])
+    >>> allocate_nested(np.array([90, 10]), np.array([0, 1]), 20, 0.0, 1.0, np.array([1, 9]))
+    array([18,  2])
     """
     sizes = np.asarray(sizes, np.int64)
     groups = np.asarray(groups, np.int64)
@@ -111,16 +128,33 @@ def allocate_nested(
         raise ValueError("groups must give a non-negative group label to every cluster")
     n_groups = int(groups.max()) + 1 if groups.size else 0
     group_sizes = np.bincount(groups, weights=sizes, minlength=n_groups).astype(np.int64)
-    per_group = allocate(group_sizes, budget, _powered(group_sizes, group_power))
+    if row_bytes is None:
+        group_w, cluster_w = _powered(group_sizes, group_power), _powered(sizes, cluster_power)
+    else:
+        mass = sizes * np.asarray(row_bytes, np.float64)
+        group_mass = np.bincount(groups, weights=mass, minlength=n_groups)
+        group_w = text_weights(group_sizes, group_mass, group_power)
+        cluster_w = text_weights(sizes, mass, cluster_power)
+    per_group = allocate(group_sizes, budget, group_w)
     quota = np.zeros(sizes.size, np.int64)
     order = np.argsort(groups, kind="stable")
     bounds = np.searchsorted(groups[order], np.arange(n_groups + 1))
     for g in range(n_groups):
         members = order[bounds[g] : bounds[g + 1]]
-        quota[members] = allocate(
-            sizes[members], int(per_group[g]), _powered(sizes[members], cluster_power)
-        )
+        w = None if cluster_w is None else cluster_w[members]
+        quota[members] = allocate(sizes[members], int(per_group[g]), w)
     return quota
+
+
+def text_weights(rows: np.ndarray, mass: np.ndarray, power: float) -> np.ndarray:
+    """Row weights giving each unit a share of the selected text ``~ mass ** power``: the
+    share over the unit's mean bytes per row, ``rows * mass ** (power - 1)``; 0 for empty units."""
+    rows = np.asarray(rows, np.float64)
+    mass = np.asarray(mass, np.float64)
+    live = (rows > 0) & (mass > 0)
+    out = np.zeros(rows.size)
+    out[live] = rows[live] * mass[live] ** (power - 1.0)
+    return out
 
 
 def _powered(sizes: np.ndarray, power: float) -> np.ndarray | None:

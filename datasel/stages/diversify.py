@@ -48,16 +48,20 @@ class Diversify(EmbeddingStage):
     Quotas: a unit's share of the budget follows its size ** p: --quota equal (p = 0) splits the
     budget equally, a unit smaller than its share giving its leftover to the others (kMQ);
     sqrt (p = 0.5) flattens unequal sizes without equalising them; proportional (p = 1) keeps
-    the sizes. With --levels 1 the units are the clusters. With --levels 2 (default) the
-    clusters are first grouped, by spectral clustering of their topology graph (two clusters
+    the sizes. --quota-by bytes (default) measures sizes and shares in text bytes: a unit's
+    share of the selected *text* follows its text ** p (rows per unit = its text share over its
+    mean row bytes), so a domain of short documents is not starved by one of long ones; rows
+    counts rows, as kMQ. With --levels 1 the units are the clusters. With --levels 2 (default)
+    the clusters are first grouped, by spectral clustering of their topology graph (two clusters
     are linked by the rows that have one as nearest and the other as second-nearest centroid:
     Martinetz & Schulten 1994); --quota splits the budget across groups, then --cluster-quota
     across the clusters of each group (equal and equal: the balanced hierarchical sampling of
     Vo et al. 2024). A large domain gets many clusters from k-means (about in proportion to its
-    size and spread) but few groups, so groups stand for domains. The defaults (sqrt over
-    groups, proportional inside a group) up-weight small domains and keep each domain's own
-    mix: equal quotas trained a worse model than a random sample of the same size, by held-out
-    loss over the domains, mostly because they starve the largest domain (docs/methods.md, "diversify").
+    size and spread) but few groups, so groups stand for domains. The defaults, equal text per
+    group and proportional inside (a uniform sample of each group: UniMax, Chung et al. 2023,
+    with groups for languages), were chosen by the held-out loss of a model trained on the
+    selection, mean over domains (docs/methods.md, "diversify"): equal quotas per cluster
+    over-sample a domain's rare clusters, and row quotas give long-document domains the text.
     Inside a cluster rows are drawn uniformly, or with probability proportional to
     exp(score / --temperature) by --weight-by, skipping rows whose cosine with a row already
     taken from the cluster is >= --max-similarity (near duplicates, as SemDeDup: Abbas et al.
@@ -102,12 +106,16 @@ class Diversify(EmbeddingStage):
     )
     groups: int = param(0, help="--levels 2: number of groups (0: by the largest eigengap)")
     quota: str = param(
-        "sqrt",
+        "equal",
         help="budget across groups (--levels 2) or clusters (1), by size ** p: equal (p=0, kMQ) "
         "| sqrt (0.5) | proportional (1)",
     )
     cluster_quota: str = param(
         "proportional", help="--levels 2: a group's quota across its clusters, as --quota"
+    )
+    quota_by: str = param(
+        "bytes",
+        help="what the quotas share out: bytes (the selected text; sizes in text bytes) | rows",
     )
     max_similarity: float = param(
         0.95,
@@ -149,6 +157,8 @@ class Diversify(EmbeddingStage):
                 raise ValueError(
                     f"{name} must be equal, sqrt or proportional, got {getattr(self, name)!r}"
                 )
+        if self.quota_by not in ("bytes", "rows"):
+            raise ValueError(f"quota_by must be bytes or rows, got {self.quota_by!r}")
         if self.levels not in (1, 2):
             raise ValueError(f"levels must be 1 or 2, got {self.levels}")
         if self.groups < 0:
@@ -294,13 +304,7 @@ class Diversify(EmbeddingStage):
 
     def select(self, staged: Staged, ctx: Context) -> Decision:
         from datasel.ops.kmeans import cluster_graph, spectral_groups
-        from datasel.ops.quotas import (
-            allocate,
-            allocate_nested,
-            kids_weights,
-            sample_distinct,
-            sample_within,
-        )
+        from datasel.ops.quotas import kids_weights, sample_distinct, sample_within
 
         labels = staged.concat("cluster", np.int32)
         n, k = len(labels), self._k
@@ -313,6 +317,11 @@ class Diversify(EmbeddingStage):
         avail = n - int(picked.sum())
         budget = select_budget(avail, self.size, self.fraction, ctx, "diversify", total=n)
 
+        nbytes = _text_bytes(staged, ctx.columns.text)
+        row_bytes = None  # mean text bytes of a row, per cluster
+        if self.quota_by == "bytes":
+            total = np.bincount(labels, weights=nbytes, minlength=k)
+            row_bytes = total / np.maximum(np.bincount(labels, minlength=k), 1)
         groups = np.zeros(k, np.int64)
         if self.levels == 2:
             graph = cluster_graph(labels, staged.concat("cluster2", np.int32), k)
@@ -329,7 +338,7 @@ class Diversify(EmbeddingStage):
                 weights = kids_weights(labels, feedback, picked, k, self.feedback_temperature)
 
             def rule(sizes, b=int(b), weights=weights):
-                return self._quotas(sizes, groups, b, weights, allocate, allocate_nested)
+                return self._quotas(sizes, groups, b, weights, row_bytes)
 
             quota = rule(sizes)
             quotas += quota  # as allotted before any cluster fell short of distinct rows
@@ -356,33 +365,35 @@ class Diversify(EmbeddingStage):
                 history.append({"round": r, "picked": int(new.size)})
 
         reason = np.where(picked, None, "diversify:not_sampled").astype(object)
-        ctx.stats.update(self._stats(labels, groups, picked, scores, history))
+        ctx.stats.update(self._stats(labels, groups, picked, scores, history, nbytes))
         ctx.cutoff("cluster", {c: int(quotas[c]) for c in np.unique(labels).tolist()}, "quota")
         kept = {}
         if self.feedback is not None:
             kept["diversify_round"] = pa.array(rounds_of)
         return Decision(keep=picked, reason=reason, kept_columns=kept)
 
-    def _quotas(self, sizes, groups, budget, weights, allocate, allocate_nested) -> np.ndarray:
+    def _quotas(self, sizes, groups, budget, weights, row_bytes) -> np.ndarray:
         """The quota rule's integer quotas; with kIDS weights, its shares times the weights."""
+        from datasel.ops.quotas import allocate, allocate_nested, text_weights
+
         p, pc = QUOTAS[self.quota], QUOTAS[self.cluster_quota]
-        if weights is None:
-            if self.levels == 2:
-                return allocate_nested(sizes, groups, budget, p, pc)
-            return allocate(sizes, budget, sizes.astype(np.float64) ** p)
+        if weights is None and self.levels == 2:
+            return allocate_nested(sizes, groups, budget, p, pc, row_bytes)
         live = sizes > 0
         size = sizes.astype(np.float64)
+        mass = size if row_bytes is None else size * row_bytes
         if self.levels == 2:  # group share x the cluster's share of its group, by the rules
-            group_size = np.bincount(groups, weights=size, minlength=groups.max() + 1)
-            group_w = np.where(group_size > 0, group_size**p, 0.0)
-            inside = np.where(live, size**pc, 0.0)
+            group_rows = np.bincount(groups, weights=size, minlength=groups.max() + 1)
+            group_mass = np.bincount(groups, weights=mass, minlength=group_rows.size)
+            group_w = text_weights(group_rows, group_mass, p)
+            inside = np.where(live, text_weights(size, mass, pc), 0.0)
             inside_sum = np.bincount(groups, weights=inside, minlength=group_w.size)
             base = group_w[groups] / group_w.sum() * inside / np.maximum(inside_sum[groups], 1e-300)
         else:
-            base = np.where(live, size**p, 0.0)
-        return allocate(sizes, budget, base * weights)
+            base = np.where(live, text_weights(size, mass, p), 0.0)
+        return allocate(sizes, budget, base if weights is None else base * weights)
 
-    def _stats(self, labels, groups, picked, scores, history) -> dict:
+    def _stats(self, labels, groups, picked, scores, history, nbytes) -> dict:
         k = self._k
         size = np.bincount(labels, minlength=k)
         got = np.bincount(labels[picked], minlength=k)
@@ -397,6 +408,8 @@ class Diversify(EmbeddingStage):
             "cluster_entropy_before": _entropy(size),
             "cluster_entropy_after": _entropy(got),
             "cluster_entropy_max": round(float(np.log(max(1, (size > 0).sum()))), 4),
+            # text: a domain of long documents gets far more of it per row than one of short
+            "text_bytes": {"all": int(nbytes.sum()), "picked": int(nbytes[picked].sum())},
             "largest_clusters": {
                 "cluster": top.tolist(),
                 "size": size[top].tolist(),
@@ -416,12 +429,19 @@ class Diversify(EmbeddingStage):
         if self.levels == 2:
             group_size = np.bincount(groups, weights=size).astype(np.int64)
             group_got = np.bincount(groups, weights=got).astype(np.int64)
+            n_groups = int(groups.max()) + 1
+            text = np.bincount(groups[labels], weights=nbytes, minlength=n_groups)
+            text_got = np.bincount(
+                groups[labels[picked]], weights=nbytes[picked], minlength=n_groups
+            )
             order = np.argsort(-group_size, kind="stable")[:TOP_CLUSTERS]
             stats["groups"] = {
-                "count": int(groups.max()) + 1,
+                "count": n_groups,
                 "clusters": np.bincount(groups)[order].tolist(),
                 "size": group_size[order].tolist(),
                 "picked": group_got[order].tolist(),
+                "text_bytes": text[order].astype(np.int64).tolist(),
+                "picked_text_bytes": text_got[order].astype(np.int64).tolist(),
             }
         stats["rounds"] = history
         return stats
@@ -466,6 +486,22 @@ def _all_staged(ctx: Context) -> bool:
 def _staged_rows(ctx: Context) -> int:
     """Rows of the cached map output (the staged markers)."""
     return sum(ctx.staging.counts(i)["rows_in"] for i in range(len(ctx.units)))
+
+
+def _text_bytes(staged: Staged, text: str) -> np.ndarray:
+    """UTF-8 bytes of every staged row's text, read one shard at a time."""
+    import pyarrow.compute as pc
+
+    from datasel.io import read_table
+
+    parts = [
+        pc.binary_length(read_table(staged.shard(i), columns=[text]).column(0))
+        .to_numpy(zero_copy_only=False)
+        .astype(np.float64)
+        for i, n in enumerate(staged.rows)
+        if n
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
