@@ -199,3 +199,11 @@ def test_help_into_a_closed_pipe_prints_no_traceback():
     err = proc.stderr.read().decode()
     proc.wait(timeout=60)
     assert "Traceback" not in err, err
+
+
+def test_python_dash_m_runs_the_command_line():
+    done = subprocess.run(
+        [sys.executable, "-m", "datasel", "dedup", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Example" in done.stdout or "example" in done.stdout
