@@ -154,7 +154,9 @@ class RayExecutor:
     def _as_tasks(self, fn: Callable, calls: list[tuple]) -> Iterator[tuple[int, Any]]:
         ray = self.ray
         if self._task is None:
-            self._task = ray.remote(num_cpus=1)(_call)
+            # SPREAD: short tasks otherwise queue on the first node's leased worker and leave
+            # the rest of the cluster idle (seen on an idle two-node cluster)
+            self._task = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(_call)
         pending = {self._task.remote(fn, *call): k for k, call in enumerate(calls)}
         try:
             while pending:
