@@ -71,7 +71,6 @@ def make_tiny_lm(
     Defaults give a ~50k-parameter model with a 64-token context (so sliding windows are
     exercised by short test documents). Takes ~0.2 s.
     """
-    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     path = Path(path)
@@ -87,21 +86,12 @@ def make_tiny_lm(
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(cfg)
-    # Random init gives near-uniform predictions; a larger scale on the embeddings makes
-    # logits (and so score differences between documents) non-trivial.
-    with torch.no_grad():
-        model.transformer.wte.weight.mul_(20.0)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return _save_random_model(GPT2LMHeadModel, cfg, tok, path, seed)
 
 
 def make_tiny_llama(path: str | Path, *, n_positions: int = 64, seed: int = 0) -> Path:
     """Write a random-weight Llama (RoPE, RMSNorm, grouped-query attention: 4 query heads on 2
     key/value heads, head dim 8) and the tiny tokenizer to `path`; return the path."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = Path(path)
@@ -119,10 +109,19 @@ def make_tiny_llama(path: str | Path, *, n_positions: int = 64, seed: int = 0) -
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
+    return _save_random_model(LlamaForCausalLM, cfg, tok, path, seed)
+
+
+def _save_random_model(model_class, cfg, tok, path: Path, seed: int) -> Path:
+    """Build `model_class(cfg)` with seeded random weights, save it and `tok` to `path`."""
+    import torch
+
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():  # as in make_tiny_lm: logits that differ between documents
-        model.model.embed_tokens.weight.mul_(20.0)
+    model = model_class(cfg)
+    # Random init gives near-uniform predictions; a larger scale on the embeddings makes
+    # logits (and so score differences between documents) non-trivial.
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(20.0)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
