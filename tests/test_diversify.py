@@ -342,6 +342,43 @@ def test_spectral_groups_recover_blocks_of_unequal_spread():
     assert all(len(set(groups[domain == d])) == 1 for d in range(3))
 
 
+def test_spectral_groups_keep_a_domain_of_linked_parts_whole():
+    """A domain of 6 parts, 30% of whose links cross between its parts, and 3 other domains
+    (1% of links across domains): the largest eigengap alone split it into its 6 parts (9
+    groups), which equal quotas per group then weighted 6 times; its parts are not separated
+    (conductance above 1/8), so it stays one group."""
+    from datasel.ops.kmeans import cluster_graph, spectral_groups
+
+    rng = np.random.default_rng(0)
+    domain = np.repeat([0, 1, 2, 3], [24, 4, 4, 4])
+    part = np.where(domain == 0, np.arange(36) % 6, 10 + domain)
+    a = rng.integers(0, 36, 30_000)
+    r = rng.random(a.size)
+    b = np.empty_like(a)
+    for i, x in enumerate(a):
+        if r[i] < 0.01:
+            pool = np.flatnonzero(domain != domain[x])
+        elif domain[x] == 0 and r[i] < 0.31:
+            pool = np.flatnonzero((domain == 0) & (part != part[x]))
+        else:
+            pool = np.flatnonzero((part == part[x]) & (np.arange(36) != x))
+        b[i] = rng.choice(pool)
+    graph = cluster_graph(a, b, 36)
+    groups = spectral_groups(graph)
+    assert groups.max() + 1 == 4
+    assert all(len(set(groups[domain == d])) == 1 for d in range(4))
+    assert spectral_groups(graph, separated=1.0).max() + 1 == 9  # the bare largest gap
+
+
+def test_spectral_groups_without_structure_make_one_group():
+    from datasel.ops.kmeans import cluster_graph, spectral_groups
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 30, 20_000)
+    b = (a + rng.integers(1, 30, a.size)) % 30  # every pair of clusters linked alike
+    assert (spectral_groups(cluster_graph(a, b, 30)) == 0).all()
+
+
 def test_sample_distinct_is_sample_within_without_duplicates():
     from datasel.ops.quotas import sample_distinct, sample_within
 

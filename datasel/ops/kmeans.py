@@ -162,15 +162,27 @@ def cluster_graph(labels: np.ndarray, second: np.ndarray, k: int):
     return (w + w.T).tocsr()
 
 
-def spectral_groups(adjacency, n_groups: int | None = None, *, max_groups: int = 50) -> np.ndarray:
+SEPARATED = 0.25  # the largest Laplacian eigenvalue of a count of groups taken as separated
+
+
+def spectral_groups(
+    adjacency, n_groups: int | None = None, *, max_groups: int = 50, separated: float = SEPARATED
+) -> np.ndarray:
     """Partition the nodes of a weighted graph into groups by normalised spectral clustering.
 
     The eigenvectors of the smallest eigenvalues of the normalised Laplacian
     ``I - D^-1/2 W D^-1/2`` (Shi & Malik 2000; von Luxburg 2007, "A tutorial on spectral
     clustering"), rescaled by ``D^-1/2``, are turned into labels by column-pivoted QR (Damle,
     Minden & Ying 2019, "Simple, direct and efficient multi-way spectral clustering"):
-    deterministic, no k-means restarts. ``n_groups=None`` picks the count by the largest
-    eigengap among 2 .. ``max_groups``. Nodes without edges form one extra group of their own.
+    deterministic, no k-means restarts. Nodes without edges form one extra group of their own.
+
+    ``n_groups=None`` picks the count G by the largest eigengap ``lam[G] - lam[G-1]`` among the
+    counts 2 .. ``max_groups`` whose G smallest eigenvalues are all <= ``separated``: G nearly
+    disconnected groups (a group's conductance, the share of its links that leave it, is at
+    least ``lam[G-1] / 2``: Cheeger's inequality, Lee, Oveis Gharan & Trevisan 2014). Without
+    that condition the largest gap can lie among eigenvalues of weakly separated parts and split
+    one domain into several groups, which equal quotas per group then over-weight. No count
+    qualifying means no group structure: one group.
 
     Returns
     -------
@@ -209,8 +221,12 @@ def spectral_groups(adjacency, n_groups: int | None = None, *, max_groups: int =
     lam = 1 - vals  # Laplacian eigenvalues, ascending
     if n_groups is None:
         gaps = np.diff(lam)[1:]  # gap after 2, 3, ... groups
-        n_groups = int(np.argmax(gaps)) + 2 if gaps.size else min(2, live.size)
+        gaps[lam[1:-1] > separated] = -np.inf  # lam[G-1] above the bar: not G separated groups
+        n_groups = int(np.argmax(gaps)) + 2 if gaps.size and gaps.max() > -np.inf else 1
     n_groups = max(1, min(n_groups, vecs.shape[1]))
+    if n_groups == 1:
+        out[deg == 0] = 1
+        return _relabel(out)
     emb = vecs[:, :n_groups] * inv_sqrt[:, None]
     piv = scipy.linalg.qr(emb.T, pivoting=True)[2]
     u, _, vt = np.linalg.svd(emb[piv[:n_groups]].T)

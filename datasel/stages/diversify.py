@@ -46,26 +46,28 @@ class Diversify(EmbeddingStage):
     _removed/ as `diversify:empty_text`, and --size / --fraction count the other rows.
 
     Quotas: a unit's share of the budget follows its size ** p: --quota equal (p = 0) splits the
-    budget equally, a unit smaller than its share giving its leftover to the others (kMQ);
-    sqrt (p = 0.5) flattens unequal sizes without equalising them; proportional (p = 1) keeps
-    the sizes. --quota-by bytes (default) measures sizes and shares in text bytes: a unit's
-    share of the selected *text* follows its text ** p (rows per unit = its text share over its
-    mean row bytes), so a domain of short documents is not starved by one of long ones; rows
-    counts rows, as kMQ. With --levels 1 the units are the clusters. With --levels 2 (default)
-    the clusters are first grouped, by spectral clustering of their topology graph (two clusters
-    are linked by the rows that have one as nearest and the other as second-nearest centroid:
-    Martinetz & Schulten 1994); --quota splits the budget across groups, then --cluster-quota
-    across the clusters of each group (equal and equal: the balanced hierarchical sampling of
-    Vo et al. 2024). A large domain gets many clusters from k-means (about in proportion to its
-    size and spread) but few groups, so groups stand for domains. The defaults, equal text per
-    group and proportional inside (a uniform sample of each group: UniMax, Chung et al. 2023,
-    with groups for languages), were chosen by the held-out loss of a model trained on the
-    selection, mean over domains (docs/methods.md, "diversify"): equal quotas per cluster
-    over-sample a domain's rare clusters, and row quotas give long-document domains the text.
-    Inside a cluster rows are drawn uniformly, or with probability proportional to
-    exp(score / --temperature) by --weight-by, skipping rows whose cosine with a row already
-    taken from the cluster is >= --max-similarity (near duplicates, as SemDeDup: Abbas et al.
-    2023); a cluster short of distinct rows gives its leftover to the others.
+    budget equally, a unit smaller than its share giving its leftover to the others (kMQ); sqrt
+    (p = 0.5) flattens unequal sizes without equalising them; proportional (p = 1) keeps the
+    sizes. --quota-by bytes (default) measures sizes and shares in text bytes: a unit's share of
+    the selected *text* follows its text ** p (rows per unit = its text share over its mean row
+    bytes), so a domain of short documents is not starved by one of long ones; rows counts rows,
+    as kMQ. With --levels 1 the units are the clusters. With --levels 2 (default) the clusters
+    are first grouped, by spectral clustering of their topology graph (two clusters are linked
+    by the rows that have one as nearest and the other as second-nearest centroid: Martinetz &
+    Schulten 1994); --quota splits the budget across groups, then --cluster-quota across the
+    clusters of each group (equal and equal: the balanced hierarchical sampling of Vo et al.
+    2024). A large domain gets many clusters from k-means (about in proportion to its size and
+    spread) but few groups, so groups stand for domains; the count of groups is the largest
+    eigengap among counts whose groups are nearly disconnected (`ops.kmeans.spectral_groups`),
+    so a domain of loosely linked parts stays one group rather than earning a quota per part.
+    The defaults, equal text per group and proportional inside (a uniform sample of each group:
+    UniMax, Chung et al. 2023, with groups for languages), were chosen by the held-out loss of a
+    model trained on the selection, mean over domains (docs/methods.md, "diversify"): equal
+    quotas per cluster over-sample a domain's rare clusters, and row quotas give long-document
+    domains the text. Inside a cluster rows are drawn uniformly, or with probability
+    proportional to exp(score / --temperature) by --weight-by, skipping rows whose cosine with a
+    row already taken from the cluster is >= --max-similarity (near duplicates, as SemDeDup:
+    Abbas et al. 2023); a cluster short of distinct rows gives its leftover to the others.
 
     kIDS (--feedback COLUMN): a per-row reward computed beforehand, higher = the cluster earns
     more of the next budget. Each cluster's weight is the softmax over clusters of the mean
@@ -104,7 +106,9 @@ class Diversify(EmbeddingStage):
     levels: int = param(
         2, help="2: quotas per group of clusters (~ domains), then per cluster; 1: per cluster"
     )
-    groups: int = param(0, help="--levels 2: number of groups (0: by the largest eigengap)")
+    groups: int = param(
+        0, help="--levels 2: number of groups (0: by the largest eigengap of separated groups)"
+    )
     quota: str = param(
         "equal",
         help="budget across groups (--levels 2) or clusters (1), by size ** p: equal (p=0, kMQ) "
