@@ -362,7 +362,7 @@ class PackedEncoder:
     """Embeddings of many texts per forward row, no padding: texts concatenated, position ids
     restarting at 0 in each, attention kept inside each text by `scorers.varlen` (flash varlen on
     CUDA, SDPA per text elsewhere), then mean or CLS pooling per text. Gives the padded path's
-    embeddings (tests/test_embed_packed.py: within 1e-4 on CPU)."""
+    embeddings (tests/test_embed.py: within 1e-4 on CPU)."""
 
     def __init__(self, model, tokenizer, *, max_length: int, pooling: str, batch_tokens: int):
         import inspect
@@ -385,7 +385,7 @@ class PackedEncoder:
             n = torch.as_tensor(lengths[row], device=device)
             cu = torch.zeros(len(row) + 1, dtype=torch.int32, device=device)
             cu[1:] = torch.cumsum(n, 0)
-            flat = torch.as_tensor([t for i in row for t in ids[i]], device=device)[None]
+            flat = torch.as_tensor(np.concatenate([ids[i] for i in row]), device=device)[None]
             start = torch.repeat_interleave(cu[:-1].long(), n)
             pos = (torch.arange(flat.shape[1], device=device) - start)[None]
             extra = {"token_type_ids": torch.zeros_like(flat)} if self.types else {}

@@ -224,9 +224,6 @@ def spectral_groups(
         gaps[lam[1:-1] > separated] = -np.inf  # lam[G-1] above the bar: not G separated groups
         n_groups = int(np.argmax(gaps)) + 2 if gaps.size and gaps.max() > -np.inf else 1
     n_groups = max(1, min(n_groups, vecs.shape[1]))
-    if n_groups == 1:
-        out[deg == 0] = 1
-        return _relabel(out)
     emb = vecs[:, :n_groups] * inv_sqrt[:, None]
     piv = scipy.linalg.qr(emb.T, pivoting=True)[2]
     u, _, vt = np.linalg.svd(emb[piv[:n_groups]].T)
