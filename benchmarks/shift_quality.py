@@ -56,23 +56,32 @@ def passages(text: str, words: int = 60) -> list[str]:
 
 
 def build(
-    corpus: Path, domain: str, share: float, seed: int, tmp: Path, unit: str = "passage"
+    corpus: Path,
+    domain: str,
+    share: float,
+    seed: int,
+    tmp: Path,
+    unit: str = "passage",
+    targets: int = 300,
+    pool_size: int | None = None,
 ) -> tuple[Path, Path, int, int]:
     rng = random.Random(seed)
     docs = [json.loads(line) for line in gzip.open(corpus, "rt")]
     in_domain = [d for d in docs if d["domain"] == domain]
     rng.shuffle(in_domain)
     cut = passages if unit == "passage" else (lambda text: [text])
-    held = 200 if unit == "passage" else 300
+    held = 200 if unit == "passage" else targets
     held_out, kept_domain = in_domain[:held], in_domain[held:]
     target = [p for d in held_out for p in cut(d["text"])]
-    target = rng.sample(target, min(300, len(target)))
+    target = rng.sample(target, min(targets, len(target)))
     other = [
         {"text": p, "domain": d["domain"]}
         for d in docs
         if d["domain"] != domain
         for p in cut(d["text"])
     ]
+    if pool_size:
+        other = rng.sample(other, min(len(other), int(pool_size * (1 - share))))
     ours = [{"text": p, "domain": domain} for d in kept_domain for p in cut(d["text"])]
     n_domain = int(share * len(other) / (1 - share))
     pool = other + rng.sample(ours, min(n_domain, len(ours)))
@@ -104,7 +113,10 @@ def main() -> None:
     ap.add_argument("--share", type=float, default=0.03)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--methods", default="dsir,dsir-100k,gotd", help="also: oracle, oracle-100k (see above)"
+        "--methods",
+        default="dsir,dsir-10k,dsir-100k,gotd",
+        help="dsir-<N>k: DSIR with N thousand buckets (dsir: the bucket count cross-validated); "
+        "also: oracle, oracle-100k (see above)",
     )
     ap.add_argument(
         "--unit",
@@ -112,6 +124,8 @@ def main() -> None:
         default="passage",
         help="pool items: 60-word passages (>= 100k) or whole documents",
     )
+    ap.add_argument("--targets", type=int, default=300, help="target documents or passages")
+    ap.add_argument("--pool-size", type=int, default=None, help="pool items (default: all)")
     args = ap.parse_args()
     domains = DOMAINS if args.domain == "all" else args.domain.split(",")
     methods = args.methods.split(",")
@@ -131,20 +145,25 @@ def main() -> None:
 
 
 def run_domain(args, domain: str, methods: list[str], tmp: Path):
-    pool, target, n, k = build(args.corpus, domain, args.share, args.seed, tmp, args.unit)
-    if k < 300:
+    pool, target, n, k = build(
+        args.corpus, domain, args.share, args.seed, tmp, args.unit, args.targets, args.pool_size
+    )
+    if k < min(300, args.share * n / 2):
         print(f"{domain}: only {k} pool items from the domain; skipped")
         return None
     print(
-        f"pool {n:,} {args.unit}s, {k:,} ({k / n:.1%}) from {domain}; target 300 held-out {args.unit}s; select {k:,}"
+        f"pool {n:,} {args.unit}s, {k:,} ({k / n:.1%}) from {domain}; target {args.targets} "
+        f"held-out {args.unit}s; select {k:,}"
     )
     print(f"{'method':<10} {'precision':>9} {'seconds':>8}  shift")
     print(f"{'random':<10} {k / n:9.3f} {'':>8}")
     stages = {
         "dsir": ShiftDsir(target=str(target), size=k),
-        "dsir-100k": ShiftDsir(target=str(target), size=k, buckets=100_000),
         "gotd": ShiftGotd(target=str(target), size=k),
     }
+    for name in methods:  # dsir-10k, dsir-100k, ...: a fixed bucket count
+        if name.startswith("dsir-"):
+            stages[name] = ShiftDsir(target=str(target), size=k, buckets=int(name[5:-1]) * 1000)
     if any(m.startswith("oracle") for m in methods):
         # the target counted over the pool's own passages of the domain: DSIR's ceiling
         truth = tmp / "oracle-target.parquet"
@@ -165,7 +184,7 @@ def run_domain(args, domain: str, methods: list[str], tmp: Path):
         picked[name] = set(selected.column("id").to_pylist())
         s = m["stats"]
         shift = (
-            f"KL {s['kl_before']:.3f} -> {s['kl_after']:.3f}"
+            f"KL {s['kl_before']:.3f} -> {s['kl_after']:.3f}; {s['buckets']:,} buckets"
             if name.startswith(("dsir", "oracle"))
             else f"OT cost {s['ot_before']:.3f} -> {s['ot_after']:.3f}"
         )

@@ -184,3 +184,32 @@ def test_features_are_the_counts_unsorted():
         np.testing.assert_array_equal(nnz, np.asarray(c.sum(1)).ravel())
         values = np.random.default_rng(0).standard_normal(buckets)
         np.testing.assert_allclose(doc_sums(values[features], nnz), c @ values)
+
+
+def test_leave_one_out_log_ratios_match_the_formula():
+    """Each document weighed against the totals without its own n-grams, in any chunking."""
+    from datasel.ops.ngrams import doc_log_ratios, own_counts
+
+    rng = np.random.default_rng(0)
+    nnz = rng.integers(0, 40, 200)
+    nnz[5] = 0
+    feats = rng.integers(0, 97, int(nnz.sum()))
+    counted = np.bincount(feats, minlength=97)  # both totals count every document
+    p = counted + rng.integers(0, 20, 97).astype(float)
+    q = 2 * counted + rng.integers(0, 30, 97)
+    starts = np.cumsum(nnz) - nnz
+    assert own_counts(np.array([3, 1, 3, 3, 2, 2, 5]), np.array([4, 0, 3])).tolist() == [
+        3, 1, 3, 3, 2, 2, 1,
+    ]  # fmt: skip
+    for counted_in in ("p", "q"):
+        got = doc_log_ratios(feats, nnz, p, q, 0.5, counted_in=counted_in)
+        assert np.allclose(
+            got, doc_log_ratios(feats, nnz, p, q, 0.5, counted_in=counted_in, chunk=37)
+        )
+        for i in (0, 5, 199):
+            own = np.bincount(feats[starts[i] : starts[i] + nnz[i]], minlength=97)
+            pp, qq = (p - own, q) if counted_in == "p" else (p, q - own)
+            lp = np.log((pp + 0.5) / (pp.sum() + 0.5 * 97))
+            lq = np.log((qq + 0.5) / (qq.sum() + 0.5 * 97))
+            assert np.isclose(got[i], float(own @ (lp - lq)))
+    assert got[5] == 0.0  # a document without n-grams weighs nothing either way

@@ -103,8 +103,10 @@ def test_dedup_on_two_nodes_equals_local(two_nodes, tmp_path, monkeypatch, memor
     ran = task_nodes()
     both = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(both) == 2
-    assert ran["unit:stage"] == both and ran["unit:apply"] <= both  # map tasks, then writes
-    assert ran["save_unit_decision"] <= both  # each unit's decision, by a task
+    units = ran["unit:stage"] | ran["unit:apply"] | ran["save_unit_decision"]
+    # map tasks, writes and each unit's decision, by tasks on both nodes (SPREAD is best effort:
+    # all four map tasks landed on one node in one run of hundreds)
+    assert ran["unit:stage"] and units == both
     if memory == "64KB":  # select's own tasks, on both nodes
         select = ran["_scatter"] | ran["_group"] | ran["_verify_pairs"]
         assert select == both and ran["_group"] == both

@@ -51,6 +51,31 @@ def test_dsir_selects_the_target_domain_and_reports_kl(mixture, tmp_path):
     assert set(removed.column("reason").to_pylist()) == {"dsir:not_selected"}
 
 
+def test_dsir_chooses_its_bucket_count_by_cross_validation(mixture, tmp_path):
+    """The bucket count whose held-out target recall is highest (ties: fewer); its precision is
+    as good as the best fixed count's here, and --buckets fixes the count."""
+    from datasel.stages.shift import BUCKET_CHOICES
+
+    tmp, n_py, _ = mixture
+    run = lambda name, **kw: datasel.run(  # noqa: E731
+        ShiftDsir(target=str(tmp / "target.parquet"), size=n_py, **kw),
+        tmp / "pool", tmp_path / name, quiet=True,
+    )  # fmt: skip
+    auto = run("auto")["stats"]
+    recall = {int(b.replace(",", "")): r for b, r in auto["cv_recall"].items()}
+    assert sorted(recall) == list(BUCKET_CHOICES)
+    assert auto["buckets"] == max(BUCKET_CHOICES, key=lambda b: (recall[b], -b))
+    fixed = {}
+    for b in BUCKET_CHOICES:
+        stats = run(str(b), buckets=b)["stats"]
+        assert stats["buckets"] == b and stats["cv_recall"] == {}
+        fixed[b] = precision(tmp_path / str(b))
+    assert precision(tmp_path / "auto") >= max(fixed.values()) - 0.02
+    # each pool document is weighed without its own n-grams, so even 300,000 buckets over a
+    # 2,000-document pool find the target (weighed with them: precision ~0.8)
+    assert fixed[300_000] >= 0.9
+
+
 def test_dsir_new_size_reuses_cached_weights(mixture, tmp_path):
     tmp, n_py, _ = mixture
     stage = ShiftDsir(target=str(tmp / "target.parquet"), size=100, deterministic=True)

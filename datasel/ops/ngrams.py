@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from datasel.ops.words import (
     byte_chunks,
+    doc_sums,
     mix64,
     prefix_hashes,
     run_hashes,
@@ -309,3 +310,63 @@ def hashed_kl(p: np.ndarray, q: np.ndarray) -> float:
     m = p > 0
     with np.errstate(divide="ignore"):
         return float(np.sum(p[m] * (np.log(p[m]) - np.log(q[m]))))
+
+
+def own_counts(features: np.ndarray, nnz: np.ndarray) -> np.ndarray:
+    """For each n-gram in `features` (laid out document after document, `nnz[i]` for document
+    i), how often its bucket occurs in its own document (int64, same length)."""
+    doc = np.repeat(np.arange(len(nnz), dtype=np.int64), nnz)
+    key = doc * (int(features.max(initial=0)) + 1) + features
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+    runs = np.diff(np.r_[starts, len(key)])
+    out = np.empty(len(key), dtype=np.int64)
+    out[order] = np.repeat(runs, runs)
+    return out
+
+
+def doc_log_ratios(
+    features: np.ndarray,
+    nnz: np.ndarray,
+    p_totals: np.ndarray,
+    q_totals: np.ndarray,
+    smoothing: float,
+    *,
+    counted_in: Literal["p", "q"],
+    chunk: int = 1 << 22,
+) -> np.ndarray:
+    """Per-document ``sum over its n-grams of log p(x) / q(x)``, p and q the add-`smoothing`
+    bucket distributions of `p_totals` and `q_totals`, each document left out of the totals it
+    was counted in (`counted_in`): a pool document's own rare n-grams would otherwise make it
+    look typical of the pool, the more so the more buckets and the smaller the pool. Documents
+    are taken about `chunk` n-grams at a time (memory: ~40 bytes an n-gram of a chunk)."""
+    buckets = len(p_totals)
+    p_total, q_total = float(p_totals.sum()), float(q_totals.sum())
+
+    def log_prob(totals, total, feats, own, size, leave_out: bool) -> np.ndarray:
+        if leave_out:
+            return np.log((totals[feats] - own + smoothing) / (total - size + smoothing * buckets))
+        return np.log((totals[feats] + smoothing) / (total + smoothing * buckets))
+
+    out = np.zeros(len(nnz))
+    ends = np.cumsum(nnz)
+    lo = 0
+    while lo < len(nnz):
+        start = int(ends[lo] - nnz[lo])
+        hi = max(int(np.searchsorted(ends, start + chunk, side="right")), lo + 1)
+        n = nnz[lo:hi]
+        feats = features[start : int(ends[hi - 1])]
+        own = own_counts(feats, n)
+        size = np.repeat(n, n).astype(np.float64)
+        diff = log_prob(p_totals, p_total, feats, own, size, counted_in == "p")
+        diff -= log_prob(q_totals, q_total, feats, own, size, counted_in == "q")
+        out[lo:hi] = doc_sums(diff, n)
+        lo = hi
+    return out
+
+
+def fold_buckets(totals: np.ndarray, buckets: int) -> np.ndarray:
+    """Bucket totals hashed into ``len(totals)`` buckets, refolded into `buckets` (a divisor):
+    bucket ``h % len(totals)`` lands in ``h % buckets``, as hashing into `buckets` would."""
+    return np.asarray(totals, dtype=np.float64).reshape(-1, buckets).sum(axis=0)

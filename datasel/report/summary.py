@@ -54,6 +54,9 @@ def headline(manifest: dict) -> str:
 
     >>> headline({"stage": "shift-dsir", "stats": {"kl_before": 0.36, "kl_after": 0.185}})
     'KL to the target 0.36 → 0.185'
+    >>> headline({"stage": "shift-dsir", "stats": {"kl_before": 0.36, "kl_after": 0.185,
+    ...           "buckets": 30000, "cv_recall": {"10,000": 0.9, "30,000": 0.95}}})
+    'KL to the target 0.36 → 0.185; 30,000 buckets (held-out target recall 0.95)'
     """
     st = manifest.get("stats") or {}
 
@@ -65,7 +68,11 @@ def headline(manifest: dict) -> str:
         n = st["clusters"]
         return f"{n:,} cluster{'' if n == 1 else 's'} of duplicates"
     if stage == "shift-dsir" and "kl_before" in st:
-        return "KL to the target " + pair("kl_before", "kl_after")
+        line = "KL to the target " + pair("kl_before", "kl_after")
+        if st.get("cv_recall"):
+            recall = st["cv_recall"][f"{st['buckets']:,}"]
+            line += f"; {st['buckets']:,} buckets (held-out target recall {recall:.3g})"
+        return line
     if stage == "shift-gotd" and "ot_before" in st:
         return "OT cost to the target " + pair("ot_before", "ot_after")
     if stage == "diversify" and st.get("cluster_entropy_after") is not None:

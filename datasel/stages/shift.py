@@ -148,11 +148,16 @@ class _Shift(Stage):
 
 EMBEDDING = "embedding"  # the column `datasel embed` writes
 
-# Smoothing of both bucket distributions, as a total of pseudo-counts whatever the bucket count:
-# on benchmarks/shift_quality.py's 100k-passage pools it beat add-one at 100,000 buckets on every
-# domain tried (python_docs 0.75 -> 0.84, bible 0.88 -> 0.97), and the reference's bare 1e-8
-# floor (0.61) everywhere.
+# DSIR's bucket count is chosen per run among these (smoothing: PSEUDO_COUNTS spread over the
+# buckets, add-one at 10,000; it beat add-one at 100,000 buckets and the reference's bare 1e-8
+# floor on benchmarks/shift_quality.py's 100k-passage pools). Few target documents need few
+# buckets, many target documents many (docs/benchmarks.md, "Shift": on 8 domains x 8 pool
+# shapes each fixed count lost up to 0.3 precision somewhere; the cross-validated one <= 0.01).
+BUCKET_CHOICES = (10_000, 30_000, 100_000, 300_000)
+HASH_BUCKETS = 300_000  # every choice divides it, so one hashing serves them all
 PSEUDO_COUNTS = 10_000.0
+KL_BUCKETS = 10_000  # of the KL diagnostic
+CV_POOL_ROWS = 20_000  # pool rows that place each candidate's cut in the cross-validation
 
 
 @register
@@ -164,10 +169,15 @@ class ShiftDsir(_Shift):
     Adds `dsir_logw` = log p_target(x) / q_pool(x) under bag-of-hashed-n-gram models; selects
     without replacement by Gumbel top-k on it (or plain top-k with --deterministic). Each shard's
     n-gram buckets are found in parallel and cached with the output; the pool's distribution is
-    then counted over the whole pool (no sample) and the weights are sums over each document's
-    buckets, so a rerun with another --size or --target (and --overwrite) only redoes those sums.
-    Both bucket distributions are smoothed with 10,000 pseudo-counts spread over the buckets
-    (add-one at the default 10,000; the reference's bare 1e-8 floor picked worse here).
+    then counted over the whole pool (no sample), so a rerun with another --size or --target (and
+    --overwrite) only redoes the sums. Two departures from the paper's fixed 10,000 buckets, both
+    for pools and targets far smaller than the Pile: each pool document is weighed against the
+    pool's distribution without itself (leave-one-out; its own rare n-grams would otherwise count
+    against it), and the bucket count is chosen per run by leave-one-out
+    cross-validation on the target: the count under which most target documents, each weighed by
+    a target distribution fit without it, rank inside the selected share of the pool
+    (`--buckets N` fixes N). Both distributions are smoothed with 10,000 pseudo-counts spread
+    over the buckets.
     """
 
     name = "shift-dsir"
@@ -175,59 +185,96 @@ class ShiftDsir(_Shift):
     example = "datasel shift dsir pool/ picked/ --target python-docs.jsonl --fraction 0.05"
     map_params = ("template", "buckets")
 
-    buckets: int = param(10_000, help="hash buckets for word unigrams and bigrams")
+    buckets: int | None = param(
+        None,
+        help="hash buckets for word unigrams and bigrams (default: chosen by cross-validation "
+        "on the target among 10k, 30k, 100k, 300k)",
+    )
     deterministic: bool = param(
         False, help="plain top-k on the weights instead of Gumbel top-k sampling"
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.buckets is not None and self.buckets < 1:
+            raise DataselError(f"--buckets must be >= 1, got {self.buckets}")
 
     def outputs(self, names: set[str], columns: Columns) -> set[str]:
         return names | {"dsir_logw"}
 
     @property
-    def smoothing(self) -> float:
-        """Pseudo-count per bucket: PSEUDO_COUNTS spread over the buckets (add-one at 10,000)."""
-        return PSEUDO_COUNTS / self.buckets
+    def hash_buckets(self) -> int:
+        return self.buckets or HASH_BUCKETS
 
     def fit(self, ctx: Context) -> None:
-        from datasel.ops.ngrams import fit_distribution, hashed_ngram_features
+        from datasel.ops.ngrams import hashed_ngram_features
 
-        target, _ = hashed_ngram_features(self.target_texts(ctx), self.buckets)
-        totals = np.bincount(target, minlength=self.buckets)
-        self.log_p = np.log(fit_distribution([totals], self.buckets, smoothing=self.smoothing))
+        self.target_features, self.target_nnz = hashed_ngram_features(
+            self.target_texts(ctx), self.hash_buckets
+        )
 
     def map(self, batch: pa.RecordBatch, ctx: Context) -> MapResult:
         from datasel.ops.ngrams import hashed_ngram_features
 
         texts, blank, counts = self.texts_and_blanks(batch, ctx)
-        features, nnz = hashed_ngram_features(texts, self.buckets)
+        features, nnz = hashed_ngram_features(texts, self.hash_buckets)
         arrays = {"dsir_features": features, "dsir_nnz": nnz.astype(np.int32), "shift_blank": blank}
         return MapResult(batch, arrays=arrays, texts=counts)
 
+    def choose_buckets(self, staged: Staged, units, pool: np.ndarray, k: int, n_live: int):
+        """The bucket count under which the most target documents (each left out of the target's
+        distribution) weigh at least the pool's k-th weight, that estimated on a sample of
+        CV_POOL_ROWS pool rows; ties go to fewer buckets. Returns it and each count's recall."""
+        from datasel.ops.ngrams import doc_log_ratios, fold_buckets
+
+        if self.buckets or k in (0, n_live):
+            return self.hash_buckets if self.buckets else BUCKET_CHOICES[0], {}
+        target = np.bincount(self.target_features, minlength=self.hash_buckets)
+        feats, nnz = _sample_features(staged, units, CV_POOL_ROWS, self.seed)
+        if not len(nnz):
+            return BUCKET_CHOICES[0], {}
+        recall = {}
+        for b in BUCKET_CHOICES:
+            p, q, a = fold_buckets(target, b), fold_buckets(pool, b), PSEUDO_COUNTS / b
+            w = doc_log_ratios(feats % b, nnz, p, q, a, counted_in="q")
+            cut = np.sort(w)[max(len(w) - int(np.ceil(k / n_live * len(w))), 0)]
+            t = self.target_features % b
+            recall[b] = float(
+                np.mean(doc_log_ratios(t, self.target_nnz, p, q, a, counted_in="p") >= cut)
+            )
+        return max(BUCKET_CHOICES, key=lambda b: (recall[b], -b)), recall
+
     def select(self, staged: Staged, ctx: Context) -> Decision:
-        from datasel.ops.ngrams import fit_distribution, hashed_kl
+        from datasel.ops.ngrams import doc_log_ratios, fold_buckets, hashed_kl
         from datasel.ops.topk import order_keys, streaming_top
-        from datasel.ops.words import doc_sums
 
         units = [i for i, n in enumerate(staged.rows) if n]
         pool = sum(
-            np.bincount(staged.array("dsir_features", i), minlength=self.buckets) for i in units
-        )
-        log_q = np.log(fit_distribution([pool], self.buckets, smoothing=self.smoothing))
-        log_ratio = self.log_p - log_q
+            (np.bincount(staged.array("dsir_features", i), minlength=self.hash_buckets)
+             for i in units),
+            np.zeros(self.hash_buckets),
+        )  # fmt: skip
         has_text = staged.concat("shift_blank", bool) == 0
+        k = self.budget(int(has_text.sum()), ctx)
+        buckets, recall = self.choose_buckets(staged, units, pool, k, int(has_text.sum()))
+        smoothing = PSEUDO_COUNTS / buckets
+        p = fold_buckets(np.bincount(self.target_features, minlength=self.hash_buckets), buckets)
+        q = fold_buckets(pool, buckets)
         spans = [(i, slice(int(staged.offsets[i]), int(staged.offsets[i + 1]))) for i in units]
+        weights = []  # per unit, of its rows with text: 8 bytes a row, computed once
+        for i, rows in spans:
+            feats, nnz = _unit_features(staged, i, buckets)
+            w = doc_log_ratios(feats, nnz, p, q, smoothing, counted_in="q")
+            weights.append(w[has_text[rows]])
 
         def ranked():  # (unit, its rows with text, their log-weights, their ranking keys)
             draws = np.random.default_rng(self.seed)  # one stream, drawn unit after unit
-            for i, rows in spans:
-                w = log_ratio[staged.array("dsir_features", i)]
-                logw = doc_sums(w, staged.array("dsir_nnz", i))[has_text[rows]]
+            for (i, rows), logw in zip(spans, weights, strict=True):
                 key = logw if self.deterministic else logw + draws.gumbel(size=logw.shape)
                 # as topk and gumbel_topk: NaN ranks with -inf, below every number
                 yield i, rows, logw, order_keys(np.where(np.isnan(key), -np.inf, key))
 
         # Gumbel top-k (or top-k) in bounded memory, as topk takes them (ties by position)
-        k = self.budget(int(has_text.sum()), ctx)
         picked = np.zeros(staged.total, dtype=bool)
         values, low = [], np.inf
         for (_, rows, logw, _), take in streaming_top(ranked, k):
@@ -239,30 +286,53 @@ class ShiftDsir(_Shift):
         decision = self.decision(staged.total, has_text, picked, "dsir_logw", values)
         if self.deterministic and k:  # Gumbel top-k draws: no single cut-off on the weight
             ctx.cutoff("dsir_logw", low, f"top {k:,}: ≥ {low:.4g}")
-        keep = decision.keep
-        chosen = _chosen_totals(staged, units, keep, self.buckets)
-        p = np.exp(self.log_p)
-        a = self.smoothing
-        smooth = lambda c: (c + a) / (c.sum() + a * len(c))  # noqa: E731 - as the fit
+        # the KL diagnostic at 10,000 buckets with add-one whatever the model, so that runs compare
+        kl = KL_BUCKETS if self.hash_buckets % KL_BUCKETS == 0 else buckets
+        chosen = _chosen_totals(staged, units, decision.keep, kl)
+        smooth = lambda c: (c + 1) / (c.sum() + len(c))  # noqa: E731
+        target = smooth(fold_buckets(p, kl))
         ctx.stats.update(
             {
                 "selected": int(k),
-                "kl_before": round(hashed_kl(p, smooth(pool)), 5),
-                "kl_after": round(hashed_kl(p, smooth(chosen)), 5),
+                "buckets": buckets,
+                "cv_recall": {f"{b:,}": round(r, 4) for b, r in recall.items()},
+                "kl_buckets": kl,
+                "kl_before": round(hashed_kl(target, smooth(fold_buckets(q, kl))), 5),
+                "kl_after": round(hashed_kl(target, smooth(chosen)), 5),
                 "target_rows_without_text": getattr(self, "target_without_text", 0),
             }
         )
         return decision
 
 
+def _unit_features(staged: Staged, i: int, buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """A staged unit's n-gram buckets (refolded into `buckets`) and counts per row."""
+    feats = np.asarray(staged.array("dsir_features", i))
+    return feats % feats.dtype.type(buckets), np.asarray(staged.array("dsir_nnz", i))
+
+
+def _sample_features(staged: Staged, units, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n-gram buckets and counts of about `n` pool rows with text, drawn uniformly."""
+    share = min(1.0, n / max(staged.total, 1))
+    draws = np.random.default_rng(seed + 1)
+    feats, nnz = [], []
+    for i in units:
+        has_text = np.asarray(staged.array("shift_blank", i)) == 0
+        take = has_text & (draws.random(staged.rows[i]) < share if share < 1 else True)
+        counts = np.asarray(staged.array("dsir_nnz", i))
+        feats.append(np.asarray(staged.array("dsir_features", i))[np.repeat(take, counts)])
+        nnz.append(counts[take])
+    return np.concatenate(feats).astype(np.int64), np.concatenate(nnz)
+
+
 def _chosen_totals(staged: Staged, units: list[int], keep: np.ndarray, buckets: int) -> np.ndarray:
-    """Bucket totals of the selected documents."""
+    """Bucket totals of the selected documents (features refolded into `buckets`)."""
     chosen = np.zeros(buckets)
     for i in units:
         n = staged.rows[i]
-        nnz = np.asarray(staged.array("dsir_nnz", i))
+        feats, nnz = _unit_features(staged, i, buckets)
         sel = np.repeat(keep[staged.offsets[i] : staged.offsets[i] + n], nnz)
-        chosen += np.bincount(staged.array("dsir_features", i)[sel], minlength=buckets)
+        chosen += np.bincount(feats[sel], minlength=buckets)
     return chosen
 
 
