@@ -29,7 +29,6 @@ import pyarrow.compute as pc
 
 from datasel.ops.words import (
     byte_chunks,
-    doc_sums,
     mix64,
     prefix_hashes,
     run_hashes,
@@ -312,20 +311,6 @@ def hashed_kl(p: np.ndarray, q: np.ndarray) -> float:
         return float(np.sum(p[m] * (np.log(p[m]) - np.log(q[m]))))
 
 
-def own_counts(features: np.ndarray, nnz: np.ndarray) -> np.ndarray:
-    """For each n-gram in `features` (laid out document after document, `nnz[i]` for document
-    i), how often its bucket occurs in its own document (int64, same length)."""
-    doc = np.repeat(np.arange(len(nnz), dtype=np.int64), nnz)
-    key = doc * (int(features.max(initial=0)) + 1) + features
-    order = np.argsort(key, kind="stable")
-    sorted_key = key[order]
-    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
-    runs = np.diff(np.r_[starts, len(key)])
-    out = np.empty(len(key), dtype=np.int64)
-    out[order] = np.repeat(runs, runs)
-    return out
-
-
 def doc_log_ratios(
     features: np.ndarray,
     nnz: np.ndarray,
@@ -344,24 +329,33 @@ def doc_log_ratios(
     buckets = len(p_totals)
     p_total, q_total = float(p_totals.sum()), float(q_totals.sum())
 
-    def log_prob(totals, total, feats, own, size, leave_out: bool) -> np.ndarray:
+    def log_prob(totals, total, bucket, own, size, leave_out: bool) -> np.ndarray:
         if leave_out:
-            return np.log((totals[feats] - own + smoothing) / (total - size + smoothing * buckets))
-        return np.log((totals[feats] + smoothing) / (total + smoothing * buckets))
+            return np.log((totals[bucket] - own + smoothing) / (total - size + smoothing * buckets))
+        return np.log((totals[bucket] + smoothing) / (total + smoothing * buckets))
 
     out = np.zeros(len(nnz))
     ends = np.cumsum(nnz)
+    max_docs = max((1 << 32) // buckets, 1)  # so that the sort keys fit uint32: 5x faster
+    key_type = np.uint32 if buckets <= 1 << 31 else np.uint64
     lo = 0
     while lo < len(nnz):
         start = int(ends[lo] - nnz[lo])
         hi = max(int(np.searchsorted(ends, start + chunk, side="right")), lo + 1)
+        hi = min(hi, lo + max_docs)
         n = nnz[lo:hi]
-        feats = features[start : int(ends[hi - 1])]
-        own = own_counts(feats, n)
-        size = np.repeat(n, n).astype(np.float64)
-        diff = log_prob(p_totals, p_total, feats, own, size, counted_in == "p")
-        diff -= log_prob(q_totals, q_total, feats, own, size, counted_in == "q")
-        out[lo:hi] = doc_sums(diff, n)
+        # each distinct (document, bucket) once, with its count in the document: a sort, no scatter
+        doc = np.repeat(np.arange(hi - lo, dtype=key_type), n)
+        key = np.sort(
+            doc * key_type(buckets) + features[start : int(ends[hi - 1])].astype(key_type)
+        )
+        first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else key
+        own = np.diff(np.r_[first, len(key)]).astype(np.float64)
+        doc, bucket = np.divmod(key[first], key_type(buckets))
+        size = n[doc].astype(np.float64)
+        diff = log_prob(p_totals, p_total, bucket, own, size, counted_in == "p")
+        diff -= log_prob(q_totals, q_total, bucket, own, size, counted_in == "q")
+        out[lo:hi] = np.bincount(doc, weights=own * diff, minlength=hi - lo)
         lo = hi
     return out
 
