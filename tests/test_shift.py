@@ -76,6 +76,19 @@ def test_dsir_chooses_its_bucket_count_by_cross_validation(mixture, tmp_path):
     assert fixed[300_000] >= 0.9
 
 
+def test_dsir_cross_validates_on_a_sample_of_the_pool(mixture, tmp_path, monkeypatch):
+    """A pool over the sample's bound (here ~6% of its 2.5M n-grams): the cut of each bucket count
+    is placed on the sample, and the selection still finds the target."""
+    import datasel.stages.shift as shift
+
+    tmp, n_py, _ = mixture
+    monkeypatch.setattr(shift, "CV_POOL_NGRAMS", 150_000)
+    stage = ShiftDsir(target=str(tmp / "target.parquet"), size=n_py)
+    m = datasel.run(stage, tmp / "pool", tmp_path / "out", quiet=True)
+    assert len(m["stats"]["cv_recall"]) == len(shift.BUCKET_CHOICES)
+    assert precision(tmp_path / "out") >= 0.9
+
+
 def test_dsir_new_size_reuses_cached_weights(mixture, tmp_path):
     tmp, n_py, _ = mixture
     stage = ShiftDsir(target=str(tmp / "target.parquet"), size=100, deterministic=True)

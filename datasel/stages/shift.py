@@ -157,7 +157,10 @@ BUCKET_CHOICES = (10_000, 30_000, 100_000, 300_000)
 HASH_BUCKETS = 300_000  # every choice divides it, so one hashing serves them all
 PSEUDO_COUNTS = 10_000.0
 KL_BUCKETS = 10_000  # of the KL diagnostic
-CV_POOL_ROWS = 20_000  # pool rows that place each candidate's cut in the cross-validation
+# pool rows that place each candidate's cut in the cross-validation, and at most this many of
+# their n-grams (4 bytes each), so that long documents do not make the sample large
+CV_POOL_ROWS = 20_000
+CV_POOL_NGRAMS = 20_000_000
 
 
 @register
@@ -224,13 +227,15 @@ class ShiftDsir(_Shift):
     def choose_buckets(self, staged: Staged, units, pool: np.ndarray, k: int, n_live: int):
         """The bucket count under which the most target documents (each left out of the target's
         distribution) weigh at least the pool's k-th weight, that estimated on a sample of
-        CV_POOL_ROWS pool rows; ties go to fewer buckets. Returns it and each count's recall."""
+        CV_POOL_ROWS pool rows (CV_POOL_NGRAMS n-grams at most); ties go to fewer buckets.
+        Returns it and each count's recall."""
         from datasel.ops.ngrams import doc_log_ratios, fold_buckets
 
         if self.buckets or k in (0, n_live):
             return self.hash_buckets if self.buckets else BUCKET_CHOICES[0], {}
         target = np.bincount(self.target_features, minlength=self.hash_buckets)
-        feats, nnz = _sample_features(staged, units, CV_POOL_ROWS, self.seed)
+        share = min(1.0, CV_POOL_ROWS / staged.total, CV_POOL_NGRAMS / max(pool.sum(), 1))
+        feats, nnz = _sample_features(staged, units, share, self.seed)
         if not len(nnz):
             return BUCKET_CHOICES[0], {}
         recall = {}
@@ -311,9 +316,8 @@ def _unit_features(staged: Staged, i: int, buckets: int) -> tuple[np.ndarray, np
     return feats % feats.dtype.type(buckets), np.asarray(staged.array("dsir_nnz", i))
 
 
-def _sample_features(staged: Staged, units, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The n-gram buckets and counts of about `n` pool rows with text, drawn uniformly."""
-    share = min(1.0, n / max(staged.total, 1))
+def _sample_features(staged: Staged, units, share: float, seed: int):
+    """The n-gram buckets and counts per row of a uniform `share` of the pool rows with text."""
     draws = np.random.default_rng(seed + 1)
     feats, nnz = [], []
     for i in units:
@@ -322,7 +326,7 @@ def _sample_features(staged: Staged, units, n: int, seed: int) -> tuple[np.ndarr
         counts = np.asarray(staged.array("dsir_nnz", i))
         feats.append(np.asarray(staged.array("dsir_features", i))[np.repeat(take, counts)])
         nnz.append(counts[take])
-    return np.concatenate(feats).astype(np.int64), np.concatenate(nnz)
+    return np.concatenate(feats), np.concatenate(nnz)
 
 
 def _chosen_totals(staged: Staged, units: list[int], keep: np.ndarray, buckets: int) -> np.ndarray:
