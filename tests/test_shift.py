@@ -164,6 +164,7 @@ def test_template_joins_columns(tmp_path):
     [
         (["--size", "5", "--fraction", "0.1"], "exactly one of --size and --fraction"),
         (["--size", "5", "--template", "{nope}"], "--template: no column 'nope'"),
+        (["--size", "5", "--buckets", "0"], "--buckets must be >= 1, got 0"),
     ],
 )
 def test_shift_errors(mixture, tmp_path, args, message):

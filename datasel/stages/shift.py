@@ -224,16 +224,18 @@ class ShiftDsir(_Shift):
         arrays = {"dsir_features": features, "dsir_nnz": nnz.astype(np.int32), "shift_blank": blank}
         return MapResult(batch, arrays=arrays, texts=counts)
 
-    def choose_buckets(self, staged: Staged, units, pool: np.ndarray, k: int, n_live: int):
+    def choose_buckets(
+        self, staged: Staged, units, target: np.ndarray, pool: np.ndarray, k: int, n_live: int
+    ):
         """The bucket count under which the most target documents (each left out of the target's
         distribution) weigh at least the pool's k-th weight, that estimated on a sample of
         CV_POOL_ROWS pool rows (CV_POOL_NGRAMS n-grams at most); ties go to fewer buckets.
-        Returns it and each count's recall."""
+        `target` and `pool` are their bucket totals at `hash_buckets`. Returns the count and
+        each count's recall."""
         from datasel.ops.ngrams import doc_log_ratios, fold_buckets
 
         if self.buckets or k in (0, n_live):
             return self.hash_buckets if self.buckets else BUCKET_CHOICES[0], {}
-        target = np.bincount(self.target_features, minlength=self.hash_buckets)
         share = min(1.0, CV_POOL_ROWS / staged.total, CV_POOL_NGRAMS / max(pool.sum(), 1))
         feats, nnz = _sample_features(staged, units, share, self.seed)
         if not len(nnz):
@@ -259,11 +261,13 @@ class ShiftDsir(_Shift):
              for i in units),
             np.zeros(self.hash_buckets),
         )  # fmt: skip
+        target = np.bincount(self.target_features, minlength=self.hash_buckets)
         has_text = staged.concat("shift_blank", bool) == 0
-        k = self.budget(int(has_text.sum()), ctx)
-        buckets, recall = self.choose_buckets(staged, units, pool, k, int(has_text.sum()))
+        n_live = int(has_text.sum())
+        k = self.budget(n_live, ctx)
+        buckets, recall = self.choose_buckets(staged, units, target, pool, k, n_live)
         smoothing = PSEUDO_COUNTS / buckets
-        p = fold_buckets(np.bincount(self.target_features, minlength=self.hash_buckets), buckets)
+        p = fold_buckets(target, buckets)
         q = fold_buckets(pool, buckets)
         spans = [(i, slice(int(staged.offsets[i]), int(staged.offsets[i + 1]))) for i in units]
         weights = []  # per unit, of its rows with text: 8 bytes a row, computed once
