@@ -15,6 +15,8 @@ passages drawn at random, every passage's gradient from that solution (a pool of
 whole by default); each prints its overlap with `gotd`'s selection when that runs first. They
 reuse the embeddings `gotd` staged.
 
+`gotd-raw` is GOT-D with --no-whiten (raw cosines, as in the paper), on `gotd`'s embeddings.
+
 `oracle` (and `oracle-100k`) is a ceiling for DSIR's model, not a method: ShiftDsir with plain
 top-k whose target is every pool passage of the domain (the true labels, in sample) instead of
 300 target passages. Selection by hashed n-gram importance weights at that bucket count does
@@ -171,12 +173,14 @@ def run_domain(args, domain: str, methods: list[str], tmp: Path):
         for name, buckets in (("oracle", 10_000), ("oracle-100k", 100_000)):
             stages[name] = ShiftDsir(target=str(truth), size=k, buckets=buckets, deterministic=True)
     for name in methods:
-        if name.startswith("gotd-"):
+        if name == "gotd-raw":
+            stages[name] = ShiftGotd(target=str(target), size=k, whiten=False)
+        elif name.startswith("gotd-"):
             stages[name] = ShiftGotd(target=str(target), size=k, ot_sample=int(name[5:]))
     precisions, picked = [], {}
     for name in methods:
         t0 = time.perf_counter()
-        out = tmp / ("gotd" if name.startswith("gotd") else name)  # gotd-M: gotd's embeddings
+        out = tmp / ("gotd" if name.startswith("gotd") else name)  # gotd-*: gotd's embeddings
         m = datasel.run(stages[name], pool, out, quiet=True, overwrite=True)
         sec = time.perf_counter() - t0
         selected = pq.read_table(out, columns=["id", "domain"])

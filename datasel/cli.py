@@ -80,8 +80,11 @@ def _field_params(cls, panel: str | None = None) -> list[inspect.Parameter]:
             default = f.default_factory()
         else:
             default = inspect.Parameter.empty  # a required option
+        flag = "--" + f.name.replace("_", "-")
+        if default is True:  # a flag on by default needs a way to turn it off
+            flag += "/--no-" + flag[2:]
         opt = typer.Option(
-            "--" + f.name.replace("_", "-"),
+            flag,
             help=f.metadata.get("help", ""),
             rich_help_panel=panel,
             show_default=f.metadata.get("show_default", True),

@@ -33,6 +33,11 @@ def test_help_shows_flags_as_flags_and_the_workers_default_once():
         assert all(line.count("default") == 1 for line in lines), lines
     result = runner.invoke(app, ["shift", "dsir", "--help"], env={"COLUMNS": "200"})
     assert re.search(r"--deterministic\s+plain top-k", result.output)
+    # a flag on by default can be turned off
+    result = runner.invoke(app, ["shift", "gotd", "--help"], env={"COLUMNS": "200"})
+    assert re.search(r"--whiten\s+--no-whiten\s+whiten the embeddings", result.output)
+    result = runner.invoke(app, ["shift", "gotd", "nothere", "o", "--target", "t", "--no-whiten"])
+    assert result.exit_code != 0 and "No such option" not in result.output
     for args in (["filter"], ["eval"]):  # repeatable options show the type of one value
         result = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "200"})
         assert "list[" not in result.output and re.search(r"--(max|train)\s+<str>", result.output)

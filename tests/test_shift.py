@@ -423,7 +423,7 @@ def test_gotd_c_transform_of_the_whole_pool_gives_the_solved_gradients(tmp_path,
     stage = ShiftGotd(target=str(target), size=120)
     datasel.run(stage, tmp_path / "pool", tmp_path / "exact", quiet=True)
     real = ShiftGotd.gradients
-    monkeypatch.setattr(ShiftGotd, "gradients", lambda self, *a: real(self, *a[:-1], exact=False))
+    monkeypatch.setattr(ShiftGotd, "gradients", lambda self, *a, exact: real(self, *a, exact=False))
     datasel.run(stage, tmp_path / "pool", tmp_path / "streamed", quiet=True)
     exact = _grads_in_input_order(tmp_path / "exact")
     streamed = _grads_in_input_order(tmp_path / "streamed")
@@ -489,3 +489,37 @@ def test_gotd_on_a_pool_without_text_removes_every_row_as_empty(tmp_path):
     m = datasel.run(ShiftGotd(target=str(target), size=5), tmp_path / "pool", tmp_path / "o", quiet=True)  # fmt: skip
     assert m["kept"] == 0 and m["removed"] == {"gotd:empty_text": 20}
     assert m["stats"]["selected"] == 0
+
+
+def test_gotd_whitening_separates_a_near_domain_that_raw_cosines_do_not(tmp_path):
+    """Two news-like domains differ along one direction of little spread (7) and vary along
+    the big ones that five far domains spread the pool over (1-5): on raw cosines that
+    variation hides the difference; whitened on the pool's covariance the two separate."""
+    rng = np.random.default_rng(0)
+    d, n = 16, 400
+    centres = {f"far{i}": np.eye(d)[1 + i] * 10 for i in range(5)}
+    centres["target"] = np.eye(d)[0] * 10 + np.eye(d)[7] * 0.4
+    centres["other"] = np.eye(d)[0] * 10 - np.eye(d)[7] * 0.4  # the near domain
+    noise = {
+        "far": np.full(d, 0.5),
+        "news": np.where((np.arange(d) >= 1) & (np.arange(d) <= 5), 2, 0.1),
+    }
+    domains = [name for name in centres for _ in range(n)]
+    v = np.concatenate(
+        [
+            c + rng.normal(size=(n, d)) * noise["far" if k.startswith("far") else "news"]
+            for k, c in centres.items()
+        ]
+    )
+    (tmp_path / "pool").mkdir()
+    ids = [str(i) for i in range(len(v))]
+    _with_vectors(tmp_path / "pool" / "0.parquet", v, id=ids, text=["x"] * len(v), domain=domains)
+    target = centres["target"] + rng.normal(size=(60, d)) * noise["news"]
+    _with_vectors(tmp_path / "target.parquet", target, text=["t"] * 60)
+    got = {}
+    for whiten in (True, False):
+        stage = ShiftGotd(target=str(tmp_path / "target.parquet"), size=n, whiten=whiten)
+        datasel.run(stage, tmp_path / "pool", tmp_path / str(whiten), quiet=True)
+        picked = read_dataset(tmp_path / str(whiten)).column("domain").to_pylist()
+        got[whiten] = picked.count("target") / n
+    assert got[True] >= 0.85 and got[False] <= 0.65, got

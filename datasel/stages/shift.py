@@ -375,6 +375,10 @@ class ShiftGotd(_Shift):
         20_000, help="pool documents (plus the target) to fit the hashing embedder on"
     )
     eps: float = param(0.1, help="entropic regularisation of the OT (in cosine-cost units)")
+    whiten: bool = param(
+        True,
+        help="whiten the embeddings on the pool's covariance before the transport (Su et al. 2021), so that near domains separate; --no-whiten: raw cosines, as in the paper",
+    )
     max_target: int = param(
         5_000,
         help="a larger target is summarised by this many k-means centroids with their masses (on CPU fewer, to keep pool x target under 1e9 pairs, at least 300)",
@@ -487,6 +491,7 @@ class ShiftGotd(_Shift):
     def select(self, staged: Staged, ctx: Context) -> Decision:
         from datasel.ops.sinkhorn import sinkhorn
         from datasel.ops.topk import order_keys, streaming_top
+        from datasel.ops.whiten import Whitening
 
         has_text = staged.concat("shift_blank", bool) == 0
         live = np.flatnonzero(has_text)
@@ -495,16 +500,23 @@ class ShiftGotd(_Shift):
             return self.decision(staged.total, live, live, "gotd_grad", np.zeros(0))
         draws = np.random.default_rng(self.seed)
         solved = sample_rows(live, self.ot_sample, draws)
+        x = gather_rows(staged, "gotd_emb", solved)
+        space = Whitening.fit(x) if self.whiten else (lambda v, out=None: v)
+        x = space(x, out=x)  # the solve's rows, mapped in place
         points, mass = summarise(
-            self.target_emb, target_points(len(solved), self.max_target, self.device), self.seed
+            space(self.target_emb),
+            target_points(len(solved), self.max_target, self.device),
+            self.seed,
         )
 
-        def solve(rows):  # the OT between the pool rows at positions `rows` and the target
-            x = gather_rows(staged, "gotd_emb", rows)
+        def solve(x):  # the OT between pool vectors `x` (mapped by `space`) and the target
             return sinkhorn(x, points, b=mass, eps=self.eps, cost="cosine", device=self.device)
 
-        ot = solve(solved)
-        gradients = self.gradients(staged, ctx, ot, points, mass, live, len(solved) == len(live))
+        ot = solve(x)
+        del x
+        gradients = self.gradients(
+            staged, ctx, ot, points, mass, live, space, exact=len(solved) == len(live)
+        )
 
         def ranked():  # (positions of a unit's rows with text, their gradients, ranking keys)
             for at, grad in gradients():
@@ -520,8 +532,9 @@ class ShiftGotd(_Shift):
             if take.any():
                 cut = max(cut, float(grad[take].max()))
         chosen = np.flatnonzero(picked)
-        after = solve(sample_rows(chosen, self.ot_sample, draws)) if k else ot
+        after = ot
         if k:
+            after = solve(space_rows(staged, sample_rows(chosen, self.ot_sample, draws), space))
             ctx.cutoff("gotd_grad", cut, f"lowest {k:,}: ≤ {cut:.4g}")
         ctx.stats.update(
             {
@@ -540,10 +553,12 @@ class ShiftGotd(_Shift):
         values = np.concatenate(values) if values else np.zeros(0)
         return self.decision(staged.total, live, chosen, "gotd_grad", values)
 
-    def gradients(self, staged: Staged, ctx: Context, ot, points, mass, live, exact: bool):
+    def gradients(
+        self, staged: Staged, ctx: Context, ot, points, mass, live, space, *, exact: bool
+    ):
         """A callable whose every call yields, unit by unit, the positions of the rows with text
-        and their calibrated OT gradients. Solved on the whole pool (`exact`): from the solve's
-        potentials. Solved on a sample: each row's potential is the soft c-transform of the
+        and their calibrated OT gradients (the pool's vectors mapped by `space`, as solved).
+        Solved on the whole pool (`exact`): from the solve's potentials. Solved on a sample: each row's potential is the soft c-transform of the
         target's potential, computed once in a pass over the units, a block of rows at a time,
         and kept on disk, so no more than a block of vectors and a unit's potentials are held."""
         from datasel.ops.sinkhorn import gotd_gradient, soft_c_transform
@@ -561,7 +576,7 @@ class ShiftGotd(_Shift):
             at = live[rows]
             f = [
                 soft_c_transform(
-                    gather_rows(staged, "gotd_emb", at[j : j + BLOCK_ROWS]),
+                    space_rows(staged, at[j : j + BLOCK_ROWS], space),
                     points,
                     ot.g,
                     b=mass,
@@ -590,6 +605,12 @@ def sample_rows(rows: np.ndarray, n: int, draws: np.random.Generator) -> np.ndar
     if len(rows) <= n:
         return rows
     return np.sort(draws.choice(rows, n, replace=False))
+
+
+def space_rows(staged: Staged, rows: np.ndarray, space) -> np.ndarray:
+    """The embeddings of the rows at positions `rows`, mapped by `space` in place."""
+    x = gather_rows(staged, "gotd_emb", rows)
+    return space(x, out=x)
 
 
 def gather_rows(staged: Staged, name: str, rows: np.ndarray) -> np.ndarray:
