@@ -7,8 +7,9 @@ A real labelled mixture of >= 100,000 documents: every dev-corpus document is cu
 of ~60 words; the target domain's passages are thinned to 3% of the pool. The target set is 300
 passages of held-out documents of that domain (no pool passage comes from them). Each method
 selects as many passages as the pool holds of the domain; precision = the selected share from
-that domain (random: ~0.03). Also the methods' own shift statistics: DSIR's hashed n-gram KL to
-the target before/after, GOT-D's OT cost before/after.
+that domain (random: ~0.03), and `text` the domain's share of the selected text (what a model
+trained on the selection at equal tokens sees). Also the methods' own shift statistics: DSIR's
+hashed n-gram KL to the target before/after, GOT-D's OT cost before/after.
 
 `gotd-<M>` (e.g. `gotd-10000`) is GOT-D with --ot-sample M: the transport solved on M pool
 passages drawn at random, every passage's gradient from that solution (a pool of ~100k is solved
@@ -138,12 +139,21 @@ def main() -> None:
             if row:
                 table.append(row)
     if len(table) > 1:
-        print(f"\nprecision by target domain ({args.unit} pools, {args.share:.0%} target):")
-        print(f"{'domain':<24} {'pool':>8} {'random':>7} " + " ".join(f"{m:>9}" for m in methods))
-        for domain, n, k, precisions in table:
-            print(f"{domain:<24} {n:>8,} {k / n:7.3f} " + " ".join(f"{x:9.3f}" for x in precisions))
-        means = [sum(r[3][i] for r in table) / len(table) for i in range(len(methods))]
-        print(f"{'mean':<24} {'':>8} {'':>7} " + " ".join(f"{x:9.3f}" for x in means))
+        for title, col in (("precision", 3), ("in-domain share of the selected text", 4)):
+            print(f"\n{title} by target domain ({args.unit} pools, {args.share:.0%} target):")
+            print(
+                f"{'domain':<24} {'pool':>8} {'random':>7} " + " ".join(f"{m:>9}" for m in methods)
+            )
+            for row in table:
+                domain, n, k, values = row[0], row[1], row[2], row[col]
+                share = (
+                    f"{k / n:7.3f}" if col == 3 else f"{'':>7}"
+                )  # random's text share: not measured
+                print(f"{domain:<24} {n:>8,} {share} " + " ".join(f"{x:9.3f}" for x in values))
+            means = [sum(r[col][i] for r in table) / len(table) for i in range(len(methods))]
+            print(f"{'mean':<24} {'':>8} {'':>7} " + " ".join(f"{x:9.3f}" for x in means))
+            worst = [min(r[col][i] for r in table) for i in range(len(methods))]
+            print(f"{'worst':<24} {'':>8} {'':>7} " + " ".join(f"{x:9.3f}" for x in worst))
 
 
 def run_domain(args, domain: str, methods: list[str], tmp: Path):
@@ -157,8 +167,8 @@ def run_domain(args, domain: str, methods: list[str], tmp: Path):
         f"pool {n:,} {args.unit}s, {k:,} ({k / n:.1%}) from {domain}; target {args.targets} "
         f"held-out {args.unit}s; select {k:,}"
     )
-    print(f"{'method':<10} {'precision':>9} {'seconds':>8}  shift")
-    print(f"{'random':<10} {k / n:9.3f} {'':>8}")
+    print(f"{'method':<10} {'precision':>9} {'text':>6} {'seconds':>8}  shift")
+    print(f"{'random':<10} {k / n:9.3f} {'':>6} {'':>8}")
     stages = {
         "dsir": ShiftDsir(target=str(target), size=k),
         "gotd": ShiftGotd(target=str(target), size=k),
@@ -177,14 +187,15 @@ def run_domain(args, domain: str, methods: list[str], tmp: Path):
             stages[name] = ShiftGotd(target=str(target), size=k, whiten=False)
         elif name.startswith("gotd-"):
             stages[name] = ShiftGotd(target=str(target), size=k, ot_sample=int(name[5:]))
-    precisions, picked = [], {}
+    precisions, texts, picked = [], [], {}
     for name in methods:
         t0 = time.perf_counter()
         out = tmp / ("gotd" if name.startswith("gotd") else name)  # gotd-*: gotd's embeddings
         m = datasel.run(stages[name], pool, out, quiet=True, overwrite=True)
         sec = time.perf_counter() - t0
-        selected = pq.read_table(out, columns=["id", "domain"])
+        selected = pq.read_table(out, columns=["id", "domain", "text"])
         dom = selected.column("domain").to_pylist()
+        chars = [len(t) for t in selected.column("text").to_pylist()]
         picked[name] = set(selected.column("id").to_pylist())
         s = m["stats"]
         shift = (
@@ -196,8 +207,11 @@ def run_domain(args, domain: str, methods: list[str], tmp: Path):
             shared = len(picked[name] & picked["gotd"]) / k
             shift += f"; solved on {s['ot_rows']:,}; overlap with gotd {shared:.3f}"
         precisions.append(sum(d == domain for d in dom) / len(dom))
-        print(f"{name:<10} {precisions[-1]:9.3f} {sec:8.1f}  {shift}", flush=True)
-    return domain, n, k, precisions
+        texts.append(
+            sum(c for c, d in zip(chars, dom, strict=True) if d == domain) / max(sum(chars), 1)
+        )
+        print(f"{name:<10} {precisions[-1]:9.3f} {texts[-1]:6.3f} {sec:8.1f}  {shift}", flush=True)
+    return domain, n, k, precisions, texts
 
 
 if __name__ == "__main__":
