@@ -355,10 +355,11 @@ class ShiftGotd(_Shift):
     """Select the documents whose optimal-transport gradient pulls the pool toward a target (GOT-D).
 
     Kang et al., "Get more for less: Principled Data Selection for Warming Up Fine-Tuning in LLMs"
-    (ICLR 2024). Entropic OT between the pool's and the target's embeddings (log-domain Sinkhorn,
-    blocked so no full cost matrix is held; torch, on GPU when present); the pool-side dual
-    potential, calibrated as f_i minus the mean of the others, is the gradient of the OT distance
-    with respect to each candidate's mass; the most negative are selected. Adds `gotd_grad`.
+    (ICLR 2024). Entropic OT between the pool's and the target's embeddings, whitened on the
+    pool's covariance (log-domain Sinkhorn, blocked so no full cost matrix is held; torch, on
+    GPU when present); the pool-side dual potential, calibrated as f_i minus the mean of the
+    others, is the gradient of the OT distance with respect to each candidate's mass; the most
+    negative are selected. Adds `gotd_grad`.
     """
 
     name = "shift-gotd"
