@@ -146,9 +146,8 @@ def main() -> None:
             )
             for row in table:
                 domain, n, k, values = row[0], row[1], row[2], row[col]
-                share = (
-                    f"{k / n:7.3f}" if col == 3 else f"{'':>7}"
-                )  # random's text share: not measured
+                # random's share of the text is not measured
+                share = f"{k / n:7.3f}" if col == 3 else f"{'':>7}"
                 print(f"{domain:<24} {n:>8,} {share} " + " ".join(f"{x:9.3f}" for x in values))
             means = [sum(r[col][i] for r in table) / len(table) for i in range(len(methods))]
             print(f"{'mean':<24} {'':>8} {'':>7} " + " ".join(f"{x:9.3f}" for x in means))

@@ -559,9 +559,10 @@ class ShiftGotd(_Shift):
     ):
         """A callable whose every call yields, unit by unit, the positions of the rows with text
         and their calibrated OT gradients (the pool's vectors mapped by `space`, as solved).
-        Solved on the whole pool (`exact`): from the solve's potentials. Solved on a sample: each row's potential is the soft c-transform of the
-        target's potential, computed once in a pass over the units, a block of rows at a time,
-        and kept on disk, so no more than a block of vectors and a unit's potentials are held."""
+        Solved on the whole pool (`exact`): from the solve's potentials. Solved on a sample: each
+        row's potential is the soft c-transform of the target's potential, computed once in a
+        pass over the units, a block of rows at a time, and kept on disk, so no more than a block
+        of vectors and a unit's potentials are held."""
         from datasel.ops.sinkhorn import gotd_gradient, soft_c_transform
 
         bounds = np.searchsorted(live, staged.offsets)  # unit i's: live[bounds[i] : bounds[i+1]]
