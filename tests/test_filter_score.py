@@ -261,27 +261,35 @@ def test_no_stage_imports_the_pipeline_a_workflow_or_the_cli():
             assert not any(n.startswith(above) for n in names), (path, names)
 
 
-def _reference_filter(rows, rules):
-    """The whole-column select filter did before it streamed: lexsort over every alive row."""
+def _reference_filter(rows, rules, within=None):
+    """The whole-column select filter did before it streamed: lexsort over every alive row (of
+    each group of `within`)."""
     n = len(rows)
     alive, reason = np.ones(n, dtype=bool), [None] * n
     chars = np.array([len(r["text"] or "") for r in rows])
+    group = np.array([0 if within is None else r[within] for r in rows], dtype=object)
+    if within is not None:
+        for i in np.flatnonzero(group == None):  # noqa: E711 - elementwise
+            reason[i] = f"filter:{within} missing"
+            alive[i] = False
     for kind, col, v in rules:
         values = np.array([np.nan if r[col] is None else r[col] for r in rows], dtype=float)
         for i in np.flatnonzero(np.isnan(values) & alive):
             reason[i] = f"filter:{col} missing"
         alive &= ~np.isnan(values)
-        idx = np.flatnonzero(alive)
-        order = idx[np.lexsort((idx, -values[idx]))]
-        if kind == "top":
-            k = int(v)
-        elif kind == "top_fraction":
-            k = int(round(v * len(idx)))
-        else:
-            cum = np.cumsum(chars[order])
-            k = int(np.searchsorted(cum, v * (cum[-1] if len(cum) else 0), side="left")) + 1
         keep = np.zeros(n, dtype=bool)
-        keep[order[: min(k, len(order))]] = True
+        sign = -1 if kind.startswith("bottom") else 1
+        for g in {group[i] for i in np.flatnonzero(alive)}:
+            idx = np.flatnonzero(alive & (group == g))
+            order = idx[np.lexsort((idx, -sign * values[idx]))]
+            if kind in ("top", "bottom"):
+                k = int(v)
+            elif kind.endswith("_fraction"):
+                k = int(round(v * len(idx)))
+            else:
+                cum = np.cumsum(chars[order])
+                k = int(np.searchsorted(cum, v * (cum[-1] if len(cum) else 0), side="left")) + 1
+            keep[order[: min(k, len(order))]] = True
         for i in np.flatnonzero(alive & ~keep):
             reason[i] = f"filter:{kind.replace('_', '-')}:{col}={v:g}"
         alive &= keep
@@ -320,3 +328,70 @@ def test_filter_top_rules_over_many_shards_and_exact_ties_remove_what_a_full_sor
         removed = read_removed(out).to_pylist()
         got = {i: None for i in kept} | {r["id"]: r["reason"] for r in removed}
         assert got == _reference_filter(rows, rules), rules
+
+
+@pytest.mark.parametrize("n_groups", [3, 40])  # up to 16 groups: 16-bit digits; more: 8-bit
+def test_filter_within_groups_ranks_inside_each_group_as_a_full_sort_of_it_does(tmp_path, n_groups):
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(3000):
+        s = [None, -0.0, 0.0, 0.5, 1.0, float("inf"), -1.5, 2.0][int(rng.integers(0, 8))]
+        s = s if s is None or rng.random() < 0.5 else float(rng.normal())
+        g = None if rng.random() < 0.03 else f"g{int(rng.zipf(1.5)) % n_groups}"
+        text = "y" * int(rng.integers(0, 30))
+        rows.append({"id": f"d{i}", "text": text, "s": s, "g": g, "t": int(rng.integers(0, 4))})
+    (tmp_path / "in").mkdir()
+    for part in range(5):
+        pq.write_table(
+            pa.Table.from_pylist(rows[part * 600 : (part + 1) * 600]),
+            tmp_path / "in" / f"{part}.parquet",
+        )
+    rule_sets = [
+        [("bottom_fraction", "s", 0.4)],
+        [("top_chars", "s", 0.3)],
+        [("bottom_chars", "t", 0.5)],
+        [("top", "s", 7), ("bottom", "t", 5)],
+        [("top_fraction", "t", 0.05)],  # small groups round to no row: all of them removed
+    ]
+    for n, rules in enumerate(rule_sets):
+        flags = {}
+        for kind, col, v in rules:
+            flags.setdefault(kind, []).append(f"{col}={v:g}")
+        out = tmp_path / f"out{n}"
+        m = datasel.run(Filter(**flags, within="g"), tmp_path / "in", out, quiet=True, workers=2)
+        kept = read_dataset(out).column("id").to_pylist()
+        removed = read_removed(out).to_pylist()
+        got = {i: None for i in kept} | {r["id"]: r["reason"] for r in removed}
+        assert got == _reference_filter(rows, rules, within="g"), rules
+        assert m["rows_in"] == 3000 == m["kept"] + m["removed_total"]
+        assert m["stats"]["within"]["groups"] == len({r["g"] for r in rows} - {None})
+    assert m["removed"]["filter:g missing"] == sum(r["g"] is None for r in rows)
+    labels = [c["label"] for c in m["cutoffs"]["t"]]  # one cut per group (the largest six)
+    assert 1 < len(labels) <= 6 and all(" in g=g" in label for label in labels), labels
+
+
+def test_filter_bottom_rules_keep_the_lowest_and_the_manifest_says_so(tmp_path):
+    rows = scored_input(tmp_path)
+    m = datasel.run(
+        Filter(bottom_fraction="s=0.25"), tmp_path / "in.parquet", tmp_path / "out", quiet=True
+    )
+    kept = read_dataset(tmp_path / "out").to_pylist()
+    valid = sorted(r["s"] for r in rows if r["s"] is not None)
+    assert len(kept) == round(0.25 * len(valid))
+    assert max(r["s"] for r in kept) == valid[len(kept) - 1]
+    assert m["stats"]["bottom_fraction:s:threshold"] == valid[len(kept) - 1]
+
+
+def test_filter_within_errors(tmp_path):
+    with pytest.raises(ValueError, match="--within applies to the --top and --bottom rules"):
+        Filter(max="s=1", within="g")
+    rows = [{"text": "a", "s": 1.0, "g": [1, 2]}, {"text": "b", "s": 2.0, "g": [3]}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    result = runner.invoke(
+        app,
+        ["filter", str(tmp_path / "in.parquet"), str(tmp_path / "out"), "--top", "s=1",
+         "--within", "g"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "--within: column 'g' holds list" in result.output, (
+        result.output
+    )
