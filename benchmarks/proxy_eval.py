@@ -3,8 +3,8 @@ r"""What each stage buys: held-out loss of the same proxy LM trained on each sta
     python benchmarks/proxy_eval.py                              # every section, tiny model, CPU
     python benchmarks/proxy_eval.py --only shift --domain man_pages
     python benchmarks/proxy_eval.py --model small --tokens 10000000 --eval-tokens 200000   # GPU
-    python benchmarks/proxy_eval.py --tokens 20000 --pick-tokens 100000 --pool 2000 \
-        --eval-tokens 2000 --held 40 --ref-tokens 20000 --set-tokens 2000 \
+    python benchmarks/proxy_eval.py --tokens 20000 --pick-tokens 100000 --base-tokens 20000 \
+        --pool 2000 --eval-tokens 2000 --held 40 --ref-tokens 20000 --set-tokens 2000 \
         --held-per-domain 10 --val-per-domain 10 --fit-docs 200  # smoke test
 
 Every arm is judged by `datasel.evaluate` (no training loop here): the same model (`--model`,
@@ -30,7 +30,9 @@ Sections (`--only shift,dedup,diversify,filter,pick`):
   filter     quality filters vs the token-matched random baseline, on a pool of 3x `--tokens`:
              Gopher rules (`score heuristics` + configs/quickstart.yaml's thresholds); CCNet's
              perplexity filter (`score ppl` under a reference LM, keep the lowest-bits-per-byte
-             documents holding `--keep` of the characters); PreSelect (`preselect fit` on the
+             documents holding `--keep` of the characters: `filter --bottom-chars`, over the
+             pool (ppl), inside each domain (ppl-domain, `--within domain`: CCNet's quantiles
+             per language) or each k-means cluster (ppl-cluster)); PreSelect (`preselect fit` on the
              losses of `--fit-docs` pool documents under 5 LMs and their benchmark scores, then
              `score preselect` and `filter --top-chars`, `--keep`). The 5 LMs are trained here by
              `datasel eval --save-model` on disjoint reference documents (every domain; prose;
@@ -38,9 +40,10 @@ Sections (`--only shift,dedup,diversify,filter,pick`):
              a model's benchmark score is minus its bits per byte on validation documents of
              every domain (disjoint from the eval sets).
   pick       fine-tuning (`datasel eval --finetune`) on self-instruct-8way split into train and
-             held-out instructions: `pick` vs a random candidate per instruction vs each single
-             source (the best one is reported). The base and target model is a tiny random GPT-2
-             built from a config (tests/lm_fixtures.py): a smoke-level measure only.
+             held-out instructions: `pick` (`--normalize mean`, the default, and `sum`) vs a
+             random candidate per instruction vs each single source (the best one is
+             reported). The base and target model is `--base`, or a `--model` GPT-2 pre-trained
+             here on `--base-tokens` of dev-corpus documents: real, but far weaker than GRAPE's.
 
 Dedup and filter score one held-out set per domain (`--held-per-domain` documents), diversify
 one per mixture domain (`--held` / 4), each up to `--set-tokens` tokens; they report the mean
@@ -50,8 +53,8 @@ Time: `datasel eval` prints its estimate before it starts. `tiny` trains 1M toke
 CPU-minutes (83 s wall on the idle 2-core CPU); on the shared CPU at load average ~14 a step
 took 3.4-4.3 s instead of ~0.34 s, so 1M tokens took ~15-18 min per arm and seed there. Runs
 per section: shift 10, dedup 4, diversify 6, filter 8 plus 5 reference LMs (`--ref-tokens`),
-`score ppl` of the pool and of `--fit-docs` documents under 5 models; pick 20 runs of a
-50k-parameter model, 300k tokens each. Measured wall times are in docs/benchmarks.md. The smoke
+`score ppl` of the pool and of `--fit-docs` documents under 5 models; pick one pre-training
+run of `--base-tokens` and 22 fine-tuning runs of `--pick-tokens` (~20 min idle). Measured wall times are in docs/benchmarks.md. The smoke
 command above (a smoke test, not a result) took, at load: shift 100 s, dedup ~4 min, filter
 > 15 min at load average 14 (its reference LMs and scoring), diversify ~90 s, pick ~130 s.
 """
@@ -64,6 +67,7 @@ import json
 import random
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -378,18 +382,6 @@ def score_ppl(models: dict[str, str], src: str, dst: Path) -> Path:
     return pipe.step_dirs(dst)[-1]
 
 
-def lowest(path: Path, column: str, keep: float) -> float:
-    """The `column` value below which the lowest-scored rows hold `keep` of the characters."""
-    t = pq.read_table(path, columns=[column, "text"]).to_pydict()
-    pairs = sorted((v, len(x)) for v, x in zip(t[column], t["text"], strict=True) if v == v)
-    total, acc = sum(n for _, n in pairs), 0
-    for v, n in pairs:
-        acc += n
-        if acc >= keep * total:
-            return v
-    return pairs[-1][0]
-
-
 def fit_once(src: Path, out: Path, columns: list[str], bench: list[float], **fasttext) -> dict:
     """`preselect fit`, or the card of an earlier fit with the same inputs and settings: the fit
     is multi-threaded fastText, not bit-reproducible, and a new scorer would retrain every run
@@ -425,8 +417,8 @@ def filter_(args, docs: list[dict], work: Path) -> dict:
           f"held-out {sum(map(len, held.values())):,}")  # fmt: skip
 
     info: dict = {"pool": len(pool), "keep": args.keep}
-    arms = {}
-    if "gopher" in args.filters.split(","):
+    arms, wanted = {}, args.filters.split(",")
+    if "gopher" in wanted:
         datasel.run(ScoreHeuristics(), pool_path, work / "scored", quiet=True, overwrite=True)
         m = datasel.run(datasel.Filter(min=GOPHER_MIN, max=GOPHER_MAX), work / "scored",
                         work / "gopher", quiet=True, overwrite=True)  # fmt: skip
@@ -436,11 +428,20 @@ def filter_(args, docs: list[dict], work: Path) -> dict:
     models, bench = reference_models(args, ref, val, work)
     info["reference_bpb"] = {g: round(-b, 4) for g, b in bench.items()}
     scored = score_ppl({"ref": models["all"]}, pool_path, work / "ppl-scored")
-    cut = lowest(scored, "ref_bpb", args.keep)
-    m = datasel.run(datasel.Filter(max=f"ref_bpb={cut}"), scored, work / "ppl", quiet=True,
+    if "ppl-cluster" in wanted:  # k-means clusters (diversify keeping every row labels them)
+        datasel.run(Diversify(fraction=1.0), scored, work / "ppl-clustered", quiet=True,
                     overwrite=True)  # fmt: skip
-    arms["ppl"] = str(work / "ppl")
-    info["ppl"] = {"cut_bpb": round(cut, 4), "kept": m["kept"]}
+    for arm, within, src in (("ppl", None, scored), ("ppl-domain", "domain", scored),
+                             ("ppl-cluster", "cluster", work / "ppl-clustered")):  # fmt: skip
+        if arm not in wanted:
+            continue
+        m = datasel.run(datasel.Filter(bottom_chars=f"ref_bpb={args.keep}", within=within), src,
+                        work / arm, quiet=True, overwrite=True)  # fmt: skip
+        arms[arm] = str(work / arm)
+        info[arm] = {"kept": m["kept"], "cut_bpb": m["stats"]["bottom_chars:ref_bpb:threshold"]}
+        print(f"  {arm}: kept {m['kept']:,}")  # fmt: skip
+    if not any(a.startswith("preselect") for a in wanted):
+        return filter_results(args, work, arms, held, pool_path, info)
 
     fit_src = write(rng.sample(pool, min(args.fit_docs, len(pool))), work / "fit.parquet")
     losses = score_ppl(models, fit_src, work / "fit-scored")
@@ -461,9 +462,12 @@ def filter_(args, docs: list[dict], work: Path) -> dict:
         print(f"  {arm} (fastText {epoch} epochs, lr {lr}): classifier held-out accuracy "
               f"{card['heldout_accuracy']:.2f}, pool scores 5/50/95% {spread}; "
               f"kept {m['kept']:,}")  # fmt: skip
-    print(f"  ppl: kept {info['ppl']['kept']:,} (bpb <= {cut:.3f})")
-    arms = {a: p for a, p in arms.items() if a in args.filters.split(",")}
+    return filter_results(args, work, arms, held, pool_path, info)
 
+
+def filter_results(args, work: Path, arms: dict, held: dict, pool_path: str, info: dict) -> dict:
+    """Train and judge the filter arms against the token-matched random baseline."""
+    arms = {a: p for a, p in arms.items() if a in args.filters.split(",")}
     info["composition"] = {a: composition(p, sorted(held)) for a, p in arms.items()}
     info["composition"]["pool"] = composition(pool_path, sorted(held))
     res = judge(args, work, arms, heldout_sets(held, work), random_pool=pool_path)
@@ -475,11 +479,30 @@ def filter_(args, docs: list[dict], work: Path) -> dict:
     return out | {"info": info}
 
 
+def pretrained_base(args, docs: list[dict], work: Path) -> str:
+    """A `--model` GPT-2 pre-trained here (`datasel eval --save-model`) on `--base-tokens` of
+    dev-corpus documents: a real, if weak, target for `pick` and base for its fine-tuning."""
+    rng = random.Random(5)
+    pool, held = split_held_out(docs, 10, rng)
+    train = {"base": write(take_tokens(pool, args.base_tokens), work / "train.parquet")}
+    val = {"val": write([d for rows in held.values() for d in rows], work / "val.parquet")}
+    res = judge(args, work, train, val, tokens=args.base_tokens, seeds=1, checkpoints=1,
+                save_models=True)  # fmt: skip
+    print(f"  base LM: {args.base_tokens:,} tokens of dev-corpus documents, validation bits per "
+          f"byte {per_domain(res, 'base')['val']:.3f}")  # fmt: skip
+    return str(work / "eval" / "models" / "base.seed0")
+
+
+def picked_sources(folder: Path) -> Counter:
+    """How many instructions' picks came from each source model (`pick_source`)."""
+    return Counter(pq.read_table(folder, columns=["pick_source"])["pick_source"].to_pylist())
+
+
 def pick(args, docs: list[dict], work: Path) -> dict:
     if args.base is None:
-        print("pick: SMOKE-LEVEL measure: base and target model are a tiny random GPT-2 built "
-              "from a config (no real instruction model offline; give one with "
-              "--base)")  # fmt: skip
+        print(f"pick: base and target model: a {args.model} GPT-2 pre-trained here on "
+              f"{args.base_tokens:,} tokens of dev-corpus documents (no real instruction model "
+              "offline; give one with --base): a weak target, not GRAPE's")  # fmt: skip
     rows = [json.loads(line) for line in open(args.data / "self-instruct-8way.jsonl")]
     rng = random.Random(4)
     rng.shuffle(rows)
@@ -489,18 +512,16 @@ def pick(args, docs: list[dict], work: Path) -> dict:
     def prompt(r: dict) -> str:
         return r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
 
-    model = args.base
-    if model is None and (work / "model" / "config.json").is_file():
-        model = work / "model"  # built by an earlier run: reused, so finished runs are too
-    elif model is None:
-        from tests.lm_fixtures import make_tiny_lm
-
-        model = make_tiny_lm(work / "model", corpus=[prompt(r) for r in train] + [
-            c["text"] for r in train for c in r["responses"]])  # fmt: skip
+    model = args.base or pretrained_base(args, docs, work / "base")
     cands = write([{"id": r["id"], "instruction": prompt(r), "responses": r["responses"]}
                    for r in train], work / "candidates.parquet")  # fmt: skip
-    datasel.run(Pick(model=str(model)), cands, work / "pick", quiet=True, overwrite=True)
-    arms = {"pick": str(work / "pick")}
+    arms = {}
+    for arm, normalize in (("pick", "mean"), ("pick-sum", "sum")):
+        datasel.run(Pick(model=str(model), normalize=normalize), cands, work / arm, quiet=True,
+                    overwrite=True)  # fmt: skip
+        arms[arm] = str(work / arm)
+        print(f"  {arm}: picked sources " + ", ".join(
+            f"{m} {c}" for m, c in picked_sources(work / arm).most_common()))  # fmt: skip
     arms["random-pick"] = write(
         [{"instruction": prompt(r), "response": rng.choice(r["responses"])["text"]} for r in train],
         work / "random-pick.parquet",
@@ -515,13 +536,13 @@ def pick(args, docs: list[dict], work: Path) -> dict:
     evals = {"heldout": write([{"instruction": prompt(r), "response": r["target"]} for r in held],
                               work / "heldout.parquet")}  # fmt: skip
     res = judge(args, work, arms, evals, finetune=str(model), tokens=args.pick_tokens)
-    smoke = " [smoke-level]" if args.base is None else ""
-    out = table(f"pick (fine-tuning; held-out reference bits per byte){smoke}", res,
+    weak = " [base pre-trained here: a weak target]" if args.base is None else ""
+    out = table(f"pick (fine-tuning; held-out reference bits per byte){weak}", res,
                 "random-pick")  # fmt: skip
     best = min((a for a in arms if a.startswith("only-")), key=lambda a: out["arms"][a]["mean"])
     out["best_single_source"] = best
     out["info"] = {"train_instructions": len(train), "heldout_instructions": len(held),
-                   "base": str(model), "smoke_level": args.base is None}  # fmt: skip
+                   "base": str(model), "base_pretrained_here": args.base is None}  # fmt: skip
     print(f"  best single source: {best} ({out['arms'][best]['mean']:.4f}); note that picking it "
           "uses the held-out set, so it is an optimistic ceiling")  # fmt: skip
     return out
@@ -541,7 +562,9 @@ def main() -> None:
     ap.add_argument("--pick-tokens", type=int, default=300_000,
                     help="pick: fine-tuning tokens per arm (~4 epochs of an arm)")  # fmt: skip
     ap.add_argument("--base", default=None, help="pick: a local HF model folder as the pick "
-                    "target and fine-tuning base (default: a tiny random GPT-2)")  # fmt: skip
+                    "target and fine-tuning base (default: a --model GPT-2 pre-trained here)")  # fmt: skip
+    ap.add_argument("--base-tokens", type=int, default=1_000_000,
+                    help="pick without --base: the base's pre-training tokens")  # fmt: skip
     ap.add_argument("--domain", default="python_docs", help="shift: the target domain")
     ap.add_argument("--share", type=float, default=0.03, help="shift: the domain's pool share")
     ap.add_argument("--held", type=int, default=300, help="held-out eval documents (shift); "
@@ -563,7 +586,7 @@ def main() -> None:
                     help="filter: training tokens of each reference LM")  # fmt: skip
     ap.add_argument("--fit-docs", type=int, default=1000,
                     help="filter: pool documents PreSelect's classifier is fitted on")  # fmt: skip
-    ap.add_argument("--filters", default="gopher,ppl,preselect,preselect-e50",
+    ap.add_argument("--filters", default="gopher,ppl,ppl-domain,ppl-cluster,preselect,preselect-e50",
                     help="filter: the arms to train, besides the random baseline")  # fmt: skip
     ap.add_argument("--work", type=Path, default=Path("out/proxy_eval"),
                     help="working folder (resumable: finished runs are reused)")  # fmt: skip
