@@ -345,6 +345,7 @@ def test_filter_within_groups_ranks_inside_each_group_as_a_full_sort_of_it_does(
         pq.write_table(
             pa.Table.from_pylist(rows[part * 600 : (part + 1) * 600]),
             tmp_path / "in" / f"{part}.parquet",
+            row_group_size=128,  # several chunks a shard, each with its own dictionary
         )
     rule_sets = [
         [("bottom_fraction", "s", 0.4)],

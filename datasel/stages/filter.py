@@ -261,7 +261,7 @@ def _group_ids(staged: Staged, col: str) -> tuple[np.ndarray, list]:
             continue
         column = read_table(staged.shard(i), columns=[col]).column(0)
         try:
-            encoded = pc.dictionary_encode(column).combine_chunks()
+            encoded = pc.dictionary_encode(column.combine_chunks())
         except pa.ArrowNotImplementedError:
             raise DataselError(
                 f"filter --within: column '{col}' holds {column.type}: no groups of equal values"
