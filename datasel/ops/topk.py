@@ -118,29 +118,9 @@ def streaming_cut(parts, target: float, weighted: bool) -> tuple[int, float]:
     plus the one that reaches it. `target` must be reached by the total weight and, unless no row
     has weight, be > 0 (as in `topk`, k >= 1).
     """
-    size = 1 << DIGIT_BITS
-    prefix, above = 0, 0
-    for shift in range(64 - DIGIT_BITS, -1, -DIGIT_BITS):
-        count = np.zeros(size, dtype=np.int64)
-        weight = np.zeros(size, dtype=np.float64)  # exact for sums below 2**53
-        for keys, weights in parts():
-            if shift < 64 - DIGIT_BITS:
-                inside = (keys >> np.uint64(shift + DIGIT_BITS)) == np.uint64(prefix)
-                keys = keys[inside]
-                weights = weights[inside] if weighted else None
-            digit = ((keys >> np.uint64(shift)) & np.uint64(size - 1)).astype(np.intp)
-            count += np.bincount(digit, minlength=size)
-            if weighted:
-                weight += np.bincount(digit, weights=weights, minlength=size)
-        w = weight if weighted else count
-        running = above + np.cumsum(w[::-1])  # highest digit first
-        hit = np.flatnonzero((count[::-1] > 0) & (running >= target))
-        if not len(hit):
-            raise ValueError(f"target {target} is more than the total weight")
-        d = size - 1 - int(hit[0])
-        above = above + w[d + 1 :].sum()
-        prefix = (prefix << DIGIT_BITS) | d
-    return prefix, (float(above) if weighted else int(above))
+    one = np.array([target], np.float64)
+    cut, above = grouped_cut(lambda: ((k, w, None) for k, w in parts()), one, weighted)
+    return int(cut[0]), (float(above[0]) if weighted else int(above[0]))
 
 
 def take_tied(weights: np.ndarray, running: float, target: float) -> tuple[int, float, bool]:
@@ -187,7 +167,7 @@ def streaming_top(parts, k: int):
 def grouped_cut(parts, targets: np.ndarray, weighted: bool) -> tuple[np.ndarray, np.ndarray]:
     """`streaming_cut` for many groups at once, each with its own `target`, in one set of
     passes: `parts()` returns an iterable of `(keys, weights, groups)`, `groups` an int array
-    of indices into `targets`. Up to 16 groups: four passes of 65,536 buckets a group, as
+    of indices into `targets` (None: every row in the one group). Up to 16 groups: four passes of 65,536 buckets a group, as
     `streaming_cut`; more: eight passes of 256 buckets a group, so memory stays one part plus
     4 KB a group.
 
@@ -212,11 +192,13 @@ def grouped_cut(parts, targets: np.ndarray, weighted: bool) -> tuple[np.ndarray,
         weight = np.zeros(n_groups * size, np.float64)
         for keys, weights, groups in parts():
             if shift < 64 - bits:
-                inside = (keys >> np.uint64(shift + bits)) == prefix[groups]
-                keys, groups = keys[inside], groups[inside]
+                bucket = prefix[0] if groups is None else prefix[groups]
+                inside = (keys >> np.uint64(shift + bits)) == bucket
+                keys = keys[inside]
+                groups = None if groups is None else groups[inside]
                 weights = weights[inside] if weighted else None
             digit = ((keys >> np.uint64(shift)) & np.uint64(size - 1)).astype(np.intp)
-            at = groups.astype(np.intp) * size + digit
+            at = digit if groups is None else groups.astype(np.intp) * size + digit
             count += np.bincount(at, minlength=n_groups * size)
             if weighted:
                 weight += np.bincount(at, weights=weights, minlength=n_groups * size)
@@ -225,7 +207,8 @@ def grouped_cut(parts, targets: np.ndarray, weighted: bool) -> tuple[np.ndarray,
         tail = np.cumsum(w[:, ::-1], axis=1)  # weight of the digits >= each, highest first
         hit = (c > 0) & (above[:, None] + tail >= np.asarray(targets, np.float64)[:, None])
         if not hit.any(axis=1).all():
-            raise ValueError("a group's target is more than its total weight")
+            short = np.asarray(targets)[~hit.any(axis=1)][0]
+            raise ValueError(f"target {short} is more than the total weight")
         first = hit.argmax(axis=1)
         above += np.where(first > 0, tail[rows, np.maximum(first - 1, 0)], 0.0)
         prefix = (prefix << np.uint64(bits)) | (size - 1 - first).astype(np.uint64)

@@ -120,7 +120,7 @@ class Filter(Stage):
 
     def select(self, staged: Staged, ctx: Context) -> Decision:
         # Shard by shard: the driver holds a keep flag and a reason a row, never a whole column
-        # (the top rules find their cut by streaming passes, see ops.topk.streaming_cut).
+        # (the top rules find their cut by streaming passes, see ops.topk.grouped_cut).
         n = staged.total
         alive = np.ones(n, dtype=bool)
         reason = np.full(n, None, dtype=object)
@@ -137,6 +137,7 @@ class Filter(Stage):
             reason[missing] = f"filter:{self.within} missing"
             alive &= ~missing
             stats["within"] = {"column": self.within, "groups": len(names)}
+            group_rows = np.bincount(groups[~missing], minlength=len(names))
         for kind, col, v in self.rules:
             values = _numeric(staged, col)
             if kind == "min":
@@ -158,8 +159,7 @@ class Filter(Stage):
                 cut = _top(kind, v, staged, shards, values, alive, reason, col, groups)
                 flag, sign = kind.replace("_", "-"), "≤" if kind.startswith("bottom") else "≥"
                 if isinstance(cut, dict):  # --within: the cut of each of the largest groups
-                    size = np.bincount(groups[groups >= 0], minlength=len(names))
-                    largest = sorted(cut, key=lambda grp: -size[grp])[:TOP_GROUPS]
+                    largest = sorted(cut, key=lambda grp: -group_rows[grp])[:TOP_GROUPS]
                     stats[f"{kind}:{col}:threshold"] = {str(names[g]): cut[g] for g in largest}
                     for g in largest[:REPORTED_GROUPS]:
                         where = f"{self.within}={names[g]}"
@@ -244,11 +244,9 @@ def _top(kind, v, staged, shards, values, alive, reason, col, groups=None):
         out = at[~keep]
         reason[rows][out] = label
         live[out] = False
-    values_kept = {int(grp): last[slot[grp]] for grp in np.flatnonzero(ranked)}
-    values_kept = {grp: float(val) for grp, val in values_kept.items() if not np.isnan(val)}
-    if groups is None:
-        return values_kept.get(0)
-    return values_kept
+    kept = zip(np.flatnonzero(ranked), last, strict=True)  # a group's slot is its rank here
+    cuts = {int(grp): float(value) for grp, value in kept if not np.isnan(value)}
+    return cuts.get(0) if groups is None else cuts
 
 
 def _group_ids(staged: Staged, col: str) -> tuple[np.ndarray, list]:
