@@ -34,7 +34,8 @@ Sections (`--only shift,dedup,diversify,filter,pick`):
              pool (ppl), inside each domain (ppl-domain, `--within domain`: CCNet's quantiles
              per language) or each k-means cluster (ppl-cluster)); PreSelect (`preselect fit` on the
              losses of `--fit-docs` pool documents under 5 LMs and their benchmark scores, then
-             `score preselect` and `filter --top-chars`, `--keep`). The 5 LMs are trained here by
+             `score preselect` and `filter --top-chars`, `--keep`; over the pool, or inside each k-means
+             cluster: preselect-cluster, preselect-e50-cluster). The 5 LMs are trained here by
              `datasel eval --save-model` on disjoint reference documents (every domain; prose;
              technical; old literature; math); CCNet's reference LM is the every-domain one;
              a model's benchmark score is minus its bits per byte on validation documents of
@@ -382,6 +383,12 @@ def score_ppl(models: dict[str, str], src: str, dst: Path) -> Path:
     return pipe.step_dirs(dst)[-1]
 
 
+def with_clusters(src: Path, dst: Path) -> Path:
+    """The rows of src with a k-means `cluster` label: diversify keeping every row."""
+    datasel.run(Diversify(fraction=1.0), src, dst, quiet=True, overwrite=True)
+    return dst
+
+
 def fit_once(src: Path, out: Path, columns: list[str], bench: list[float], **fasttext) -> dict:
     """`preselect fit`, or the card of an earlier fit with the same inputs and settings: the fit
     is multi-threaded fastText, not bit-reproducible, and a new scorer would retrain every run
@@ -428,9 +435,8 @@ def filter_(args, docs: list[dict], work: Path) -> dict:
     models, bench = reference_models(args, ref, val, work)
     info["reference_bpb"] = {g: round(-b, 4) for g, b in bench.items()}
     scored = score_ppl({"ref": models["all"]}, pool_path, work / "ppl-scored")
-    if "ppl-cluster" in wanted:  # k-means clusters (diversify keeping every row labels them)
-        datasel.run(Diversify(fraction=1.0), scored, work / "ppl-clustered", quiet=True,
-                    overwrite=True)  # fmt: skip
+    if "ppl-cluster" in wanted:
+        with_clusters(scored, work / "ppl-clustered")
     for arm, within, src in (("ppl", None, scored), ("ppl-domain", "domain", scored),
                              ("ppl-cluster", "cluster", work / "ppl-clustered")):  # fmt: skip
         if arm not in wanted:
@@ -446,6 +452,8 @@ def filter_(args, docs: list[dict], work: Path) -> dict:
     fit_src = write(rng.sample(pool, min(args.fit_docs, len(pool))), work / "fit.parquet")
     losses = score_ppl(models, fit_src, work / "fit-scored")
     for arm, (epoch, lr) in PRESELECT_FITS.items():
+        if arm not in wanted and f"{arm}-cluster" not in wanted:
+            continue
         card = fit_once(losses, work / f"{arm}-scorer", [f"{g}_bpb" for g in models],
                         [bench[g] for g in models], epoch=epoch, lr=lr)  # fmt: skip
         datasel.run(ScorePreselect(scorer=str(work / f"{arm}-scorer")), pool_path,
@@ -453,6 +461,14 @@ def filter_(args, docs: list[dict], work: Path) -> dict:
         m = datasel.run(datasel.Filter(top_chars=f"preselect_score={args.keep}"),
                         work / f"{arm}-scored", work / arm, quiet=True, overwrite=True)  # fmt: skip
         arms[arm] = str(work / arm)
+        if f"{arm}-cluster" in wanted:
+            clustered = with_clusters(work / f"{arm}-scored", work / f"{arm}-clustered")
+            mc = datasel.run(datasel.Filter(top_chars=f"preselect_score={args.keep}",
+                                            within="cluster"),
+                             clustered, work / f"{arm}-cluster", quiet=True, overwrite=True)  # fmt: skip
+            arms[f"{arm}-cluster"] = str(work / f"{arm}-cluster")
+            info[f"{arm}-cluster"] = {"kept": mc["kept"]}
+            print(f"  {arm}-cluster: kept {mc['kept']:,}")
         scores = pq.read_table(work / f"{arm}-scored", columns=["preselect_score"])
         spread = [round(float(q), 4) for q in quantiles(scores.column(0).to_pylist())]
         info[arm] = {"kept": m["kept"], "fasttext_epoch": epoch, "fasttext_lr": lr,

@@ -25,6 +25,7 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichProgress
 from rich.table import Table
+from rich.text import Text
 
 console = Console(stderr=True)
 
@@ -213,7 +214,7 @@ def summary_table(manifest: dict) -> Table:
     table = Table(
         title=f"{manifest['stage']}: {manifest['seconds']:.1f} s",
         title_justify="left",
-        caption=headline(manifest) or None,
+        caption=Text(headline(manifest)) or None,  # Text: no markup, no :emoji: codes
         caption_justify="left",
     )
     table.add_column("rows")
@@ -223,9 +224,10 @@ def summary_table(manifest: dict) -> Table:
     table.add_row("in", f"{manifest['rows_in']:,}", "100.0%")
     table.add_row("kept", f"{manifest['kept']:,}", f"{100 * manifest['kept'] / n:.1f}%")
     for reason, count in manifest["removed"].items():
-        table.add_row(f"removed: {reason}", f"{count:,}", f"{100 * count / n:.1f}%")
+        # Text, not markup: "filter:top:s=1" would show rich's :top: emoji, "[x]" would vanish
+        table.add_row(Text(f"removed: {reason}"), f"{count:,}", f"{100 * count / n:.1f}%")
     for reason, count in (manifest.get("skipped") or {}).items():
-        table.add_row(f"skipped: {reason}", f"{count:,}", f"{100 * count / n:.1f}%")
+        table.add_row(Text(f"skipped: {reason}"), f"{count:,}", f"{100 * count / n:.1f}%")
     return table
 
 

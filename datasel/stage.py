@@ -67,6 +67,8 @@ def budget(
     input is not an error."""
     of = available if total is None else total
     want = size if size is not None else int(round(fraction * of))
+    if want == 0 and size is None and of:
+        ctx.warn(f"{stage}: --fraction {fraction:g} of {of:,} rows rounds to 0 rows: none selected")
     if want <= available:
         return want
     asked = f"--size {size:,}" if size is not None else f"--fraction {fraction:g} ({want:,} rows)"
@@ -333,9 +335,14 @@ class Staged:
 
     def column(self, name: str) -> pa.ChunkedArray:
         """One column of every shard, concatenated (read by projection: only that column)."""
+        # a unit with no rows is staged as an id-only empty shard: it has no column to read
         chunks = [
-            read_table(self.shard(i), columns=[name]).column(0) for i in range(len(self.rows))
+            read_table(self.shard(i), columns=[name]).column(0)
+            for i, rows in enumerate(self.rows)
+            if rows
         ]
+        if not chunks:
+            return pa.chunked_array([], pa.null())
         # a shard whose rows all had the column null holds it as null: nulls of the others' type
         types = {c.type for c in chunks if not pa.types.is_null(c.type)} or {chunks[0].type}
         if len(types) > 1:

@@ -431,6 +431,80 @@ def test_rows_without_text_are_removed_not_selected(tmp_path, embed_first):
     assert sorted(gone.column("id").to_pylist()) == ["blank", "empty", "null"]
 
 
+def test_rows_without_text_beside_unsampled_rows_of_one_file(tmp_path):
+    """Rows set aside as empty_text and rows select leaves out share a file's _removed/ shard:
+    before, the second kind had cluster columns the first had not, and writing it failed."""
+    rows = [{k: r[k] for k in ("id", "text", "domain")} for r in sample_rows(100)]
+    write_parquet(tmp_path / "in.parquet", rows[:50] + BLANK_ROWS + rows[50:])
+    m = run(Diversify(k=5, size=40, dim=32), tmp_path / "in.parquet", tmp_path / "out")
+    assert m["rows_in"] == 103 and m["kept"] == 40
+    assert m["removed"] == {"diversify:not_sampled": 60, "diversify:empty_text": 3}
+    gone = read_removed(tmp_path / "out")
+    blank = gone.filter(pa.compute.equal(gone.column("reason"), "diversify:empty_text"))
+    assert blank.column("cluster").null_count == 3 and gone.column("cluster").null_count == 3
+
+
+@pytest.mark.parametrize("embed_first", [False, True])
+def test_texts_without_a_word_have_no_vector_and_are_not_selected(tmp_path, embed_first):
+    """Punctuation only: no word for the hashing embedder, whose vector is then zero. A zero
+    vector joined whichever centroid was shortest and was sampled there; now such a row is
+    removed as no_vector, whether embedded here or by `datasel embed` (null there)."""
+    rows = [{k: r[k] for k in ("id", "text", "domain")} for r in sample_rows(200)]
+    marks = [{"id": f"p{i}", "text": t, "domain": "none"} for i, t in enumerate(["!!!", "* * *"])]
+    write_parquet(tmp_path / "in.parquet", rows[:100] + marks + rows[100:])
+    src = tmp_path / "in.parquet"
+    if embed_first:
+        run(Embed(dim=32), src, tmp_path / "emb")
+        src = tmp_path / "emb"
+    m = run(Diversify(k=5, fraction=1.0, max_similarity=1.0, dim=32), src, tmp_path / "out")
+    assert m["kept"] == 200 and m["removed"] == {"diversify:no_vector": 2}
+    assert sorted(read_removed(tmp_path / "out").column("id").to_pylist()) == ["p0", "p1"]
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_identical_rows_leave_clusters_empty_and_still_select(tmp_path, levels):
+    """k-means on copies of one text leaves all but one cluster empty: the near-duplicate
+    sampler took its cluster count from the largest label and failed on the quota rule's k."""
+    write_parquet(tmp_path / "in.parquet", [{"id": str(i), "text": "one text"} for i in range(30)])
+    m = run(Diversify(k=5, size=10, levels=levels), tmp_path / "in.parquet", tmp_path / "out")
+    assert m["kept"] == 1 and m["removed"] == {"diversify:not_sampled": 29}  # copies of one row
+
+
+def test_sample_distinct_with_the_last_clusters_empty():
+    from datasel.ops.quotas import sample_distinct
+
+    x = np.eye(4, dtype=np.float32)
+    labels = np.array([0, 0, 1, 1])  # clusters 2 and 3 of 4 hold no row
+    got = sample_distinct(
+        labels, lambda s: allocate(s, 3, np.ones(4)), 0, lambda r: x[r], 0.95, k=4
+    )
+    assert got.size == 3
+
+
+def test_a_previous_selection_behind_an_empty_first_file_is_kept(embedded, tmp_path):
+    """kIDS reads the --selected-column's presence from the staged shards: an empty first file
+    (a shard without columns) hid it, and the previous picks were silently dropped."""
+    table = pq.read_table(embedded / "scored.parquet").slice(0, 400)
+    (tmp_path / "in").mkdir()
+    pq.write_table(table.slice(0, 0), tmp_path / "in" / "a.parquet")
+    pq.write_table(table, tmp_path / "in" / "b.parquet")
+    before = sum(table.column("selected").to_pylist())
+    stage = Diversify(k=5, size=30, feedback="fb", max_similarity=1.0)
+    m = run(stage, tmp_path / "in", tmp_path / "out")
+    assert m["kept"] == before + 30
+    kept = pq.read_table(tmp_path / "out" / "part-00001.parquet")  # part 0: the empty file's
+    rounds = kept.column("diversify_round").to_pylist()
+    assert rounds.count(0) == before and rounds.count(1) == 30
+
+
+def test_non_finite_vectors_are_a_one_line_error(tmp_path):
+    rows = [{"id": str(i), "text": "t", "embedding": [1.0, float(i)]} for i in range(20)]
+    rows[7]["embedding"] = [float("nan"), 1.0]
+    write_parquet(tmp_path / "in.parquet", rows)
+    with pytest.raises(datasel.DataselError, match="column 'embedding' .*NaN or infinite.*'7'"):
+        run(Diversify(k=2, size=5), tmp_path / "in.parquet", tmp_path / "o")
+
+
 def test_byte_quotas_share_out_text_not_rows(embedded, tmp_path):
     # the sample's math problems are ~480 bytes, its speeches ~5,500: equal quotas in rows give
     # a short-document domain a sliver of the text; the defaults give every group about as much

@@ -107,3 +107,20 @@ def test_rows_without_text_get_a_null_vector(tmp_path):
     assert [i for i, v in is_null.items() if v] == ["empty", "blank", "null"]
     x = read_embeddings(table.column("embedding").filter(table.column("embedding").is_valid()))
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduce", ["svd", "random"])
+def test_a_text_without_a_word_gets_a_null_vector(tmp_path, reduce):
+    """Punctuation only: the hashing embedder finds no word, and its vector was zero, not of unit
+    length (diversify then clustered and sampled it): null, as for a blank text."""
+    rows = sample_rows(60) + [{"id": "dots", "text": "... !!!"}, {"id": "rule", "text": "* * *"}]
+    write_parquet(tmp_path / "in.parquet", rows)
+    m = datasel.run(
+        Embed(dim=16, reduce=reduce), tmp_path / "in.parquet", tmp_path / "o", quiet=True
+    )
+    assert m["kept"] == 62
+    table = read_dataset(tmp_path / "o")
+    nulls = table.filter(table.column("embedding").is_null()).column("id").to_pylist()
+    assert nulls == ["dots", "rule"]
+    x = read_embeddings(table.column("embedding").filter(table.column("embedding").is_valid()))
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)

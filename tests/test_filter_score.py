@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 import datasel
 from datasel.cli import app, register_stages
+from datasel.errors import DataselError
 from datasel.stages.filter import Filter
 from datasel.stages.score import ScoreFastText, ScorePreselect
 from datasel.workflows.preselect_fit import preselect_fit
@@ -396,3 +397,55 @@ def test_filter_within_errors(tmp_path):
     assert result.exit_code == 2 and "--within: column 'g' holds list" in result.output, (
         result.output
     )
+
+
+def test_filter_on_integers_beyond_2_53_keeps_them(tmp_path):
+    """An int64 column of times in ns or hashes (over 2**53) rounds to doubles, no traceback."""
+    ns = pa.array([1_700_000_000_000_000_001, 1_600_000_000_000_000_000], pa.int64())
+    pq.write_table(
+        pa.table({"id": ["new", "old"], "text": ["a", "b"], "ts": ns}), tmp_path / "in.parquet"
+    )
+    m = datasel.run(Filter(min="ts=1.65e18"), tmp_path / "in.parquet", tmp_path / "out", quiet=True)
+    assert m["kept"] == 1 and m["removed"] == {"filter:ts<1.65e+18": 1}
+    assert read_dataset(tmp_path / "out").column("id").to_pylist() == ["new"]
+
+
+def test_preselect_fit_names_the_file_and_row_of_a_missing_or_non_numeric_loss(tmp_path):
+    rows = [
+        {"id": f"r{i}", "text": f"document {i}", "a": float(i), "b": float(-i)} for i in range(20)
+    ]
+    rows[13]["b"] = None
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows[:10]), tmp_path / "in" / "p0.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[10:]), tmp_path / "in" / "p1.parquet")
+    with pytest.raises(DataselError, match=r"p1\.parquet: the row with id 'r13' has text but no"):
+        preselect_fit(
+            tmp_path / "in", tmp_path / "s", loss_columns=["a", "b"], benchmark_scores=[1, 2]
+        )
+    for r in rows:
+        r["b"] = "n/a" if r["b"] is None else str(r["b"])
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "words.parquet")
+    with pytest.raises(DataselError, match="words.parquet: loss column 'b' holds string"):
+        preselect_fit(
+            tmp_path / "words.parquet",
+            tmp_path / "s",
+            loss_columns=["a", "b"],
+            benchmark_scores=[1, 2],
+        )
+
+
+def test_a_rule_column_null_in_every_row_removes_every_row_as_missing(tmp_path):
+    """JSONL rows none of which has the score: the column is Arrow's null type, no error."""
+    (tmp_path / "in.jsonl").write_text('{"text": "a", "s": null}\n{"text": "b", "s": null}\n')
+    m = datasel.run(Filter(min="s=0"), tmp_path / "in.jsonl", tmp_path / "out", quiet=True)
+    assert m["kept"] == 0 and m["removed"] == {"filter:s missing": 2}
+
+
+def test_a_column_missing_from_a_later_file_names_that_file(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    pq.write_table(pa.table({"text": ["a b", "c d"], "s": [1.0, 2.0]}), src / "a.parquet")
+    pq.write_table(pa.table({"text": ["e f"]}), src / "b.parquet")
+    with pytest.raises(DataselError, match=r"b\.parquet: filter: no column 's'") as err:
+        datasel.run(Filter(min="s=0"), src, tmp_path / "out", quiet=True)
+    assert "a.parquet" not in str(err.value)

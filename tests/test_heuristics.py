@@ -80,3 +80,19 @@ def test_cli_column_prefix(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads((out / "_manifest.json").read_text())["kept"] == 1
     assert read_dataset(out).column("h_stop_words").to_pylist() == [2]
+
+
+def test_lines_of_unicode_spaces_are_blank():
+    """A line of no-break or ideographic spaces (HTML's &nbsp;) holds nothing: it must not
+    dilute the bullet and ellipsis shares, and a text of them has no line to share."""
+    s = stats(
+        "- one\n\u00a0\n- two\n\u3000\u00a0", "\u00a0\u00a0• item\nend…\u00a0", "\u3000\u00a0"
+    )
+    assert s["bullet_lines"] == [1.0, 0.5, None]
+    assert s["ellipsis_lines"] == [0.0, 0.5, None]
+
+
+def test_stop_words_next_to_letters_beyond_ascii_are_no_words():
+    """RE2's \\b knows ASCII only: "éthe" holds no word "the", nor does "thé" written with a
+    combining accent."""
+    assert stats("éthe andé", "the\u0301 of", "(the) to.")["stop_words"] == [0, 1, 2]

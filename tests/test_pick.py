@@ -115,6 +115,11 @@ def test_group_by_shape_and_top_k(tmp_path, tiny_lm):
             ["--group-by", "qid"],
             "no column 'qid'",
         ),
+        (
+            [{"id": "a", "instruction": "x", "responses": [{"text": 1}, {"text": 2}]}],
+            [],
+            "the candidates' 'text' field holds int64, not text",
+        ),
     ],
 )
 def test_pick_errors(tmp_path, tiny_lm, rows, args, message):
@@ -284,3 +289,74 @@ def test_an_instruction_without_candidates_is_removed_with_its_reason(tmp_path, 
     gone = {r["id"]: r for r in removed if r["reason"] == "pick:no_candidates"}
     assert set(gone) == {"b", "c"} and all(r["response"] is None for r in gone.values())
     assert read_dataset(tmp_path / "out").column("id").to_pylist() == ["a"]
+
+
+def test_rows_sharing_an_id_an_empty_shard_and_a_null_group(tmp_path, tiny_lm):
+    """Ids that repeat (two files numbered from 0) are two instructions, not one: each keeps a
+    pick. A shard with no rows among others is no error. With --group-by, a candidate whose
+    group is null is no candidate of any instruction (nor of one named "None")."""
+    schema = pa.schema(
+        [("id", pa.string()), ("instruction", pa.string()), ("responses", pa.list_(pa.string()))]
+    )
+    first = {"id": "0", "instruction": "Say hi.", "responses": ["hi", "hello"]}
+    second = {"id": "0", "instruction": "Name a colour.", "responses": ["red", "blue"]}
+    (tmp_path / "in").mkdir()
+    for i, rows in enumerate([[first], [], [second]]):
+        pq.write_table(pa.Table.from_pylist(rows, schema), tmp_path / "in" / f"p{i}.parquet")
+    m = datasel.run(Pick(model=str(tiny_lm)), tmp_path / "in", tmp_path / "out", quiet=True)
+    assert m["rows_in"] == 4 and m["kept"] == 2 and m["removed"] == {"pick:rank=2": 2}
+    assert m["stats"]["instructions"] == 2
+    kept = pq.read_table(tmp_path / "out" / "part-00000.parquet").to_pylist()
+    kept += pq.read_table(tmp_path / "out" / "part-00002.parquet").to_pylist()
+    assert kept[0]["response"] in first["responses"]
+    assert kept[1]["response"] in second["responses"]
+    assert [len(r["pick_scores"]) for r in kept] == [2, 2]
+
+    flat = [
+        {"id": "r0", "q": "q1", "instruction": "Say hi.", "response": "hi"},
+        {"id": "r1", "q": "q1", "instruction": "Say hi.", "response": "hello"},
+        {"id": "r2", "q": None, "instruction": "Name a dog.", "response": "Rex"},
+        {"id": "r3", "q": None, "instruction": "Count.", "response": "one two"},
+        {"id": "r4", "q": "None", "instruction": "Say yes.", "response": "yes"},
+    ]
+    pq.write_table(pa.Table.from_pylist(flat), tmp_path / "flat.parquet")
+    m = datasel.run(
+        Pick(model=str(tiny_lm), group_by="q", input_column=None),
+        tmp_path / "flat.parquet",
+        tmp_path / "flat",
+        quiet=True,
+    )
+    assert m["rows_in"] == 5 == m["kept"] + m["removed_total"]
+    assert m["removed"] == {"pick:rank=2": 1, "pick:q missing": 2}
+    assert m["stats"]["instructions"] == 2
+    picked = read_dataset(tmp_path / "flat").column("id").to_pylist()
+    assert "r4" in picked and len(picked) == 2
+    gone = {r["id"]: r for r in read_removed(tmp_path / "flat").to_pylist()}
+    assert gone["r2"]["reason"] == gone["r3"]["reason"] == "pick:q missing"
+    assert gone["r2"]["pick_rank"] is None
+
+
+def test_a_source_that_is_a_number_is_named_by_it(tmp_path, tiny_lm):
+    rows = [{"id": "a", "instruction": "x", "responses": [{"text": "one", "model": 7}]}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    m = datasel.run(Pick(model=str(tiny_lm)), tmp_path / "in.parquet", tmp_path / "o", quiet=True)
+    assert m["stats"]["picked_by_source"] == {"7": 1}
+    assert read_dataset(tmp_path / "o").column("pick_source").to_pylist() == ["7"]
+
+
+def test_an_instruction_without_text_is_not_scored(tmp_path, tiny_lm):
+    """No instruction and no input: nothing to condition on, so its candidates are not ranked
+    (under an empty prompt they would be picked by style alone) but removed by name."""
+    rows = [
+        {"id": "a", "instruction": "Say hi.", "input": None, "responses": ["hi", "hello"]},
+        {"id": "b", "instruction": "  ", "input": None, "responses": ["red", "blue"]},
+        {"id": "c", "instruction": None, "input": "2 + 2", "responses": ["4", "5"]},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    m = datasel.run(Pick(model=str(tiny_lm)), tmp_path / "in.parquet", tmp_path / "out", quiet=True)
+    assert m["rows_in"] == 6 and m["kept"] == 2
+    assert m["removed"] == {"pick:rank=2": 2, "pick:empty_instruction": 2}
+    assert m["stats"]["instructions_empty"] == 1 and m["stats"]["empty_candidates"] == 0
+    assert sorted(read_dataset(tmp_path / "out").column("id").to_pylist()) == ["a", "c"]
+    gone = [r for r in read_removed(tmp_path / "out").to_pylist() if r["id"] == "b"]
+    assert [r["pick_logprob"] for r in gone] == [None, None]

@@ -398,3 +398,28 @@ def test_cut_offs_survive_a_run_killed_after_its_selection(tmp_path):
     m = json.loads((out / "_manifest.json").read_text())
     assert m["cutoffs"] == {"dedup_jaccard": [{"value": 0.7, "label": "threshold 0.7"}]}
     assert m["added_columns"] == ["duplicate_of", "dedup_jaccard"]
+
+
+def test_filter_within_and_bottom_cuts_and_reasons_print_as_they_are(tmp_path):
+    """--within records a cut per group (a dict): the headline says so instead of failing on
+    it; a --bottom cut keeps values at or below it; a reason `filter:top:s=1` is not rich's
+    :top: emoji."""
+    from datasel.progress import summary_table as step_table
+    from datasel.report import headline
+    from datasel.stages.filter import Filter
+
+    rows = [{"text": "a", "s": 1.0, "g": "x"}, {"text": "b", "s": 2.0, "g": "x"}]
+    rows.append({"text": "c", "s": 3.0, "g": "y"})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    m = datasel.run(
+        Filter(top="s=1", within="g"), tmp_path / "in.parquet", tmp_path / "w", quiet=True
+    )
+    assert headline(m) == "cut-offs: top:s ≥ a cut per g (2 groups)"
+    console = Console(record=True, width=200)
+    console.print(step_table(m))
+    console.print(summary_table(tmp_path / "w"))
+    text = console.export_text()
+    assert "removed: filter:top:s=1" in text and "filter:top:s=1: 1" in text
+    assert "\N{TOP WITH UPWARDS ARROW ABOVE}" not in text
+    m = {"stage": "filter", "stats": {"bottom_fraction:s:threshold": 0.25}}
+    assert headline(m) == "cut-offs: bottom_fraction:s ≤ 0.25"

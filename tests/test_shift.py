@@ -523,3 +523,46 @@ def test_gotd_whitening_separates_a_near_domain_that_raw_cosines_do_not(tmp_path
         picked = read_dataset(tmp_path / str(whiten)).column("domain").to_pylist()
         got[whiten] = picked.count("target") / n
     assert got[True] >= 0.85 and got[False] <= 0.65, got
+
+
+def test_gotd_rows_without_a_vector_are_removed_not_ranked(tmp_path):
+    """A row with text but no vector (null: `datasel embed` of punctuation only; or a zero
+    vector) was an error, or was whitened to minus the pool's mean and ranked there: now it is
+    removed as no_vector. NaN in a vector is a one-line error naming the row."""
+    rng = np.random.default_rng(0)
+    near = rng.normal(size=(20, 8)) * 0.1 + np.eye(8)[0] * 3
+    pool = np.concatenate([near, rng.normal(size=(80, 8))]).astype(np.float32)
+    pool[[5, 50]] = 0  # no vector
+    ids = [f"r{i}" for i in range(100)]
+    table = pa.table({"id": ids, "text": ids, "embedding": embedding_array(pool)})
+    none = pa.array([i == 70 for i in range(100)])  # null vector, with text
+    table = table.set_column(2, "embedding", pa.compute.if_else(none, None, table["embedding"]))
+    pq.write_table(table, tmp_path / "pool.parquet")
+    target = (rng.normal(size=(30, 8)) * 0.1 + np.eye(8)[0] * 3).astype(np.float32)
+    _with_vectors(tmp_path / "target.parquet", target, text=["t"] * 30)
+    stage = ShiftGotd(target=str(tmp_path / "target.parquet"), size=10)
+    m = datasel.run(stage, tmp_path / "pool.parquet", tmp_path / "out", quiet=True)
+    assert m["kept"] == 10 and m["removed"] == {"gotd:not_selected": 87, "gotd:no_vector": 3}
+    gone = read_removed(tmp_path / "out")
+    no_vector = gone.filter(pa.compute.equal(gone.column("reason"), "gotd:no_vector"))
+    assert sorted(no_vector.column("id").to_pylist()) == ["r5", "r50", "r70"]
+    assert no_vector.column("gotd_grad").null_count == 3
+
+    pool[7, 3] = np.nan
+    _with_vectors(tmp_path / "nan.parquet", pool, id=ids, text=ids)
+    with pytest.raises(datasel.DataselError, match="NaN or infinite values in 1 rows .*'r7'"):
+        datasel.run(stage, tmp_path / "nan.parquet", tmp_path / "o2", quiet=True)
+
+
+@pytest.mark.parametrize("cls", [ShiftDsir, ShiftGotd])
+def test_a_fraction_that_rounds_to_no_row_warns(tmp_path, cls):
+    """--fraction 0.01 of 12 rows is 0.12 rows: nothing is selected, and the manifest says why
+    (it said nothing: an empty selection looked like a result)."""
+    rows = [{"id": str(i), "text": f"document {i} about topic {i % 3}"} for i in range(12)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pool.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[:3]), tmp_path / "target.parquet")
+    stage = cls(target=str(tmp_path / "target.parquet"), fraction=0.01)
+    m = datasel.run(stage, tmp_path / "pool.parquet", tmp_path / "out", quiet=True)
+    assert m["kept"] == 0 and m["removed_total"] == 12
+    name = cls.name.replace("-", " ")
+    assert m["warnings"] == [f"{name}: --fraction 0.01 of 12 rows rounds to 0 rows: none selected"]

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from datasel.bad_rows import count as count_skipped
 from datasel.bad_rows import skipped_table
+from datasel.errors import DataselError
 from datasel.io import ShardWriter, Unit, read_table, read_unit, write_json, write_table
 from datasel.progress import unit_meter
 from datasel.stage import Context, Decider, Decision, MapResult, Stage, Staged, count_texts
@@ -174,7 +175,7 @@ class _Mapped:
         """(kept, removed) per batch; `narrow`: kept holds only what `select` reads back."""
         stage, ctx = self.phase.stage, self.phase.ctx
         for batch in self._metered():
-            result = stage.map(batch, ctx)
+            result = self._map_batch(batch)
             result = result if isinstance(result, MapResult) else MapResult(result)
             self.rows_in += batch.num_rows if result.rows_in is None else result.rows_in
             self.texts.update(_texts_read(batch, result, ctx))
@@ -184,6 +185,17 @@ class _Mapped:
             if narrow:  # apply re-reads the input
                 kept = kept.select(["id", *stage.narrow_columns(ctx)])
             yield kept, result.removed
+
+    def _map_batch(self, batch: pa.RecordBatch) -> MapResult | pa.RecordBatch:
+        """`stage.map` of one batch; its one-line errors name the input file (the stage sees
+        only rows: a column missing from a later file, a bad value in one)."""
+        try:
+            return self.phase.stage.map(batch, self.phase.ctx)
+        except DataselError as e:
+            path = str(self.phase.units[self.i].path)
+            if type(e) is not DataselError or path in str(e):  # a missing extra names no file
+                raise
+            raise DataselError(f"{path}: {e}") from None
 
     def _metered(self) -> Iterator[pa.RecordBatch]:
         """The unit's batches, each counted into the progress tally once the loop body (the

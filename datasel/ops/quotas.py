@@ -228,6 +228,7 @@ def sample_distinct(
     scores: np.ndarray | None = None,
     temperature: float = 1.0,
     exclude: np.ndarray | None = None,
+    k: int | None = None,
 ) -> np.ndarray:
     """As :func:`sample_within`, but no two rows of one cluster with cosine >= ``max_similarity``.
 
@@ -244,6 +245,8 @@ def sample_distinct(
     rule : ``rule(sizes) -> quotas``, e.g. ``lambda s: allocate(s, budget)``.
     vectors : ``vectors(rows) -> float32 (len(rows), dim)`` unit vectors of those rows.
     max_similarity : cosine at and above which two rows are near duplicates (1.0: off).
+    k : clusters, as many as ``rule`` gives quotas for (default: the largest label + 1; give it
+        when the last clusters may hold no row).
 
     Returns
     -------
@@ -264,7 +267,8 @@ def sample_distinct(
         eligible[np.asarray(exclude, dtype=np.int64)] = False
         seeds_mask[np.asarray(exclude, dtype=np.int64)] = True
     seeds_mask &= labels >= 0
-    k = int(labels.max()) + 1 if n else 0
+    if k is None:
+        k = int(labels.max()) + 1 if n else 0
     rows = np.flatnonzero(eligible)
     order = rows[np.lexsort((-key[rows], labels[rows]))]  # by cluster, best key first
     bounds = np.searchsorted(labels[order], np.arange(k + 1))

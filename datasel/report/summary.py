@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from rich.table import Table
+from rich.text import Text
 
 from datasel.report.read import find_steps, pct
 
@@ -31,7 +32,8 @@ def summary_table(path: str | os.PathLike) -> Table:
             s.rows_in_text,
             f"{m['kept']:,}",
             pct(m["kept"], m["rows_in"]),
-            "\n".join([f"{r}: {n:,}" for r, n in removed.items()] + skipped(m)) or "-",
+            # Text, not markup: "filter:top:s=1" would show rich's :top: emoji
+            Text("\n".join([f"{r}: {n:,}" for r, n in removed.items()] + skipped(m)) or "-"),
             *((no_text(m) or "-",) if blanks else ()),
             f"{m.get('seconds', 0):.1f}",
         )
@@ -86,11 +88,20 @@ def headline(manifest: dict) -> str:
             f"picked {st['picked']:,} of {st['candidates']:,} candidates "
             f"for {st['instructions']:,} instructions"
         )
-    cuts = [
-        f"{k.removesuffix(':threshold')} ≥ {v:.4g}"
-        for k, v in st.items()
-        if k.endswith(":threshold")
-    ]
+    cuts = []
+    for k, v in st.items():
+        if not k.endswith(":threshold"):
+            continue
+        rule = k.removesuffix(":threshold")
+        sign = "≤" if rule.startswith("bottom") else "≥"  # the --bottom rules keep the lowest
+        if isinstance(v, dict):  # --within: a cut per group
+            within = st.get("within") or {}
+            groups = within.get("groups", len(v))
+            cuts.append(
+                f"{rule} {sign} a cut per {within.get('column', 'group')} ({groups:,} groups)"
+            )
+        else:
+            cuts.append(f"{rule} {sign} {v:.4g}")
     return "cut-offs: " + ", ".join(cuts) if stage == "filter" and cuts else ""
 
 

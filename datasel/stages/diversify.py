@@ -21,7 +21,6 @@ from datasel.stage import (
     check_budget,
     param,
     register,
-    set_aside_blank,
 )
 from datasel.stage import budget as select_budget
 from datasel.stages.embed import EmbeddingStage, check_backend, check_model, neural, read_embeddings
@@ -43,7 +42,9 @@ class Diversify(EmbeddingStage):
     input has one (`datasel embed`), else from --model, computed on the fly and not kept.
     k-means (faiss, spherical) is fitted on --fit-sample rows; every row is then assigned.
     Rows whose text is null, empty or only whitespace have no meaning to cluster: they go to
-    _removed/ as `diversify:empty_text`, and --size / --fraction count the other rows.
+    _removed/ as `diversify:empty_text`, and rows without a vector (null in the column, or a text
+    in which the hashing embedder finds no word: punctuation only) as `diversify:no_vector`;
+    --size / --fraction count the other rows.
 
     Quotas: a unit's share of the budget follows its size ** p: --quota equal (p = 0) splits the
     budget equally, a unit smaller than its share giving its leftover to the others (kMQ); sqrt
@@ -220,10 +221,17 @@ class Diversify(EmbeddingStage):
         self._check_columns(names)
         self._backend = self._choose_backend(names)
         if self._backend == "column":
-            x = read_embeddings(sample.column(self.embedding_column), self.embedding_column)
+            column = sample.column(self.embedding_column)
+            valid = pa.compute.is_valid(column)
+            x = read_embeddings(
+                column.filter(valid), self.embedding_column, ids=sample.column("id").filter(valid)
+            )
         else:
             self.unload()  # fit anew on this input's sample
             x = self.embedder(ctx, sample).encode(ctx.texts(sample))
+        x = x[has_vector(x)]  # a row without a vector is removed in map (no_vector)
+        if not len(x):
+            raise DataselError("no row of the input has a vector: nothing to cluster")
         if self.k > len(x) >= self.fit_sample:
             raise DataselError(
                 f"--k {self.k} is larger than the number of rows of --fit-sample "
@@ -269,10 +277,21 @@ class Diversify(EmbeddingStage):
         return "hashing" if self.model == "auto" else self.model
 
     def vectors(self, batch: pa.RecordBatch, ctx: Context) -> np.ndarray:
+        """Unit vectors of the rows of `batch`; zero where a row has none (null in the column,
+        or a text without a word for the hashing embedder)."""
         if self._backend == "column":
             if self.embedding_column not in batch.schema.names:
                 raise DataselError(f"no column '{self.embedding_column}' in every input file")
-            x = read_embeddings(batch.column(self.embedding_column), self.embedding_column)
+            column = batch.column(self.embedding_column)
+            valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), bool)
+            if not valid.any():
+                return np.zeros((batch.num_rows, self._dim), np.float32)
+            mask = pa.array(valid)
+            vectors = read_embeddings(
+                column.filter(mask), self.embedding_column, ids=batch.column("id").filter(mask)
+            )
+            x = np.zeros((batch.num_rows, vectors.shape[1]), np.float32)
+            x[valid] = vectors
         else:
             x = self.embedder(ctx).encode(ctx.texts(batch))
         if x.shape[1] != self._dim:
@@ -289,10 +308,16 @@ class Diversify(EmbeddingStage):
         from datasel.ops.kmeans import assign
 
         blank = blank_texts(batch.column(ctx.columns.text))
-        batch, gone = set_aside_blank(batch, blank, "diversify")
+        x = np.zeros((batch.num_rows, self._dim), np.float32)
+        if not blank.all():
+            x[~blank] = self.vectors(batch.filter(pa.array(~blank)), ctx)
+        # no vector (null, or zero: the hashing embedder found no word in the text) would join
+        # whichever centroid is shortest and be sampled there: set aside, as blank texts are
+        none = ~blank & ~has_vector(x)
+        batch, gone = _set_aside(batch, blank, none)
         if not batch.num_rows:
             return MapResult(batch, removed=gone)
-        x = self.vectors(batch, ctx)
+        x = x[~(blank | none)]
         labels, dist, second = assign(x, self.centroids, second=True)
         labels, second = labels.astype(np.int32), second.astype(np.int32)
         arrays = {"cluster": labels, "cluster2": second}
@@ -349,7 +374,15 @@ class Diversify(EmbeddingStage):
             done = np.flatnonzero(picked)
             if self.max_similarity < 1:
                 new = sample_distinct(
-                    labels, rule, rng, vectors, self.max_similarity, scores, self.temperature, done
+                    labels,
+                    rule,
+                    rng,
+                    vectors,
+                    self.max_similarity,
+                    scores,
+                    self.temperature,
+                    done,
+                    k=k,
                 )
             else:
                 new = sample_within(labels, quota, rng, scores, self.temperature, done)
@@ -476,9 +509,34 @@ class _Vectors:
 
 
 def staged_names(staged: Staged) -> list[str]:
+    """Columns of the staged rows: of the first shard that has any (an empty input file
+    leaves a shard of `id` only)."""
     import pyarrow.parquet as pq
 
-    return pq.read_schema(staged.shard(0)).names
+    first = next((i for i, n in enumerate(staged.rows) if n), 0)
+    return pq.read_schema(staged.shard(first)).names
+
+
+def has_vector(x: np.ndarray) -> np.ndarray:
+    """Rows of `x` that are not all zero."""
+    return (x != 0).any(axis=1)
+
+
+def _set_aside(batch: pa.RecordBatch, blank: np.ndarray, none: np.ndarray):
+    """Split off the rows without text (`diversify:empty_text`) or without a vector
+    (`diversify:no_vector`), with null `cluster` and `cluster_dist`: the rows select leaves
+    out have them, and both kinds go to one _removed/ shard."""
+    out = blank | none
+    if not out.any():
+        return batch, None
+    gone = pa.Table.from_batches([batch.filter(pa.array(out))])
+    for name, typ in (("cluster", pa.int32()), ("cluster_dist", pa.float32())):
+        if name in gone.column_names:
+            gone = gone.drop_columns([name])
+        gone = gone.append_column(name, pa.nulls(gone.num_rows, typ))
+    reason = np.where(blank[out], "diversify:empty_text", "diversify:no_vector")
+    gone = gone.append_column("reason", pa.array(reason.tolist(), pa.string()))
+    return batch.filter(pa.array(~out)), gone
 
 
 def _all_staged(ctx: Context) -> bool:

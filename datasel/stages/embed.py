@@ -116,9 +116,14 @@ def embedding_array(vectors: np.ndarray, null: np.ndarray | None = None) -> pa.F
     )
 
 
-def read_embeddings(column: pa.Array | pa.ChunkedArray, name: str = "embedding") -> np.ndarray:
-    """An Arrow list column of vectors -> float32 ``(n, dim)``, with one-line errors for nulls
-    and rows of mixed dimensions."""
+def read_embeddings(
+    column: pa.Array | pa.ChunkedArray,
+    name: str = "embedding",
+    ids: pa.Array | pa.ChunkedArray | None = None,
+) -> np.ndarray:
+    """An Arrow list column of vectors -> float32 ``(n, dim)``, with one-line errors for nulls,
+    rows of mixed dimensions and NaN or infinite values (naming the row by its id in `ids`,
+    when given)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if not (
@@ -144,7 +149,15 @@ def read_embeddings(column: pa.Array | pa.ChunkedArray, name: str = "embedding")
     flat = column.flatten().to_numpy(zero_copy_only=False)
     if flat.size != n * dim or dim == 0:
         raise DataselError(f"column '{name}' has empty vectors or null values inside vectors")
-    return np.ascontiguousarray(flat.reshape(n, dim), dtype=np.float32)
+    x = np.ascontiguousarray(flat.reshape(n, dim), dtype=np.float32)
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():  # k-means and the transport fail deep inside on them, or rank them anywhere
+        row = int(np.argmax(bad))
+        where = f"id {ids[row].as_py()!r}" if ids is not None else f"row {row}"
+        raise DataselError(
+            f"column '{name}' has NaN or infinite values in {int(bad.sum())} rows (first: {where})"
+        )
+    return x
 
 
 class EmbeddingStage(Stage):
@@ -190,6 +203,9 @@ class EmbeddingStage(Stage):
 @dataclass(kw_only=True)
 class Embed(EmbeddingStage):
     """Add an `embedding` column (fixed-size list of float32, unit length) to every row.
+
+    The vector is null where the text is null, empty or only whitespace, or holds nothing the
+    encoder can embed (for hashing: no word, only punctuation).
 
     Backends: `hashing` (hashed word unigram+bigram TF-IDF, no model; fitted on a sample of the
     input: idf, and with --reduce svd a truncated SVD, i.e. LSA), `minilm` (all-MiniLM-L6-v2
@@ -239,7 +255,9 @@ class Embed(EmbeddingStage):
         vectors = self.encode(batch.filter(pa.array(~blank)), ctx)
         full = np.zeros((batch.num_rows, vectors.shape[1]), np.float32)
         full[~blank] = vectors
-        vectors = embedding_array(full, blank)
+        # so is a text in which the encoder found nothing (hashing: no word, only punctuation),
+        # whose vector is zero, not of unit length
+        vectors = embedding_array(full, blank | ~(full != 0).any(axis=1))
         if self.column in batch.schema.names:
             batch = batch.drop_columns([self.column])
         return MapResult(batch.append_column(self.column, vectors))

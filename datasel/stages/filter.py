@@ -287,11 +287,13 @@ def _numeric(staged: Staged, col: str):
             "parts of the input"
         )
     (typ,) = known
-    if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ)):
+    numbers = pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ)
+    if not (numbers or pa.types.is_null(typ)):  # null everywhere: every row's value is missing
         raise DataselError(f"filter: column '{col}' holds {typ}, not numbers")
 
     def read(i: int) -> np.ndarray:
         arr = read_table(staged.shard(i), columns=[col]).column(0)
-        return arr.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+        # unchecked: an int64 beyond 2**53 (a time in ns, a hash) rounds to the nearest double
+        return arr.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False).astype(np.float64)
 
     return read

@@ -12,8 +12,11 @@ from datasel.io import Columns
 from datasel.stage import Context, MapResult, Stage, param, register
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
-BULLET = r"^\s*[-*•‣◦⁃●▪·]"
-ELLIPSIS = r"(\.\.\.|…)\s*$"
+# RE2's \s is ASCII only: \p{Z} adds the Unicode spaces (no-break, ideographic, ...)
+BULLET = r"^[\s\p{Z}]*[-*•‣◦⁃●▪·]"
+ELLIPSIS = r"(\.\.\.|…)[\s\p{Z}]*$"
+# a whole word: RE2's \b is ASCII only, so it found "the" in "éthe" and in "the\u0301" (thé)
+WORD = r"(?:^|[^\pL\pM\pN_]){}(?:[^\pL\pM\pN_]|$)"
 STATISTICS = (  # the keys of gopher_statistics, in its order
     "words",
     "mean_word_length",
@@ -109,7 +112,7 @@ def gopher_statistics(texts: pa.Array) -> dict[str, pa.Array]:
     dots = pc.count_substring_regex(texts, r"\.\.\.|…").to_numpy(zero_copy_only=False)
     lower = pc.utf8_lower(texts)
     stop = sum(
-        (pc.count_substring_regex(lower, rf"\b{w}\b").to_numpy(zero_copy_only=False) > 0)
+        (pc.count_substring_regex(lower, WORD.format(w)).to_numpy(zero_copy_only=False) > 0)
         for w in STOP_WORDS
     )
     lines = pc.split_pattern(texts, "\n")
@@ -119,7 +122,8 @@ def gopher_statistics(texts: pa.Array) -> dict[str, pa.Array]:
         values = np.asarray(mask.to_numpy(zero_copy_only=False), np.float64)
         return np.bincount(line_owner, weights=values, minlength=n)
 
-    filled = per_doc_line(pc.match_substring_regex(flat_lines, r"\S"))
+    blank_line = pc.or_(pc.equal(flat_lines, ""), pc.utf8_is_space(flat_lines))
+    filled = per_doc_line(pc.invert(blank_line))
     bullets = per_doc_line(pc.match_substring_regex(flat_lines, BULLET))
     ellipses = per_doc_line(pc.match_substring_regex(flat_lines, ELLIPSIS))
 

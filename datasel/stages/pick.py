@@ -49,10 +49,14 @@ class Pick(Stage):
     whitespace-only or null one is never scored (its `pick_logprob` and `pick_tokens` are null)
     and goes to _removed/ as `pick:empty`, a shorter one as `pick:response_tokens<N`; when no
     candidate of an instruction is left, all of them go as `pick:no_valid_candidate`, and an
-    instruction whose list is empty or null goes as one row, `pick:no_candidates`. The
-    others are ranked by score; equal scores rank by the candidates' order (position in the
-    list, or in the input with --group-by), so the earlier one wins. Identical responses to the
-    same prompt are scored once, so they tie exactly.
+    instruction whose list is empty or null goes as one row, `pick:no_candidates`; with
+    --group-by, a candidate whose group is null belongs to no instruction and goes as
+    `pick:<group-by> missing`; the candidates of an instruction whose instruction and input
+    are both null, empty or only whitespace are not scored (there is nothing to condition on)
+    and go as `pick:empty_instruction`. The others are ranked by score; equal scores rank by the
+    candidates' order (position in the list, or in the input with --group-by), so the earlier
+    one wins. Identical responses to the same prompt are scored once, so they tie exactly.
+    With one row per instruction, each row is its own instruction, even where ids repeat.
     """
 
     name = "pick"
@@ -170,11 +174,15 @@ class Pick(Stage):
             else [""] * table.num_rows
         )
         blank = blank_texts(cands["response"])
+        # no instruction and no input: nothing to condition on, so no score (empty_instruction)
+        no_prompt = blank_texts(_as_text(instructions)) & blank_texts(_as_text(extras))
+        no_prompt = no_prompt[np.asarray(cands["row"], dtype=np.int64)]
+        unscored = blank | no_prompt
         cache: dict[int, str] = {}
         pairs: dict[tuple[str, str], int] = {}  # each distinct (prompt, response) scored once
         which = np.full(len(blank), -1, dtype=np.int64)
         for i, row in enumerate(cands["row"]):
-            if blank[i]:
+            if unscored[i]:
                 continue
             if row not in cache:
                 cache[row] = self.prompt(instructions[row] or "", extras[row] or "")
@@ -192,9 +200,9 @@ class Pick(Stage):
             )
             if self.normalize == "mean":
                 logprob = logprob / np.maximum(tokens, 1)
-            score[~blank], n[~blank] = logprob[which[~blank]], tokens[which[~blank]]
-        score = pa.array(score, pa.float64(), mask=blank)
-        n = pa.array(n, pa.int64(), mask=blank)
+            score[~unscored], n[~unscored] = logprob[which[~unscored]], tokens[which[~unscored]]
+        score = pa.array(score, pa.float64(), mask=unscored)
+        n = pa.array(n, pa.int64(), mask=unscored)
         out = table.take(pa.array(cands["row"]))
         if self.group_by is None:
             out = out.drop_columns([self.responses_column])
@@ -209,12 +217,18 @@ class Pick(Stage):
             if name in out.column_names:
                 out = out.drop_columns([name])
         out = out.append_column("response", pa.array(cands["response"], pa.string()))
-        out = out.append_column("pick_source", pa.array(cands["source"], pa.string()))
+        sources = [None if s is None else str(s) for s in cands["source"]]  # a name or a number
+        out = out.append_column("pick_source", pa.array(sources, pa.string()))
         out = out.append_column("pick_candidate", pa.array(cands["index"], pa.int32()))
         out = out.append_column("pick_logprob", score)
         out = out.append_column("pick_tokens", n)
         out = out.append_column("_group", pa.array(cands["group"], pa.string()))
-        return MapResult(out, rows_in=len(cands["response"]), texts=count_texts(cands["response"]))
+        return MapResult(
+            out,
+            arrays={"pick_no_prompt": no_prompt},
+            rows_in=len(cands["response"]),
+            texts=count_texts(cands["response"]),
+        )
 
     def _candidates(self, table: pa.Table) -> dict[str, list]:
         """Flatten the batch to one entry per candidate: row, group, index, response, source."""
@@ -239,7 +253,9 @@ class Pick(Stage):
             rows = list(range(table.num_rows))
             return {
                 "row": rows,
-                "group": [str(g) for g in table.column(self.group_by).to_pylist()],
+                "group": [
+                    None if g is None else str(g) for g in table.column(self.group_by).to_pylist()
+                ],
                 "index": [0] * table.num_rows,
                 "response": resp.to_pylist(),
                 "source": src,
@@ -259,6 +275,12 @@ class Pick(Stage):
                 raise DataselError(
                     f"pick: candidates have fields {fields}; none is '{self.text_field}' (use --text-field)"
                 )
+            text_type = value.field(self.text_field).type
+            if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
+                if not pa.types.is_null(text_type):  # null: every candidate is empty
+                    raise DataselError(
+                        f"pick: the candidates' '{self.text_field}' field holds {text_type}, not text"
+                    )
         elif not (pa.types.is_string(value) or pa.types.is_large_string(value)):
             raise DataselError(
                 f"pick: '{self.responses_column}' is a list of {value}; expected strings or structs"
@@ -298,14 +320,27 @@ class Pick(Stage):
 
     # ------------------------------------------------------------------ select
     def select(self, staged: Staged, ctx: Context) -> Decision:
-        group = np.asarray(staged.column("_group").to_pylist(), dtype=object)
         score = staged.column("pick_logprob").to_numpy(zero_copy_only=False)
         tokens = staged.column("pick_tokens")
-        empty = tokens.is_null().to_numpy(zero_copy_only=False)
+        no_prompt = staged.concat("pick_no_prompt", bool)
+        empty = tokens.is_null().to_numpy(zero_copy_only=False) & ~no_prompt
         short = ~empty & (tokens.fill_null(0).to_numpy() < self.min_response_tokens)
-        valid = ~empty & ~short
         n = len(score)
-        _, gid = np.unique(group, return_inverse=True)
+        candidate = staged.column("pick_candidate").to_numpy(zero_copy_only=False)
+        missing = np.zeros(n, dtype=bool)  # --group-by: a candidate whose group is null
+        if self.group_by is None:
+            # an instruction's candidates are staged together, the first with index 0 (or
+            # NO_CANDIDATES): a group is that run of rows, even where two rows share an id
+            gid = np.cumsum(candidate <= 0) - 1
+            n_instructions = int(gid[-1]) + 1 if n else 0
+        else:
+            index: dict[str, int] = {}
+            groups = staged.column("_group").to_pylist()
+            gid = np.array([-1 if g is None else index.setdefault(g, len(index)) for g in groups])
+            missing = gid < 0
+            n_instructions = len(index)
+            gid[missing] = n_instructions + np.arange(int(missing.sum()))  # each on its own
+        valid = ~empty & ~short & ~missing & ~no_prompt
         n_groups = int(gid.max()) + 1 if n else 0
         # valid candidates first, then highest score, then input order: ties go to the earlier
         order = np.lexsort((np.arange(n), -np.nan_to_num(score, nan=-np.inf), ~valid, gid))
@@ -320,7 +355,9 @@ class Pick(Stage):
         reason[empty] = "pick:empty"
         reason[short] = f"pick:response_tokens<{self.min_response_tokens}"
         reason[~has_valid[gid]] = "pick:no_valid_candidate"
-        none = staged.column("pick_candidate").to_numpy(zero_copy_only=False) == NO_CANDIDATES
+        reason[no_prompt] = "pick:empty_instruction"
+        reason[missing] = f"pick:{self.group_by} missing"
+        none = candidate == NO_CANDIDATES
         reason[none] = "pick:no_candidates"
         reason[keep] = None
         # every candidate's score, in candidate order, on every row of its instruction (null
@@ -336,14 +373,15 @@ class Pick(Stage):
         ctx.cutoff("pick_tokens", self.min_response_tokens, f"min {self.min_response_tokens}")
         ctx.stats.update(
             {
-                "instructions": n_groups,
+                "instructions": n_instructions,
                 "candidates": int(n - none.sum()),
                 "picked": int(keep.sum()),
                 "picked_by_source": {s: picked.count(s) for s in sorted(set(picked))},
                 "empty_candidates": int(empty.sum()),
                 "short_candidates": int(short.sum()),
-                "instructions_without_valid_candidate": int((~has_valid).sum()),
+                "instructions_without_valid_candidate": int((~has_valid[:n_instructions]).sum()),
                 "instructions_without_candidates": int(none.sum()),
+                "instructions_empty": len(np.unique(gid[no_prompt & ~none])),
             }
         )
         return Decision(
@@ -352,3 +390,8 @@ class Pick(Stage):
             kept_columns={"pick_scores": scores, "pick_rank": ranks},
             removed_columns={"pick_scores": scores, "pick_rank": ranks},
         )
+
+
+def _as_text(values: list) -> pa.Array:
+    """A column's values as strings (an instruction or input may be a number)."""
+    return pa.array([None if v is None else str(v) for v in values], pa.string())

@@ -118,17 +118,27 @@ class _Shift(Stage):
         blank = blank_texts(texts)
         return [t or "" for t in texts], blank, count_texts(texts)
 
+    # `shift_blank`, the side array of each row: it has a text (0), none (1: null, empty or only
+    # whitespace), or a text without a vector (2, GOT-D: null in the `embedding` column, or zero,
+    # the embedder having found nothing in it)
+    NO_VECTOR: ClassVar[int] = 2
+
     def live(self, staged: Staged) -> np.ndarray:
         """Positions of the staged rows that have a text: the only ones that may be selected."""
         return np.flatnonzero(staged.concat("shift_blank", bool) == 0)
 
-    def decision(self, n: int, live: np.ndarray, chosen: np.ndarray, column: str, values):
+    def decision(
+        self, n: int, live: np.ndarray, chosen: np.ndarray, column: str, values, no_vector=None
+    ):
         """Keep `chosen` (positions among all `n` rows), remove the other live rows as not
-        selected and the rest as empty_text; `values` of the live rows become `column`."""
+        selected, the rows of `no_vector` (a mask) as no_vector and the rest as empty_text;
+        `values` of the live rows become `column`."""
         keep = np.zeros(n, dtype=bool)
         keep[chosen] = True
         reason = np.full(n, None, dtype=object)
         reason[:] = f"{self.reason_prefix}:empty_text"  # np.full would copy the str n times
+        if no_vector is not None:
+            reason[no_vector] = f"{self.reason_prefix}:no_vector"
         reason[live] = f"{self.reason_prefix}:not_selected"
         reason[keep] = None
         full = np.zeros(n)
@@ -359,7 +369,9 @@ class ShiftGotd(_Shift):
     pool's covariance (log-domain Sinkhorn, blocked so no full cost matrix is held; torch, on
     GPU when present); the pool-side dual potential, calibrated as f_i minus the mean of the
     others, is the gradient of the OT distance with respect to each candidate's mass; the most
-    negative are selected. Adds `gotd_grad`.
+    negative are selected. Adds `gotd_grad`. Rows without text go to _removed/ as
+    `gotd:empty_text`, rows with text but no vector (null in the `embedding` column, or zero:
+    nothing the embedder could read) as `gotd:no_vector`.
     """
 
     name = "shift-gotd"
@@ -440,12 +452,18 @@ class ShiftGotd(_Shift):
                         "one; embed the target with the pool's model, or give --model hashing"
                     )
                 column = batch.column(EMBEDDING)
-                # `datasel embed` leaves rows without text with a null vector
-                self.target_without_text += column.null_count
-                column = column.filter(column.is_valid())
-                parts.append(read_embeddings(column, EMBEDDING))
+                # `datasel embed` leaves rows without text (or without a word) with a null vector
+                valid = column.is_valid()
+                vectors = read_embeddings(
+                    column.filter(valid), EMBEDDING, ids=batch.column("id").filter(valid)
+                )
+                some = (vectors != 0).any(axis=1)  # a zero vector points nowhere: left out too
+                self.target_without_text += len(column) - int(some.sum())
+                parts.append(vectors[some])
         if not parts:
             raise DataselError(f"--target {self.target}: holds no rows")
+        if not sum(map(len, parts)):
+            raise DataselError(f"--target {self.target}: holds no rows with a vector")
         return np.concatenate(parts)
 
     def embedder(self, ctx: Context | None = None, target: list[str] | None = None):
@@ -475,30 +493,41 @@ class ShiftGotd(_Shift):
             x[~blank] = self.embedder(ctx).encode(
                 [t for t, b in zip(texts, blank, strict=False) if not b]
             )
-            return MapResult(batch, arrays={"gotd_emb": x, "shift_blank": blank}, texts=counts)
-        from datasel.stages.embed import read_embeddings
+        else:
+            from datasel.stages.embed import read_embeddings
 
-        if EMBEDDING not in batch.schema.names:
-            raise DataselError(f"no column '{EMBEDDING}' in every input file")
-        vectors = read_embeddings(batch.column(EMBEDDING).filter(pa.array(~blank)), EMBEDDING)
-        if len(vectors) and vectors.shape[1] != x.shape[1]:
-            raise DataselError(
-                f"the pool's embeddings have {vectors.shape[1]} dimensions and the target's "
-                f"{x.shape[1]}: embed both with the same model"
-            )
-        x[~blank] = vectors
-        return MapResult(batch, arrays={"gotd_emb": x, "shift_blank": blank}, texts=counts)
+            if EMBEDDING not in batch.schema.names:
+                raise DataselError(f"no column '{EMBEDDING}' in every input file")
+            column = batch.column(EMBEDDING)
+            have = ~blank & np.asarray(column.is_valid().to_numpy(zero_copy_only=False), bool)
+            if have.any():
+                mask = pa.array(have)
+                vectors = read_embeddings(
+                    column.filter(mask), EMBEDDING, ids=batch.column("id").filter(mask)
+                )
+                if vectors.shape[1] != x.shape[1]:
+                    raise DataselError(
+                        f"the pool's embeddings have {vectors.shape[1]} dimensions and the "
+                        f"target's {x.shape[1]}: embed both with the same model"
+                    )
+                x[have] = vectors
+        # a row with text but no vector (null, or zero: nothing the embedder could read) would be
+        # whitened to minus the pool's mean and ranked there: removed as no_vector instead
+        status = np.where(blank, 1, np.where((x != 0).any(axis=1), 0, self.NO_VECTOR))
+        arrays = {"gotd_emb": x, "shift_blank": status.astype(np.uint8)}
+        return MapResult(batch, arrays=arrays, texts=counts)
 
     def select(self, staged: Staged, ctx: Context) -> Decision:
         from datasel.ops.sinkhorn import sinkhorn
         from datasel.ops.topk import order_keys, streaming_top
         from datasel.ops.whiten import Whitening
 
-        has_text = staged.concat("shift_blank", bool) == 0
-        live = np.flatnonzero(has_text)
-        if not len(live):  # nothing to transport: every row goes as empty_text
+        status = staged.concat("shift_blank", np.uint8)
+        no_vector = status == self.NO_VECTOR
+        live = np.flatnonzero(status == 0)
+        if not len(live):  # nothing to transport: every row goes as empty_text or no_vector
             ctx.stats.update({"selected": 0, "ot_rows": 0})
-            return self.decision(staged.total, live, live, "gotd_grad", np.zeros(0))
+            return self.decision(staged.total, live, live, "gotd_grad", np.zeros(0), no_vector)
         draws = np.random.default_rng(self.seed)
         solved = sample_rows(live, self.ot_sample, draws)
         x = gather_rows(staged, "gotd_emb", solved)
@@ -552,7 +581,7 @@ class ShiftGotd(_Shift):
             }
         )
         values = np.concatenate(values) if values else np.zeros(0)
-        return self.decision(staged.total, live, chosen, "gotd_grad", values)
+        return self.decision(staged.total, live, chosen, "gotd_grad", values, no_vector)
 
     def gradients(
         self, staged: Staged, ctx: Context, ot, points, mass, live, space, *, exact: bool

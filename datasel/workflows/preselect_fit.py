@@ -36,17 +36,28 @@ def read_columns_and_texts(
             blank += int(empty.sum())
             batch = batch.filter(pa.array(~empty))
             texts += batch.column(text_column).to_pylist()
-            values.append(
-                np.column_stack(
-                    [
-                        batch.column(c).cast(pa.float64()).to_numpy(zero_copy_only=False)
-                        for c in columns
-                    ]
-                )
-            )
+            values.append(np.column_stack([_losses(batch, c, unit.path) for c in columns]))
     if not texts:
         raise DataselError(f"empty input: no rows with text in {src}")
     return texts, np.concatenate(values), blank
+
+
+def _losses(batch: pa.RecordBatch, column: str, path: str) -> np.ndarray:
+    """`column` of `batch` as float64; a one-line error naming the file and the row's id where
+    it holds no number (a loss must be there for every row with text)."""
+    arr = batch.column(column)
+    typ = arr.type
+    if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_null(typ)):
+        raise DataselError(f"{path}: loss column '{column}' holds {typ}, not numbers")
+    x = arr.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False).astype(np.float64)
+    bad = np.flatnonzero(np.isnan(x))
+    if len(bad):
+        row = batch.column("id")[int(bad[0])].as_py()
+        raise DataselError(
+            f"{path}: the row with id {row!r} has text but no loss in '{column}' (null or NaN): "
+            "score it or leave the row out"
+        )
+    return x
 
 
 def preselect_fit(
