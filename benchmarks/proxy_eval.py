@@ -75,7 +75,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import datasel
-from datasel.eval.report import difference, seed_stats
+from datasel.eval.report import difference, pooled_spread, seed_stats
 from datasel.stages.diversify import Diversify
 from datasel.stages.heuristics import GOPHER_MAX, GOPHER_MIN, ScoreHeuristics
 from datasel.stages.pick import Pick
@@ -205,6 +205,7 @@ def table(title: str, result: dict, reference: str, how=statistics.fmean, label=
     sets = list(result["eval_sets"])
     arms = list(result["arms"])
     stats = {a: per_seed(result, a, sets, how) for a in arms}
+    noise = pooled_spread(list(stats.values()))
     w = max(map(len, arms))
     print(f"\n{title}" + (f" ({label})" if label else ""))
     print(f"{'arm':<{w}} {'held-out bits/byte':>20} {'vs ' + reference:>16}  exceeds spread")
@@ -219,7 +220,7 @@ def table(title: str, result: dict, reference: str, how=statistics.fmean, label=
         if a == reference:
             d, line = None, f"{'(reference)':>16}"
         else:
-            d = difference(s, stats[reference])
+            d = difference(s, stats[reference], noise)
             line = f"{d['difference']:+16.4f}  {'yes' if d['exceeds_spread'] else 'no'}"
         print(f"{a:<{w}} {cell:>20} {line}")
         rows[a] = {**s, "vs_reference": d}

@@ -257,3 +257,21 @@ def test_missing_extra_names_it(tmp_path, sets, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_tokenizers)
     with pytest.raises(DataselError, match=r"pip install 'datasel\[lm\]'"):
         run.evaluate(tmp_path / "o", {"p": sets["plain"]}, {"h": sets["heldout"]})
+
+
+def test_a_difference_must_exceed_the_noise_pooled_over_arms():
+    """Two seeds of one arm can agree by chance: an arm whose seeds happen to sit close does
+    not make a small difference real when the other arms' runs spread wider."""
+    from datasel.eval.report import difference, pooled_spread, seed_stats
+
+    lucky = seed_stats([2.700, 2.701])  # sd 0.0007
+    random_arm = seed_stats([2.749, 2.751])
+    noisy = [seed_stats([2.70, 2.80]), seed_stats([2.65, 2.75]), lucky, random_arm]
+    pooled = pooled_spread(noisy)
+    variances = [0.005, 0.005, 5e-7, 2e-6]  # one degree of freedom each
+    assert pooled == pytest.approx((sum(variances) / 4) ** 0.5, rel=1e-4)
+    assert difference(lucky, random_arm)["exceeds_spread"] is True  # the sum of two sds alone
+    assert difference(lucky, random_arm, pooled)["exceeds_spread"] is False
+    assert difference(seed_stats([2.50, 2.51]), random_arm, pooled)["exceeds_spread"] is True
+    assert pooled_spread([seed_stats([2.7])]) is None
+    assert difference(seed_stats([2.7]), random_arm, pooled)["exceeds_spread"] is None

@@ -2,7 +2,10 @@
 
 The spread of a figure is the standard deviation over seeds (sample, n-1). A difference between
 two arms "exceeds the spread" when it is larger than the sum of their two spreads (their
-mean +- spread intervals do not overlap); with one seed no difference is called.
+mean +- spread intervals do not overlap) and than twice the pooled spread of all arms (the
+run-to-run noise every arm shares: two seeds of one arm can agree by chance, and at 1M tokens
+a random arm's two seeds sat 0.02 apart while its runs spread 0.05); with one seed no
+difference is called.
 """
 
 from __future__ import annotations
@@ -67,8 +70,9 @@ def summarize(*, runs: list[dict], arms: dict, sets: dict, settings: dict) -> di
             for s in sets
         }
     ref = "random" if "random" in arms else next(iter(arms))
+    noise = {s: pooled_spread([summary[a][s]["bpb"] for a in arms]) for s in sets}
     compare = {
-        arm: {s: difference(summary[arm][s]["bpb"], summary[ref][s]["bpb"]) for s in sets}
+        arm: {s: difference(summary[arm][s]["bpb"], summary[ref][s]["bpb"], noise[s]) for s in sets}
         for arm in arms
         if arm != ref
     }
@@ -78,7 +82,8 @@ def summarize(*, runs: list[dict], arms: dict, sets: dict, settings: dict) -> di
         "eval_sets": sets,
         "metrics": METRICS,
         "spread": "standard deviation over seeds (n-1); a difference exceeds the spread when "
-        "it is larger than the sum of the two arms' spreads",
+        "it is larger than the sum of the two arms' spreads and than twice the pooled spread "
+        "of all arms",
         "summary": summary,
         "reference": ref,
         "vs_reference": compare,
@@ -96,15 +101,23 @@ def seed_stats(values: list[float]) -> dict:
     }
 
 
-def difference(a: dict, ref: dict) -> dict:
-    """a - ref, and whether it exceeds the seeds' spread (the sum of the two deviations)."""
+def pooled_spread(stats: list[dict]) -> float | None:
+    """The standard deviation of one run pooled over arms (their variances weighted by their
+    degrees of freedom): every arm trains the same model on the same budget, so their noise
+    is shared, and many arms estimate it better than any one arm's few seeds."""
+    parts = [(len(s["values"]) - 1, s["spread"]) for s in stats if s["spread"] is not None]
+    dof = sum(n for n, _ in parts)
+    return (sum(n * sd**2 for n, sd in parts) / dof) ** 0.5 if dof else None
+
+
+def difference(a: dict, ref: dict, pooled: float | None = None) -> dict:
+    """a - ref, and whether it exceeds the seeds' spread: the sum of the two deviations, and
+    twice the `pooled` one (of all arms) when given."""
     diff = a["mean"] - ref["mean"]
     if a["spread"] is None or ref["spread"] is None:
         return {"difference": round(diff, 6), "exceeds_spread": None}
-    return {
-        "difference": round(diff, 6),
-        "exceeds_spread": abs(diff) > a["spread"] + ref["spread"],
-    }
+    bar = max(a["spread"] + ref["spread"], 2 * (pooled or 0.0))
+    return {"difference": round(diff, 6), "exceeds_spread": abs(diff) > bar}
 
 
 def _cell(stats: dict, digits: int = 4) -> str:
@@ -136,7 +149,8 @@ def table(result: dict) -> Table:
             row.append(_delta(result["vs_reference"].get(arm, {}).get(s)))
         t.add_row(*row)
     t.caption = (
-        "* the difference exceeds the seeds' spread (sum of the two standard deviations); "
+        "* the difference exceeds the seeds' spread (sum of the two standard deviations, and "
+        "twice the one pooled over arms); "
         + ("? one seed: no spread to compare with" if seeds < 2 else "lower is better")
     )
     return t
