@@ -304,3 +304,24 @@ def test_a_full_disk_is_a_one_line_error_and_the_run_resumes(tmp_path, monkeypat
     ref = datasel.run(datasel.Dedup(), src, tmp_path / "ref", workers=1, quiet=True)
     m = datasel.run(datasel.Dedup(), src, tmp_path / "out", workers=1, quiet=True)
     assert (m["kept"], m["removed"]) == (ref["kept"], ref["removed"])
+
+
+@pytest.mark.parametrize("stage", ["filter", "dedup"])
+def test_an_empty_input_file_leaves_an_empty_shard_with_every_column(tmp_path, stage):
+    """Readers that take a folder's columns from its first file (pyarrow.dataset, pandas,
+    DuckDB) dropped every column but `id` when the first input file had no rows."""
+    from datasel.stages.dedup import Dedup
+    from datasel.stages.filter import Filter
+
+    (tmp_path / "in").mkdir()
+    schema = pa.schema([("text", pa.string()), ("s", pa.float64())])
+    pq.write_table(schema.empty_table(), tmp_path / "in" / "a.parquet")
+    rows = {"text": ["one two", "three four", "one two"], "s": [1.0, 2.0, 3.0]}
+    pq.write_table(pa.table(rows, schema), tmp_path / "in" / "b.parquet")
+    step = Filter(min="s=1.5") if stage == "filter" else Dedup()
+    m = datasel.run(step, tmp_path / "in", tmp_path / "out", quiet=True)
+    assert m["kept"] == 2 and m["removed_total"] == 1
+    assert pq.read_metadata(tmp_path / "out" / "part-00000.parquet").num_rows == 0
+    kept = pq.read_table(tmp_path / "out")
+    assert {"id", "text", "s"} <= set(kept.column_names) and kept.num_rows == 2
+    assert "reason" in pq.read_table(tmp_path / "out" / "_removed").column_names

@@ -30,6 +30,7 @@ from datasel.io import (
     has_rows,
     unit_dict,
     write_json,
+    write_table,
 )
 from datasel.lock import FolderLock
 from datasel.options import RunOptions
@@ -140,12 +141,30 @@ def _run(stage: Stage, src, folder: StepFolder, options: RunOptions) -> dict:
                 counts = _run_phase(mapping, executor, progress)
     if all(c["rows_in"] == sum(c.get("skipped", {}).values()) for c in counts):
         ctx.warn(f"no rows in {src}: the step is empty")
+    for shards in (folder.shards(), folder.removed_shards()):
+        _schema_to_empty_shards(shards)
     outputs = folder.shards() + folder.removed_shards()
     manifest = _manifest(plan, key, units, counts, ctx, time.time() - t0, outputs)
     folder.finish(manifest)
     if not options.quiet:
         print_summary(manifest)
     return manifest
+
+
+def _schema_to_empty_shards(shards: list[Path]) -> None:
+    """A unit without rows writes a shard of `id` only; readers that take a folder's columns
+    from its first file (pyarrow.dataset, pandas, DuckDB, HF datasets) would then drop every
+    other column. Such shards are rewritten, still empty, with the columns of the first shard
+    that has rows."""
+    import pyarrow.parquet as pq
+
+    rows = [pq.read_metadata(p).num_rows for p in shards]
+    full = next((pq.read_schema(p) for p, n in zip(shards, rows, strict=True) if n), None)
+    if full is None:
+        return
+    for path, n in zip(shards, rows, strict=True):
+        if not n and not pq.read_schema(path).equals(full, check_metadata=False):
+            write_table(full.empty_table(), path)
 
 
 def _cache_key(stage: Stage, plan: dict, options: RunOptions, units: list[Unit]) -> str | None:
