@@ -414,17 +414,23 @@ BLANK_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("embed_first", [False, True])
-def test_rows_without_text_are_removed_not_selected(tmp_path, embed_first):
-    """A text with nothing in it has no place among clusters: removed as empty_text, whether
-    the vectors are computed here or come from `datasel embed` (null there)."""
-    rows = [{k: r[k] for k in ("id", "text", "domain")} for r in sample_rows(300)]
-    write_parquet(tmp_path / "in.parquet", rows[:150] + BLANK_ROWS + rows[150:])
+def diversify_all_with(tmp_path, n: int, inserted: list[dict], embed_first: bool) -> dict:
+    """Diversify keeping every row of `n` sample rows with `inserted` in their middle, the
+    vectors computed here or by `datasel embed` first; the manifest."""
+    rows = [{k: r[k] for k in ("id", "text", "domain")} for r in sample_rows(n)]
+    write_parquet(tmp_path / "in.parquet", rows[: n // 2] + inserted + rows[n // 2 :])
     src = tmp_path / "in.parquet"
     if embed_first:
         run(Embed(dim=32), src, tmp_path / "emb")
         src = tmp_path / "emb"
-    m = run(Diversify(k=5, fraction=1.0, max_similarity=1.0, dim=32), src, tmp_path / "out")
+    return run(Diversify(k=5, fraction=1.0, max_similarity=1.0, dim=32), src, tmp_path / "out")
+
+
+@pytest.mark.parametrize("embed_first", [False, True])
+def test_rows_without_text_are_removed_not_selected(tmp_path, embed_first):
+    """A text with nothing in it has no place among clusters: removed as empty_text, whether
+    the vectors are computed here or come from `datasel embed` (null there)."""
+    m = diversify_all_with(tmp_path, 300, BLANK_ROWS, embed_first)
     assert m["rows_in"] == 303 and m["kept"] == 300
     assert m["removed"] == {"diversify:empty_text": 3} and m["texts"] == {"null": 1, "empty": 2}
     gone = read_removed(tmp_path / "out")
@@ -449,14 +455,8 @@ def test_texts_without_a_word_have_no_vector_and_are_not_selected(tmp_path, embe
     """Punctuation only: no word for the hashing embedder, whose vector is then zero. A zero
     vector joined whichever centroid was shortest and was sampled there; now such a row is
     removed as no_vector, whether embedded here or by `datasel embed` (null there)."""
-    rows = [{k: r[k] for k in ("id", "text", "domain")} for r in sample_rows(200)]
     marks = [{"id": f"p{i}", "text": t, "domain": "none"} for i, t in enumerate(["!!!", "* * *"])]
-    write_parquet(tmp_path / "in.parquet", rows[:100] + marks + rows[100:])
-    src = tmp_path / "in.parquet"
-    if embed_first:
-        run(Embed(dim=32), src, tmp_path / "emb")
-        src = tmp_path / "emb"
-    m = run(Diversify(k=5, fraction=1.0, max_similarity=1.0, dim=32), src, tmp_path / "out")
+    m = diversify_all_with(tmp_path, 200, marks, embed_first)
     assert m["kept"] == 200 and m["removed"] == {"diversify:no_vector": 2}
     assert sorted(read_removed(tmp_path / "out").column("id").to_pylist()) == ["p0", "p1"]
 

@@ -141,9 +141,10 @@ def _run(stage: Stage, src, folder: StepFolder, options: RunOptions) -> dict:
                 counts = _run_phase(mapping, executor, progress)
     if all(c["rows_in"] == sum(c.get("skipped", {}).values()) for c in counts):
         ctx.warn(f"no rows in {src}: the step is empty")
-    for shards in (folder.shards(), folder.removed_shards()):
+    kept, removed = folder.shards(), folder.removed_shards()
+    for shards in (kept, removed):
         _schema_to_empty_shards(shards)
-    outputs = folder.shards() + folder.removed_shards()
+    outputs = kept + removed
     manifest = _manifest(plan, key, units, counts, ctx, time.time() - t0, outputs)
     folder.finish(manifest)
     if not options.quiet:

@@ -23,7 +23,14 @@ from datasel.stage import (
     register,
 )
 from datasel.stage import budget as select_budget
-from datasel.stages.embed import EmbeddingStage, check_backend, check_model, neural, read_embeddings
+from datasel.stages.embed import (
+    EmbeddingStage,
+    check_backend,
+    check_model,
+    has_vector,
+    neural,
+    read_vectors,
+)
 
 # a unit's share of the budget ~ its size ** power: equal (kMQ), sqrt (temperature sampling),
 # proportional (as a random sample)
@@ -221,11 +228,8 @@ class Diversify(EmbeddingStage):
         self._check_columns(names)
         self._backend = self._choose_backend(names)
         if self._backend == "column":
-            column = sample.column(self.embedding_column)
-            valid = pa.compute.is_valid(column)
-            x = read_embeddings(
-                column.filter(valid), self.embedding_column, ids=sample.column("id").filter(valid)
-            )
+            column = self.embedding_column
+            x = read_vectors(sample.column(column), column, sample.column("id"))
         else:
             self.unload()  # fit anew on this input's sample
             x = self.embedder(ctx, sample).encode(ctx.texts(sample))
@@ -282,16 +286,8 @@ class Diversify(EmbeddingStage):
         if self._backend == "column":
             if self.embedding_column not in batch.schema.names:
                 raise DataselError(f"no column '{self.embedding_column}' in every input file")
-            column = batch.column(self.embedding_column)
-            valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), bool)
-            if not valid.any():
-                return np.zeros((batch.num_rows, self._dim), np.float32)
-            mask = pa.array(valid)
-            vectors = read_embeddings(
-                column.filter(mask), self.embedding_column, ids=batch.column("id").filter(mask)
-            )
-            x = np.zeros((batch.num_rows, vectors.shape[1]), np.float32)
-            x[valid] = vectors
+            column = self.embedding_column
+            x = read_vectors(batch.column(column), column, batch.column("id"), self._dim)
         else:
             x = self.embedder(ctx).encode(ctx.texts(batch))
         if x.shape[1] != self._dim:
@@ -515,11 +511,6 @@ def staged_names(staged: Staged) -> list[str]:
 
     first = next((i for i, n in enumerate(staged.rows) if n), 0)
     return pq.read_schema(staged.shard(first)).names
-
-
-def has_vector(x: np.ndarray) -> np.ndarray:
-    """Rows of `x` that are not all zero."""
-    return (x != 0).any(axis=1)
 
 
 def _set_aside(batch: pa.RecordBatch, blank: np.ndarray, none: np.ndarray):

@@ -160,6 +160,29 @@ def read_embeddings(
     return x
 
 
+def read_vectors(
+    column: pa.Array | pa.ChunkedArray, name: str, ids: pa.Array | pa.ChunkedArray, dim=None
+) -> np.ndarray:
+    """:func:`read_embeddings` of a column whose null rows have no vector: zero there (see
+    :func:`has_vector`). `dim`: the width when no row has a vector (default: the column's)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), bool)
+    mask = pa.array(valid)
+    vectors = read_embeddings(column.filter(mask), name, ids=ids.filter(mask))
+    width = vectors.shape[1] if valid.any() or dim is None else dim
+    x = np.zeros((len(valid), width), np.float32)
+    if valid.any():
+        x[valid] = vectors
+    return x
+
+
+def has_vector(x: np.ndarray) -> np.ndarray:
+    """Rows of `x` that are not all zero: a zero vector (a null one read, or a text in which
+    the hashing embedder found no word) points nowhere."""
+    return (x != 0).any(axis=1)
+
+
 class EmbeddingStage(Stage):
     """Shared by `embed` and `diversify`: one embedder per process, fitted once in `fit`."""
 
@@ -257,7 +280,7 @@ class Embed(EmbeddingStage):
         full[~blank] = vectors
         # so is a text in which the encoder found nothing (hashing: no word, only punctuation),
         # whose vector is zero, not of unit length
-        vectors = embedding_array(full, blank | ~(full != 0).any(axis=1))
+        vectors = embedding_array(full, blank | ~has_vector(full))
         if self.column in batch.schema.names:
             batch = batch.drop_columns([self.column])
         return MapResult(batch.append_column(self.column, vectors))

@@ -217,8 +217,7 @@ class Pick(Stage):
             if name in out.column_names:
                 out = out.drop_columns([name])
         out = out.append_column("response", pa.array(cands["response"], pa.string()))
-        sources = [None if s is None else str(s) for s in cands["source"]]  # a name or a number
-        out = out.append_column("pick_source", pa.array(sources, pa.string()))
+        out = out.append_column("pick_source", _as_text(cands["source"]))  # a name or a number
         out = out.append_column("pick_candidate", pa.array(cands["index"], pa.int32()))
         out = out.append_column("pick_logprob", score)
         out = out.append_column("pick_tokens", n)
@@ -393,5 +392,5 @@ class Pick(Stage):
 
 
 def _as_text(values: list) -> pa.Array:
-    """A column's values as strings (an instruction or input may be a number)."""
+    """A column's values as strings (an instruction, input or source may be a number)."""
     return pa.array([None if v is None else str(v) for v in values], pa.string())

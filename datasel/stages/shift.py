@@ -24,7 +24,7 @@ from datasel.stage import (
     param,
     register,
 )
-from datasel.stages.embed import neural
+from datasel.stages.embed import has_vector, neural
 
 
 def row_texts(
@@ -441,7 +441,7 @@ class ShiftGotd(_Shift):
         self.target_emb = self.embedder(ctx, target).encode(target).astype(np.float32)
 
     def _target_embeddings(self) -> np.ndarray:
-        from datasel.stages.embed import read_embeddings
+        from datasel.stages.embed import read_vectors
 
         parts, self.target_without_text = [], 0
         for unit in plan_units(self.target):
@@ -451,14 +451,10 @@ class ShiftGotd(_Shift):
                         f"--target {self.target}: no `{EMBEDDING}` column, while the pool has "
                         "one; embed the target with the pool's model, or give --model hashing"
                     )
-                column = batch.column(EMBEDDING)
                 # `datasel embed` leaves rows without text (or without a word) with a null vector
-                valid = column.is_valid()
-                vectors = read_embeddings(
-                    column.filter(valid), EMBEDDING, ids=batch.column("id").filter(valid)
-                )
-                some = (vectors != 0).any(axis=1)  # a zero vector points nowhere: left out too
-                self.target_without_text += len(column) - int(some.sum())
+                vectors = read_vectors(batch.column(EMBEDDING), EMBEDDING, batch.column("id"))
+                some = has_vector(vectors)
+                self.target_without_text += len(vectors) - int(some.sum())
                 parts.append(vectors[some])
         if not parts:
             raise DataselError(f"--target {self.target}: holds no rows")
@@ -494,26 +490,22 @@ class ShiftGotd(_Shift):
                 [t for t, b in zip(texts, blank, strict=False) if not b]
             )
         else:
-            from datasel.stages.embed import read_embeddings
+            from datasel.stages.embed import read_vectors
 
             if EMBEDDING not in batch.schema.names:
                 raise DataselError(f"no column '{EMBEDDING}' in every input file")
-            column = batch.column(EMBEDDING)
-            have = ~blank & np.asarray(column.is_valid().to_numpy(zero_copy_only=False), bool)
-            if have.any():
-                mask = pa.array(have)
-                vectors = read_embeddings(
-                    column.filter(mask), EMBEDDING, ids=batch.column("id").filter(mask)
+            texts = pa.array(~blank)
+            column, ids = batch.column(EMBEDDING).filter(texts), batch.column("id").filter(texts)
+            vectors = read_vectors(column, EMBEDDING, ids, x.shape[1])
+            if vectors.shape[1] != x.shape[1]:
+                raise DataselError(
+                    f"the pool's embeddings have {vectors.shape[1]} dimensions and the "
+                    f"target's {x.shape[1]}: embed both with the same model"
                 )
-                if vectors.shape[1] != x.shape[1]:
-                    raise DataselError(
-                        f"the pool's embeddings have {vectors.shape[1]} dimensions and the "
-                        f"target's {x.shape[1]}: embed both with the same model"
-                    )
-                x[have] = vectors
+            x[~blank] = vectors
         # a row with text but no vector (null, or zero: nothing the embedder could read) would be
         # whitened to minus the pool's mean and ranked there: removed as no_vector instead
-        status = np.where(blank, 1, np.where((x != 0).any(axis=1), 0, self.NO_VECTOR))
+        status = np.where(blank, 1, np.where(has_vector(x), 0, self.NO_VECTOR))
         arrays = {"gotd_emb": x, "shift_blank": status.astype(np.uint8)}
         return MapResult(batch, arrays=arrays, texts=counts)
 
