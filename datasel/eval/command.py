@@ -27,7 +27,11 @@ def named(values: list[str] | None, flag: str) -> dict[str, str]:
 def eval_command(
     out: Annotated[Path, typer.Argument(help="folder for eval.json, report.html and run results")],
     train: Annotated[
-        list[str], typer.Option("--train", help="an arm to train on: NAME=PATH (repeat)")
+        list[str],
+        typer.Option(
+            "--train",
+            help="an arm to train on: NAME=PATH (repeat); {seed} in PATH: one selection per seed",
+        ),
     ],
     eval_: Annotated[
         list[str], typer.Option("--eval", help="a held-out set to score: NAME=PATH (repeat)")

@@ -72,7 +72,10 @@ def evaluate(
     out
         Folder for eval.json, report.html, the tokenizer and per-run results (resumable).
     train_sets
-        Arm name -> dataset (file, folder or glob, any format datasel reads).
+        Arm name -> dataset (file, folder or glob, any format datasel reads). A path with
+        ``{seed}`` in it names one selection per seed (``sel/div-{seed}``: seed 0 trains on
+        ``sel/div-0``, ...), so the spread includes the selection's own randomness, as
+        the random baseline's does.
     eval_sets
         Eval set name -> dataset of held-out documents (or instruction/reference pairs).
     model_name
@@ -133,19 +136,25 @@ def evaluate(
         "text_column": response_column if pairs else text_column,
         "prompt_column": prompt_column if pairs else None,
     }
-    arms = {name: data.read_docs(name, path, **read) for name, path in train_sets.items()}
+    paths = {name: _per_seed(path, seeds) for name, path in train_sets.items()}
+    arms = {name: _read_per_seed(name, ps, read) for name, ps in paths.items()}
     pools = {name: data.read_docs(name, path, **read) for name, path in baseline.items()}
     held = {name: data.read_docs(name, path, **read) for name, path in eval_sets.items()}
+    distinct = {name: _distinct(seeded) for name, seeded in arms.items()}
 
     out.mkdir(parents=True, exist_ok=True)
-    tok = _tokenizer(out, spec, arms | pools, tokenizer_path, finetune)
+    texts = {name: [t for d in ds for t in d.texts] for name, ds in distinct.items()}
+    texts |= {name: d.texts for name, d in pools.items()}
+    tok = _tokenizer(out, spec, texts, tokenizer_path, finetune)
     if pairs:
         from datasel.eval.sft import format_prompts
 
-        for docs in [*arms.values(), *pools.values(), *held.values()]:
+        for docs in [*(d for ds in distinct.values() for d in ds), *pools.values(), *held.values()]:
             docs.prompts = format_prompts(tok, docs.prompts)
     sets = [metrics.prepare(d, tok, max_tokens=eval_tokens, context=spec.context) for d in held.values()]  # fmt: skip
-    sizes = {name: d.count_tokens(tok) for name, d in arms.items()} if pools else {}
+    sizes = {}  # an arm's size: the mean over its selections
+    if pools:
+        sizes = {n: int(statistics.fmean(d.count_tokens(tok) for d in ds)) for n, ds in distinct.items()}  # fmt: skip
     target = int(statistics.median(sizes.values())) if pools else None
 
     recipe = train.Recipe(
@@ -166,7 +175,7 @@ def evaluate(
             what = {
                 "arm": name,
                 "seed": seed,
-                "input": _files(train_sets.get(name) or baseline[name]),
+                "input": _files(paths[name][seed] if name in paths else baseline[name]),
             }
             if name in pools:
                 what["match_tokens"] = target
@@ -195,7 +204,7 @@ def evaluate(
     with report.Bar(sum(1 for _ in todo) * steps, quiet) as bar:
         for k, (name, seed, key, path) in enumerate(todo):
             bar.describe(f"{name} seed {seed}")
-            docs = arms.get(name) or pools[name]
+            docs = arms[name][seed] if name in arms else pools[name]
             subset = None
             if name in pools:
                 subset = data.take_tokens(docs, tok, target, np.random.default_rng([seed, 1]))
@@ -236,11 +245,12 @@ def evaluate(
                 f"{epochs:.2f} epoch(s), bits per byte {final}; left ~{_clock(left)}"
             )
 
+    first = {n: s[0] for n, s in arms.items()} | pools  # seed 0's selection
     result = report.summarize(
         runs=[done[(n, s)] for s in range(seeds) for n in every],
         arms={
-            n: {"path": train_sets.get(n) or baseline[n], "docs": len((arms | pools)[n]),
-                "skipped_empty": (arms | pools)[n].empty, "tokens": sizes.get(n)}
+            n: {"path": train_sets.get(n) or baseline[n], "docs": len(first[n]),
+                "skipped_empty": first[n].empty, "tokens": sizes.get(n)}
             for n in every
         },
         sets={s.name: s.info() for s in sets},
@@ -267,6 +277,21 @@ def _check_names(train_sets: dict, eval_sets: dict, baseline: dict) -> None:
     for name in [*train_sets, *eval_sets]:
         if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise DataselError(f"name {name!r}: use letters, digits, '-', '_' or '.'")
+
+
+def _per_seed(path: str, seeds: int) -> list[str]:
+    """The arm's path for each seed: `{seed}` replaced by the seed, or the same path."""
+    return [path.replace("{seed}", str(seed)) for seed in range(seeds)]
+
+
+def _read_per_seed(name: str, paths: list[str], read: dict) -> list[data.Docs]:
+    """One Docs per seed; a path shared by several seeds is read once."""
+    docs = {p: data.read_docs(name, p, **read) for p in dict.fromkeys(paths)}
+    return [docs[p] for p in paths]
+
+
+def _distinct(seeded: list[data.Docs]) -> list[data.Docs]:
+    return list({id(d): d for d in seeded}.values())
 
 
 def _model_dir(out: Path, arm: str, seed: int) -> Path:
@@ -302,7 +327,7 @@ def _load(path: Path) -> dict | None:
         return None
 
 
-def _tokenizer(out: Path, spec, arms: dict, given: str | None, finetune: str | None):
+def _tokenizer(out: Path, spec, texts: dict, given: str | None, finetune: str | None):
     if finetune is not None:
         from transformers import AutoTokenizer
 
@@ -313,7 +338,6 @@ def _tokenizer(out: Path, spec, arms: dict, given: str | None, finetune: str | N
             raise DataselError(
                 f"--finetune {finetune}: cannot load its tokenizer: {first}"
             ) from None
-    texts = {name: d.texts for name, d in arms.items()}
     return tokenizer.load_or_train(
         out / "tokenizer", texts, vocab_size=spec.vocab_size, given=given
     )
