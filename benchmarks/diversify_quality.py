@@ -273,17 +273,21 @@ def heldout(args) -> None:
         domains = np.array(table["domain"].to_pylist())
         nbytes = np.array([len(t.encode()) for t in table["text"].to_pylist()])
         budget = int(round(args.frac * table.num_rows))
-        rows = np.sort(np.random.default_rng(1).choice(table.num_rows, budget, replace=False))
-        arms = {"random": tmp / name / "random.parquet"}
-        pq.write_table(table.take(rows), arms["random"])
-        picked = {"random": rows}
-        for arm in args.arms:
-            datasel.run(Diversify(fraction=args.frac, **ARMS[arm]), src, tmp / name / arm, **run)
-            arms[arm] = tmp / name / arm
-            picked[arm] = np.flatnonzero(np.isin(ids, read(arms[arm], ["id"])["id"]))
+        arms = {"random": str(tmp / name / "random" / "seed{seed}.parquet")}
+        arms |= {arm: str(tmp / name / arm / "seed{seed}") for arm in args.arms}
+        picked = {arm: [] for arm in arms}  # each seed its own selection, random's and each arm's
+        for seed in range(args.seeds):
+            rows = np.random.default_rng(seed).choice(table.num_rows, budget, replace=False)
+            (tmp / name / "random").mkdir(exist_ok=True)
+            pq.write_table(table.take(np.sort(rows)), arms["random"].format(seed=seed))
+            picked["random"].append(rows)
+            for arm in args.arms:
+                out = Path(arms[arm].format(seed=seed))
+                datasel.run(Diversify(fraction=args.frac, seed=seed, **ARMS[arm]), src, out, **run)
+                picked[arm].append(np.flatnonzero(np.isin(ids, read(out, ["id"])["id"])))
         result = datasel.evaluate(
             tmp / name / "eval",
-            {k: str(v) for k, v in arms.items()},
+            arms,
             {k: str(v) for k, v in evals.items()},
             model_name="tiny",
             tokens=args.tokens,
@@ -312,16 +316,19 @@ def report(head, evals, arms, picked, domains, nbytes, result) -> None:
             for r in result["runs"]
             if r["arm"] == arm
         ]
-        mask = np.zeros(len(domains), bool)
-        mask[picked[arm]] = True
-        share = {d: nbytes[mask & (domains == d)].sum() / nbytes[mask].sum() for d in doms}
+        masks = np.zeros((len(picked[arm]), len(domains)), bool)
+        for mask, rows in zip(masks, picked[arm], strict=True):
+            mask[rows] = True
+        text = np.array([nbytes[m].sum() for m in masks])
+        share = {d: np.mean([nbytes[m & (domains == d)].sum() for m in masks] / text) for d in doms}
+        spread = np.mean([entropy(np.unique(domains[m], return_inverse=True)[1]) for m in masks])
         delta = {d: bpb[arm][d] - bpb["random"][d] for d in doms}
         worst = max(delta, key=delta.get)
         worse = f"{sum(v > 0 for v in delta.values())}/{len(doms)}, {worst[:9]} {delta[worst]:+.3f}"
         cells = " ".join(f"{bpb[arm][d]:.3f} {share[d]:6.1%}" for d in doms)
         print(
-            f"   {arm:12s} {nbytes[mask].sum() / 1e6:7.2f} {np.mean(per_seed):8.4f} "
-            f"±{np.std(per_seed):.4f} {worse:>24s} {entropy(np.unique(domains[mask], return_inverse=True)[1]):7.3f} | {cells}"
+            f"   {arm:12s} {text.mean() / 1e6:7.2f} {np.mean(per_seed):8.4f} "
+            f"±{np.std(per_seed, ddof=1):.4f} {worse:>24s} {spread:7.3f} | {cells}"
         )
     sys.stdout.flush()
 

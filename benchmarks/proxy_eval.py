@@ -221,7 +221,8 @@ def table(title: str, result: dict, reference: str, how=statistics.fmean, label=
             d, line = None, f"{'(reference)':>16}"
         else:
             d = difference(s, stats[reference], noise)
-            line = f"{d['difference']:+16.4f}  {'yes' if d['exceeds_spread'] else 'no'}"
+            lower = f"lower in {d['lower_in_seeds']}/{len(s['values'])} seeds"
+            line = f"{d['difference']:+16.4f}  {'yes' if d['exceeds_spread'] else 'no':3s}  {lower}"
         print(f"{a:<{w}} {cell:>20} {line}")
         rows[a] = {**s, "vs_reference": d}
     return {"reference": reference, "over_eval_sets": how.__name__, "arms": rows}

@@ -293,3 +293,5 @@ def test_a_difference_must_exceed_the_noise_pooled_over_arms():
     assert difference(seed_stats([2.50, 2.51]), random_arm, pooled)["exceeds_spread"] is True
     assert pooled_spread([seed_stats([2.7])]) is None
     assert difference(seed_stats([2.7]), random_arm, pooled)["exceeds_spread"] is None
+    # seed by seed: seed 0 lower than random's seed 0, seed 1 higher than random's seed 1
+    assert difference(seed_stats([2.70, 2.76]), random_arm)["lower_in_seeds"] == 1

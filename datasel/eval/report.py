@@ -111,13 +111,16 @@ def pooled_spread(stats: list[dict]) -> float | None:
 
 
 def difference(a: dict, ref: dict, pooled: float | None = None) -> dict:
-    """a - ref, and whether it exceeds the seeds' spread: the sum of the two deviations, and
-    twice the `pooled` one (of all arms) when given."""
+    """a - ref, whether it exceeds the seeds' spread (the sum of the two deviations, and twice
+    the `pooled` one of all arms when given), and in how many seeds a is lower: runs of one
+    seed start from the same weights, so the seed-by-seed signs show a consistent effect."""
     diff = a["mean"] - ref["mean"]
+    paired = [x - y for x, y in zip(a["values"], ref["values"], strict=False)]
+    out = {"difference": round(diff, 6), "lower_in_seeds": sum(d < 0 for d in paired)}
     if a["spread"] is None or ref["spread"] is None:
-        return {"difference": round(diff, 6), "exceeds_spread": None}
+        return out | {"exceeds_spread": None}
     bar = max(a["spread"] + ref["spread"], 2 * (pooled or 0.0))
-    return {"difference": round(diff, 6), "exceeds_spread": abs(diff) > bar}
+    return out | {"exceeds_spread": abs(diff) > bar}
 
 
 def _cell(stats: dict, digits: int = 4) -> str:
@@ -125,11 +128,11 @@ def _cell(stats: dict, digits: int = 4) -> str:
     return f"{stats['mean']:.{digits}f}{spread}"
 
 
-def _delta(d: dict | None) -> str:
+def _delta(d: dict | None, seeds: int) -> str:
     if d is None:
         return "(reference)"
     mark = {True: " *", False: "", None: " ?"}[d["exceeds_spread"]]
-    return f"{d['difference']:+.4f}{mark}"
+    return f"{d['difference']:+.4f}{mark} ({d['lower_in_seeds']}/{seeds} lower)"
 
 
 def table(result: dict) -> Table:
@@ -146,11 +149,11 @@ def table(result: dict) -> Table:
         row = [arm]
         for s, st in per_set.items():
             row.append(f"{_cell(st['bpb'])} ({_cell(st['loss'], 3)})")
-            row.append(_delta(result["vs_reference"].get(arm, {}).get(s)))
+            row.append(_delta(result["vs_reference"].get(arm, {}).get(s), seeds))
         t.add_row(*row)
     t.caption = (
         "* the difference exceeds the seeds' spread (sum of the two standard deviations, and "
-        "twice the one pooled over arms); "
+        "twice the one pooled over arms); (k/n lower): seeds in which the arm is lower; "
         + ("? one seed: no spread to compare with" if seeds < 2 else "lower is better")
     )
     return t
