@@ -18,7 +18,9 @@ graph, then equal per cluster).
 
 Entropy is a stand-in. --heldout measures what a selection is for: `datasel eval` trains the
 same tiny GPT-2 on each arm (same tokenizer, same --tokens, same order, --seeds seeds) and
-scores bits per byte on documents of each domain held out of the pool. Arms (--arms, ARMS):
+scores bits per byte on documents of each domain held out of the pool; seed s trains on its own
+random draw and its own diversify selection (`--seed s`), so the spread includes the draw (one
+draw can train 0.03 better than the next). Arms (--arms, ARMS):
 diversify with the defaults and other quota rules, and a random selection of the same number
 of rows; per arm it prints the mean over domains (± the seeds' spread), how many domains are
 worse than random and the worst, and per domain the bpb and the domain's share of the selected
