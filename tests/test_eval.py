@@ -295,3 +295,22 @@ def test_a_difference_must_exceed_the_noise_pooled_over_arms():
     assert difference(seed_stats([2.7]), random_arm, pooled)["exceeds_spread"] is None
     # seed by seed: seed 0 lower than random's seed 0, seed 1 higher than random's seed 1
     assert difference(seed_stats([2.70, 2.76]), random_arm)["lower_in_seeds"] == 1
+
+
+def test_table_puts_eval_sets_in_rows_when_they_outnumber_the_arms():
+    from datasel.eval.report import summarize, table
+
+    def run(arm, seed, bpb):
+        evals = {s: {"bpb": bpb + k / 10, "loss": 2 * bpb} for k, s in enumerate("abc")}
+        return {"arm": arm, "seed": seed, "key": "", "curve": [{"eval": evals}]}
+
+    runs = [run("random", 0, 3.0), run("dsir", 0, 2.9), run("random", 1, 3.1), run("dsir", 1, 3.0)]
+    result = summarize(runs=runs, arms={"random": {}, "dsir": {}}, sets=dict.fromkeys("abc"),
+                       settings={"seeds": 2})  # fmt: skip
+    t = table(result)
+    assert [c.header for c in t.columns] == ["eval set", "random", "dsir", "vs random"]
+    assert list(t.columns[0].cells) == ["a", "b", "c"]
+    assert list(t.columns[3].cells) == ["-0.1000 (2/2 lower)"] * 3
+    narrow = summarize(runs=runs, arms={"random": {}, "dsir": {}}, sets={"a": None},
+                       settings={"seeds": 2})  # fmt: skip
+    assert [c.header for c in table(narrow).columns] == ["arm", "a", "vs random"]

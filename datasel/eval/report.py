@@ -136,21 +136,29 @@ def _delta(d: dict | None, seeds: int) -> str:
 
 
 def table(result: dict) -> Table:
-    seeds = result["settings"]["seeds"]
+    """Arms as rows and eval sets as columns, or the other way round when the eval sets
+    outnumber the arms (one per domain), so the table stays narrow enough to read."""
+    seeds, ref = result["settings"]["seeds"], result["reference"]
+    arms, sets = list(result["summary"]), list(result["eval_sets"])
+    by_set = len(sets) > len(arms)
     t = Table(
         title=f"held-out bits per byte (nats per token), mean ±spread over {seeds} seed(s)",
         title_justify="left",
     )
-    t.add_column("arm")
-    for s in result["eval_sets"]:
-        t.add_column(s, justify="right")
-        t.add_column(f"vs {result['reference']}", justify="right")
-    for arm, per_set in result["summary"].items():
-        row = [arm]
-        for s, st in per_set.items():
-            row.append(f"{_cell(st['bpb'])} ({_cell(st['loss'], 3)})")
-            row.append(_delta(result["vs_reference"].get(arm, {}).get(s), seeds))
-        t.add_row(*row)
+    t.add_column("eval set" if by_set else "arm")
+    for col in arms if by_set else sets:
+        t.add_column(col, justify="right")
+        if not (by_set and col == ref):  # by set, the reference arm has no column against itself
+            t.add_column(f"vs {ref}", justify="right")
+    for row in sets if by_set else arms:
+        cells = [row]
+        for col in arms if by_set else sets:
+            arm, name = (col, row) if by_set else (row, col)
+            stats = result["summary"][arm][name]
+            cells.append(f"{_cell(stats['bpb'])} ({_cell(stats['loss'], 3)})")
+            if not (by_set and arm == ref):
+                cells.append(_delta(result["vs_reference"].get(arm, {}).get(name), seeds))
+        t.add_row(*cells)
     t.caption = (
         "* the difference exceeds the seeds' spread (sum of the two standard deviations, and "
         "twice the one pooled over arms); (k/n lower): seeds in which the arm is lower; "
