@@ -54,6 +54,13 @@ def check_budget(size: int | None, fraction: float | None) -> None:
         raise ValueError(f"size must be >= 0, got {size}")
 
 
+def rows_of(fraction, rows):
+    """Rows that `fraction` of `rows` keeps, half rounding up (0.5 of 1 row or of 5 rows keeps
+    1 or 3, as a user reads it; numpy's and Python's round would keep 0 and 2). Scalars or
+    arrays."""
+    return np.floor(np.multiply(fraction, rows) + 0.5).astype(np.int64)
+
+
 def budget(
     available: int,
     size: int | None,
@@ -66,7 +73,7 @@ def budget(
     them). A budget over the rows there are is clamped to them, with a warning: a small day's
     input is not an error."""
     of = available if total is None else total
-    want = size if size is not None else int(round(fraction * of))
+    want = size if size is not None else int(rows_of(fraction, of))
     if want == 0 and size is None and of:
         ctx.warn(f"{stage}: --fraction {fraction:g} of {of:,} rows rounds to 0 rows: none selected")
     if want <= available:

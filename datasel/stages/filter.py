@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 
 from datasel.errors import DataselError
 from datasel.io import Columns, read_table
-from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register
+from datasel.stage import Context, Decision, MapResult, Stage, Staged, param, register, rows_of
 
 RANKED = ("top", "top_fraction", "top_chars", "bottom", "bottom_fraction", "bottom_chars")
 RULES = ("min", "max", *RANKED)  # --within applies to the ranking rules
@@ -198,7 +198,7 @@ def _top(kind, v, staged, shards, values, alive, reason, col, groups=None):
         if weighted:
             chars_in += np.bincount(g, weights=weights(i, live), minlength=n_groups)
     if unit == "fraction":
-        target = np.minimum(np.round(v * rows_in), rows_in).astype(np.float64)
+        target = np.minimum(rows_of(v, rows_in), rows_in).astype(np.float64)
     elif weighted:
         target = v * chars_in
     else:  # --top N over the rows left keeps them all
