@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import datasel  # noqa: E402
+from datasel.stage import rows_of  # noqa: E402
 from datasel.stages.dedup import Dedup  # noqa: E402
 from datasel.stages.diversify import Diversify  # noqa: E402
 from datasel.stages.embed import Embed  # noqa: E402
@@ -274,13 +275,13 @@ def heldout(args) -> None:
         ids = np.array(table["id"].to_pylist())
         domains = np.array(table["domain"].to_pylist())
         nbytes = np.array([len(t.encode()) for t in table["text"].to_pylist()])
-        budget = int(round(args.frac * table.num_rows))
+        budget = int(rows_of(args.frac, table.num_rows))  # as diversify's --fraction rounds
+        (tmp / name / "random").mkdir(exist_ok=True)
         arms = {"random": str(tmp / name / "random" / "seed{seed}.parquet")}
         arms |= {arm: str(tmp / name / arm / "seed{seed}") for arm in args.arms}
         picked = {arm: [] for arm in arms}  # each seed its own selection, random's and each arm's
         for seed in range(args.seeds):
             rows = np.random.default_rng(seed).choice(table.num_rows, budget, replace=False)
-            (tmp / name / "random").mkdir(exist_ok=True)
             pq.write_table(table.take(np.sort(rows)), arms["random"].format(seed=seed))
             picked["random"].append(rows)
             for arm in args.arms:

@@ -137,24 +137,31 @@ def evaluate(
         "prompt_column": prompt_column if pairs else None,
     }
     paths = {name: _per_seed(path, seeds) for name, path in train_sets.items()}
-    arms = {name: _read_per_seed(name, ps, read) for name, ps in paths.items()}
+    # an arm's selections, each path read once (one for every seed without {seed})
+    selections = {
+        name: {p: data.read_docs(name, p, **read) for p in dict.fromkeys(ps)}
+        for name, ps in paths.items()
+    }
     pools = {name: data.read_docs(name, path, **read) for name, path in baseline.items()}
     held = {name: data.read_docs(name, path, **read) for name, path in eval_sets.items()}
-    distinct = {name: _distinct(seeded) for name, seeded in arms.items()}
 
     out.mkdir(parents=True, exist_ok=True)
-    texts = {name: [t for d in ds for t in d.texts] for name, ds in distinct.items()}
+    texts = {name: [t for d in sel.values() for t in d.texts] for name, sel in selections.items()}
     texts |= {name: d.texts for name, d in pools.items()}
     tok = _tokenizer(out, spec, texts, tokenizer_path, finetune)
     if pairs:
         from datasel.eval.sft import format_prompts
 
-        for docs in [*(d for ds in distinct.values() for d in ds), *pools.values(), *held.values()]:
+        arm_docs = [d for sel in selections.values() for d in sel.values()]
+        for docs in [*arm_docs, *pools.values(), *held.values()]:
             docs.prompts = format_prompts(tok, docs.prompts)
     sets = [metrics.prepare(d, tok, max_tokens=eval_tokens, context=spec.context) for d in held.values()]  # fmt: skip
     sizes = {}  # an arm's size: the mean over its selections
     if pools:
-        sizes = {n: int(statistics.fmean(d.count_tokens(tok) for d in ds)) for n, ds in distinct.items()}  # fmt: skip
+        sizes = {
+            name: int(statistics.fmean(d.count_tokens(tok) for d in sel.values()))
+            for name, sel in selections.items()
+        }
     target = int(statistics.median(sizes.values())) if pools else None
 
     recipe = train.Recipe(
@@ -169,7 +176,7 @@ def evaluate(
         "format": read,
     }
     todo, done = [], {}
-    every = [*arms, *pools]
+    every = [*paths, *pools]
     for seed in range(seeds):
         for name in every:
             what = {
@@ -204,7 +211,7 @@ def evaluate(
     with report.Bar(sum(1 for _ in todo) * steps, quiet) as bar:
         for k, (name, seed, key, path) in enumerate(todo):
             bar.describe(f"{name} seed {seed}")
-            docs = arms[name][seed] if name in arms else pools[name]
+            docs = selections[name][paths[name][seed]] if name in paths else pools[name]
             subset = None
             if name in pools:
                 subset = data.take_tokens(docs, tok, target, np.random.default_rng([seed, 1]))
@@ -245,7 +252,7 @@ def evaluate(
                 f"{epochs:.2f} epoch(s), bits per byte {final}; left ~{_clock(left)}"
             )
 
-    first = {n: s[0] for n, s in arms.items()} | pools  # seed 0's selection
+    first = {n: selections[n][ps[0]] for n, ps in paths.items()} | pools  # seed 0's selection
     result = report.summarize(
         runs=[done[(n, s)] for s in range(seeds) for n in every],
         arms={
@@ -282,16 +289,6 @@ def _check_names(train_sets: dict, eval_sets: dict, baseline: dict) -> None:
 def _per_seed(path: str, seeds: int) -> list[str]:
     """The arm's path for each seed: `{seed}` replaced by the seed, or the same path."""
     return [path.replace("{seed}", str(seed)) for seed in range(seeds)]
-
-
-def _read_per_seed(name: str, paths: list[str], read: dict) -> list[data.Docs]:
-    """One Docs per seed; a path shared by several seeds is read once."""
-    docs = {p: data.read_docs(name, p, **read) for p in dict.fromkeys(paths)}
-    return [docs[p] for p in paths]
-
-
-def _distinct(seeded: list[data.Docs]) -> list[data.Docs]:
-    return list({id(d): d for d in seeded}.values())
 
 
 def _model_dir(out: Path, arm: str, seed: int) -> Path:
