@@ -377,11 +377,11 @@ def reference_models(args, ref: dict, val: dict, work: Path) -> tuple[dict, dict
     return folders, bench
 
 
-def score_ppl(models: dict[str, str], src: str, dst: Path) -> Path:
+def score_ppl(models: dict[str, str], src: str, dst: Path, quiet: bool) -> Path:
     """`score ppl` under each model in turn (columns <name>_bpb); the last step's folder."""
     steps = [ScorePpl(model=m, column=g, stride=PPL_STRIDE) for g, m in models.items()]
     pipe = datasel.Pipeline(steps)
-    pipe.run(src, dst, quiet=True, overwrite=True)
+    pipe.run(src, dst, quiet=quiet, overwrite=True)
     return pipe.step_dirs(dst)[-1]
 
 
@@ -436,7 +436,7 @@ def filter_(args, docs: list[dict], work: Path) -> dict:
 
     models, bench = reference_models(args, ref, val, work)
     info["reference_bpb"] = {g: round(-b, 4) for g, b in bench.items()}
-    scored = score_ppl({"ref": models["all"]}, pool_path, work / "ppl-scored")
+    scored = score_ppl({"ref": models["all"]}, pool_path, work / "ppl-scored", args.quiet)
     if "ppl-cluster" in wanted:
         with_clusters(scored, work / "ppl-clustered")
     for arm, within, src in (("ppl", None, scored), ("ppl-domain", "domain", scored),
@@ -452,7 +452,7 @@ def filter_(args, docs: list[dict], work: Path) -> dict:
         return filter_results(args, work, arms, held, pool_path, info)
 
     fit_src = write(rng.sample(pool, min(args.fit_docs, len(pool))), work / "fit.parquet")
-    losses = score_ppl(models, fit_src, work / "fit-scored")
+    losses = score_ppl(models, fit_src, work / "fit-scored", args.quiet)
     for arm, (epoch, lr) in PRESELECT_FITS.items():
         if arm not in wanted and f"{arm}-cluster" not in wanted:
             continue
@@ -533,18 +533,22 @@ def pick(args, docs: list[dict], work: Path) -> dict:
     model = args.base or pretrained_base(args, docs, work / "base")
     cands = write([{"id": r["id"], "instruction": prompt(r), "responses": r["responses"]}
                    for r in train], work / "candidates.parquet")  # fmt: skip
+    wanted = args.picks.split(",")
     arms = {}
     for arm, normalize in (("pick", "mean"), ("pick-sum", "sum")):
-        datasel.run(Pick(model=str(model), normalize=normalize), cands, work / arm, quiet=True,
-                    overwrite=True)  # fmt: skip
+        if arm not in wanted:
+            continue
+        datasel.run(Pick(model=str(model), normalize=normalize), cands, work / arm,
+                    quiet=args.quiet, overwrite=True)  # fmt: skip
         arms[arm] = str(work / arm)
         print(f"  {arm}: picked sources " + ", ".join(
             f"{m} {c}" for m, c in picked_sources(work / arm).most_common()))  # fmt: skip
-    arms["random-pick"] = write(
+    arms["random-pick"] = write(  # always: the reference arm
         [{"instruction": prompt(r), "response": rng.choice(r["responses"])["text"]} for r in train],
         work / "random-pick.parquet",
     )
     sources = sorted({c["model"] for r in train for c in r["responses"]})
+    sources = sources if "sources" in wanted else []
     for s in sources:
         arms[f"only-{s}"] = write(
             [{"instruction": prompt(r), "response": c["text"]}
@@ -557,12 +561,14 @@ def pick(args, docs: list[dict], work: Path) -> dict:
     weak = " [base pre-trained here: a weak target]" if args.base is None else ""
     out = table(f"pick (fine-tuning; held-out reference bits per byte){weak}", res,
                 "random-pick")  # fmt: skip
-    best = min((a for a in arms if a.startswith("only-")), key=lambda a: out["arms"][a]["mean"])
+    singles = [a for a in arms if a.startswith("only-")]
+    best = min(singles, key=lambda a: out["arms"][a]["mean"]) if singles else None
     out["best_single_source"] = best
     out["info"] = {"train_instructions": len(train), "heldout_instructions": len(held),
                    "base": str(model), "base_pretrained_here": args.base is None}  # fmt: skip
-    print(f"  best single source: {best} ({out['arms'][best]['mean']:.4f}); note that picking it "
-          "uses the held-out set, so it is an optimistic ceiling")  # fmt: skip
+    if best:
+        print(f"  best single source: {best} ({out['arms'][best]['mean']:.4f}); note that picking "
+              "it uses the held-out set, so it is an optimistic ceiling")  # fmt: skip
     return out
 
 
@@ -581,6 +587,9 @@ def main() -> None:
                     help="pick: fine-tuning tokens per arm (~4 epochs of an arm)")  # fmt: skip
     ap.add_argument("--base", default=None, help="pick: a local HF model folder as the pick "
                     "target and fine-tuning base (default: a --model GPT-2 pre-trained here)")  # fmt: skip
+    ap.add_argument("--picks", default="pick,pick-sum,sources",
+                    help="pick: the arms to train besides random-pick (pick, pick-sum, sources: "
+                    "each single source's responses)")  # fmt: skip
     ap.add_argument("--base-tokens", type=int, default=1_000_000,
                     help="pick without --base: the base's pre-training tokens")  # fmt: skip
     ap.add_argument("--domain", default="python_docs", help="shift: the target domain")
@@ -609,10 +618,14 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("out/proxy_eval"),
                     help="working folder (resumable: finished runs are reused)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, help="JSON of the results")
-    ap.add_argument("--quiet", action="store_true", help="no evaluator progress lines")
+    ap.add_argument(
+        "--quiet", action="store_true", help="no progress lines (evaluator, model scoring)"
+    )
     args = ap.parse_args()
     only = args.only.split(",")
     unknown = set(only) - set(SECTIONS)
+    if set(args.picks.split(",")) - {"pick", "pick-sum", "sources"}:
+        ap.error(f"--picks {args.picks}: choose from pick, pick-sum, sources")
     if unknown or args.seeds < 2:
         ap.error(f"unknown section(s) {sorted(unknown)}" if unknown else "--seeds must be >= 2")
     docs = [json.loads(line) for line in gzip.open(args.data / "dev-corpus.jsonl.gz", "rt")]

@@ -314,3 +314,42 @@ def test_table_puts_eval_sets_in_rows_when_they_outnumber_the_arms():
     narrow = summarize(runs=runs, arms={"random": {}, "dsir": {}}, sets={"a": None},
                        settings={"seeds": 2})  # fmt: skip
     assert [c.header for c in table(narrow).columns] == ["arm", "a", "vs random"]
+
+
+def test_a_step_split_into_passes_makes_the_same_update(monkeypatch):
+    """Gradients summed over passes of 2 blocks (one of them prompt tokens only) = one pass."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    cfg = GPT2Config(vocab_size=50, n_layer=1, n_head=2, n_embd=16, n_positions=32, resid_pdrop=0,
+                     embd_pdrop=0, attn_pdrop=0)  # fmt: skip
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 50, size=(12, 32))
+    mask = rng.random((12, 32)) < 0.5
+    mask[[0, 1, 6]] = False  # a pass of prompt tokens only, and a part-prompt pass
+    recipe = train.Recipe(lr=1e-2, batch_size=6, checkpoints=2, device="cpu")
+
+    def run_with(per_pass):
+        monkeypatch.setattr(train, "blocks_per_pass", lambda *a: per_pass)
+        torch.manual_seed(0)
+        net = AutoModelForCausalLM.from_config(cfg)
+        curve = train.train(net, blocks, mask, recipe, evaluate=dict)
+        return [c["train_loss"] for c in curve], next(net.parameters()).detach().clone()
+
+    (one, w_one), (split, w_split) = run_with(6), run_with(2)
+    assert one == pytest.approx(split, abs=1e-5)
+    assert torch.allclose(w_one, w_split, atol=1e-5)
+
+
+def test_blocks_per_pass_fits_half_the_free_memory(monkeypatch):
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    net = AutoModelForCausalLM.from_config(
+        GPT2Config(vocab_size=1000, n_layer=2, n_head=2, n_embd=64, n_positions=128)
+    )
+    monkeypatch.setattr(train, "free_memory", lambda device: 1e12)
+    assert train.blocks_per_pass(net, 128, 16, "cpu") == 16  # fits: one pass, as before
+    monkeypatch.setattr(train, "free_memory", lambda device: 40e6)
+    assert 1 <= train.blocks_per_pass(net, 128, 16, "cpu") < 16
+    monkeypatch.setattr(train, "free_memory", lambda device: 0.0)
+    assert train.blocks_per_pass(net, 128, 16, "cpu") == 1  # never less than one block
