@@ -353,3 +353,18 @@ def test_blocks_per_pass_fits_half_the_free_memory(monkeypatch):
     assert 1 <= train.blocks_per_pass(net, 128, 16, "cpu") < 16
     monkeypatch.setattr(train, "free_memory", lambda device: 0.0)
     assert train.blocks_per_pass(net, 128, 16, "cpu") == 1  # never less than one block
+
+
+def test_without_a_terminal_progress_is_a_line_with_an_eta(monkeypatch, capsys):
+    from datasel.eval import report
+
+    monkeypatch.setattr(report, "LOG_SECONDS", 0.0)
+    with report.Bar(3, quiet=False) as bar:
+        bar.describe("pick seed 1")
+        for _ in range(3):
+            bar.advance()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("eval: pick seed 1: step 3/3 (100%), ETA ")
+    with report.Bar(3, quiet=True) as bar:
+        bar.advance()
+    assert capsys.readouterr().err == ""

@@ -14,20 +14,26 @@ import html
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from datasel.progress import LOG_SECONDS
+
 METRICS = {"bpb": "bits per byte", "loss": "nats per token"}
 
 
 class Bar:
-    """Training steps of all runs still to do, with an ETA; only on a terminal."""
+    """Training steps of all runs still to do, with an ETA: a bar on a terminal, else (cron
+    logs) a line after a step at most every LOG_SECONDS."""
 
     def __init__(self, total: int, quiet: bool):
-        self.bar = None
+        self.bar, self.total, self.done, self.what = None, total, 0, "eval"
+        self.log = not quiet and total > 0 and not sys.stderr.isatty()
+        self.t0 = self.logged = time.monotonic()
         if not quiet and sys.stderr.isatty() and total:
             self.bar = Progress(
                 TextColumn("[bold]{task.description}"),
@@ -46,12 +52,25 @@ class Bar:
         return self
 
     def describe(self, what: str) -> None:
+        self.what = what
         if self.bar is not None:
             self.bar.update(self.task, description=what)
 
     def advance(self) -> None:
+        self.done += 1
         if self.bar is not None:
             self.bar.advance(self.task)
+        now = time.monotonic()
+        if self.log and (now - self.logged >= LOG_SECONDS or self.done == self.total):
+            self.logged = now
+            left = (now - self.t0) / self.done * (self.total - self.done)
+            eta = time.strftime("%H:%M:%S", time.gmtime(left))
+            print(
+                f"eval: {self.what}: step {self.done:,}/{self.total:,} "
+                f"({100 * self.done / self.total:.0f}%), ETA {eta}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def __exit__(self, *exc):
         if self.bar is not None:
