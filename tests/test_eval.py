@@ -26,7 +26,7 @@ TINIER = {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32, "n_posi
 
 @pytest.fixture
 def no_probe(monkeypatch):
-    """Skip the timing probe (two training steps before the runs, for the estimate)."""
+    """Skip the timing probe (a training step before the runs, for the estimate)."""
     monkeypatch.setattr(run, "_time_step", lambda *a: 0.1)
 
 

@@ -341,14 +341,15 @@ def _tokenizer(out: Path, spec, texts: dict, given: str | None, finetune: str | 
 
 
 def _time_step(spec, tok, recipe) -> float:
-    """Seconds per training step, measured on two steps of random tokens after a warm-up one."""
+    """Seconds per training step: one step of random tokens, timed after a one-block warm-up
+    step (allocation, kernel choice), so the probe costs little more than one step."""
     net = model.build_model(spec, tok, seed=0)
     rng = np.random.default_rng(0)
-    x = rng.integers(0, len(tok), size=(3 * spec.batch_size, spec.context), dtype=np.int64)
-    times = []
-    probe = replace(recipe, checkpoints=1)
-    train.train(net, x, None, probe, evaluate=dict, on_step=lambda: times.append(time.perf_counter()))  # fmt: skip
-    return (times[-1] - times[0]) / 2
+    x = rng.integers(0, len(tok), size=(spec.batch_size, spec.context), dtype=np.int64)
+    train.train(net, x[:1], None, replace(recipe, batch_size=1, checkpoints=1), evaluate=dict)
+    start = time.perf_counter()
+    train.train(net, x, None, replace(recipe, checkpoints=1), evaluate=dict)
+    return time.perf_counter() - start
 
 
 def _clock(seconds: float) -> str:
