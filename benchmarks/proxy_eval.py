@@ -3,6 +3,8 @@ r"""What each stage buys: held-out loss of the same proxy LM trained on each sta
     python benchmarks/proxy_eval.py                              # every section, tiny model, CPU
     python benchmarks/proxy_eval.py --only shift --domain man_pages
     python benchmarks/proxy_eval.py --model small --tokens 10000000 --eval-tokens 200000   # GPU
+    python benchmarks/proxy_eval.py --only pick --base smollm2/ --picks pick --pick-tokens 100000
+        # GRAPE's setting with a real 135M target (~80 min on 2 CPU cores; docs/benchmarks.md)
     python benchmarks/proxy_eval.py --tokens 20000 --pick-tokens 100000 --base-tokens 20000 \
         --pool 2000 --eval-tokens 2000 --held 40 --ref-tokens 20000 --set-tokens 2000 \
         --held-per-domain 10 --val-per-domain 10 --fit-docs 200  # smoke test
