@@ -32,9 +32,10 @@ class Bar:
 
     def __init__(self, total: int, quiet: bool):
         self.bar, self.total, self.done, self.what = None, total, 0, "eval"
-        self.log = not quiet and total > 0 and not sys.stderr.isatty()
+        shown, terminal = not quiet and total > 0, sys.stderr.isatty()
+        self.log = shown and not terminal
         self.t0 = self.logged = time.monotonic()
-        if not quiet and sys.stderr.isatty() and total:
+        if shown and terminal:
             self.bar = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),

@@ -7,7 +7,7 @@ data order is fixed by the caller), so the same seed on the same device gives th
 
 A step whose activations would not fit in half the free memory (estimated from the model's
 shape) runs as several forward/backward passes with the gradients summed: the same update as one
-pass, up to float rounding. A 135M model's 16 x 1024-token step needs ~40 GB in one pass.
+pass, up to float rounding. A 135M model's 16 x 1024-token step needs ~29 GB in one pass.
 """
 
 from __future__ import annotations
@@ -50,10 +50,11 @@ def blocks_per_pass(net, context: int, batch: int, device: str) -> int:
     logits and their gradient, each layer's activations; SmolLM2-135M measured 1.75 GB per
     1024-token block on the CPU against 2.3 GB estimated)."""
     cfg = net.config.get_text_config()
-    layers, width = getattr(cfg, "num_hidden_layers", None), getattr(cfg, "hidden_size", None)
-    if not layers or not width:
+    shape = [getattr(cfg, k, None) for k in ("vocab_size", "num_hidden_layers", "hidden_size")]
+    if not all(shape):
         return batch  # a config without the usual names: no estimate, one pass
-    per_token = 4 * (3 * cfg.vocab_size + 24 * layers * width)
+    vocab, layers, width = shape
+    per_token = 4 * (3 * vocab + 24 * layers * width)
     weights = sum(p.numel() for p in net.parameters())
     budget = (free_memory(device) - 12 * weights) / 2  # gradients and AdamW's two moments
     return int(min(batch, max(1, budget // (per_token * context))))
