@@ -550,8 +550,10 @@ def pick(args, docs: list[dict], work: Path) -> dict:
         work / "random-pick.parquet",
     )
     sources = sorted({c["model"] for r in train for c in r["responses"]})
-    sources = sources if "sources" in wanted else []
-    for s in sources:
+    unknown = {w[len("only-") :] for w in wanted if w.startswith("only-")} - set(sources)
+    if unknown:
+        raise SystemExit(f"--picks: no source {sorted(unknown)}; sources: {', '.join(sources)}")
+    for s in [s for s in sources if "sources" in wanted or f"only-{s}" in wanted]:
         arms[f"only-{s}"] = write(
             [{"instruction": prompt(r), "response": c["text"]}
              for r in train for c in r["responses"] if c["model"] == s and c["text"]],
@@ -591,7 +593,7 @@ def main() -> None:
                     "target and fine-tuning base (default: a --model GPT-2 pre-trained here)")  # fmt: skip
     ap.add_argument("--picks", default="pick,pick-sum,sources",
                     help="pick: the arms to train besides random-pick (pick, pick-sum, sources: "
-                    "each single source's responses)")  # fmt: skip
+                    "each single source's responses, only-SOURCE: one of them)")  # fmt: skip
     ap.add_argument("--base-tokens", type=int, default=1_000_000,
                     help="pick without --base: the base's pre-training tokens")  # fmt: skip
     ap.add_argument("--domain", default="python_docs", help="shift: the target domain")
@@ -626,8 +628,12 @@ def main() -> None:
     args = ap.parse_args()
     only = args.only.split(",")
     unknown = set(only) - set(SECTIONS)
-    if set(args.picks.split(",")) - {"pick", "pick-sum", "sources"}:
-        ap.error(f"--picks {args.picks}: choose from pick, pick-sum, sources")
+    if {p for p in args.picks.split(",") if not p.startswith("only-")} - {
+        "pick",
+        "pick-sum",
+        "sources",
+    }:
+        ap.error(f"--picks {args.picks}: choose from pick, pick-sum, sources, only-SOURCE")
     if unknown or args.seeds < 2:
         ap.error(f"unknown section(s) {sorted(unknown)}" if unknown else "--seeds must be >= 2")
     docs = [json.loads(line) for line in gzip.open(args.data / "dev-corpus.jsonl.gz", "rt")]

@@ -173,7 +173,7 @@ class Progress:
         rate = f"{_rate(per_s)} rows/s" + (f", {tok_s:,.0f} tokens/s" if tok_s else "")
         eta = ""
         if self.total and per_s > 0:
-            eta = f", ETA {time.strftime('%H:%M:%S', time.gmtime((self.total - rows) / per_s))}"
+            eta = f", ETA {hms((self.total - rows) / per_s)}"
         return f"{self.label}: {done}, {rate}{eta}"
 
     def update(self) -> None:
@@ -202,6 +202,12 @@ class Progress:
             self._thread.join()
         if self.bar is not None:
             self.bar.__exit__(*exc)
+
+
+def hms(seconds: float) -> str:
+    """An ETA as h:mm:ss; hours past a day keep counting (strftime's %H would wrap to 0)."""
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60:02d}:{m % 60:02d}:{s:02d}"
 
 
 def _rate(per_s: float) -> str:

@@ -209,3 +209,9 @@ def test_killed_inside_a_unit_resumes_identically_redoing_only_that_unit(tmp_pat
     assert output_bytes(out) == output_bytes(tmp_path / "ref")
     m = json.loads((out / "_manifest.json").read_text())
     assert m["shards"] > 4 and m["rows_in"] == 200 == read_dataset(out).num_rows
+
+
+def test_an_eta_past_a_day_keeps_counting_hours():
+    assert progress.hms(0) == "00:00:00"
+    assert progress.hms(3599.6) == "01:00:00"
+    assert progress.hms(30 * 3600 + 61) == "30:01:01"  # strftime's %H would say 06:01:01

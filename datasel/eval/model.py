@@ -111,9 +111,6 @@ def build_model(spec: ModelSpec, tokenizer, seed: int):
 
     torch.manual_seed(seed)
     if spec.weights is not None:
-        from transformers.utils import logging
-
-        logging.disable_progress_bar()  # a "loading weights" bar per run would break our own
         try:
             net = AutoModelForCausalLM.from_pretrained(spec.weights, dtype=torch.float32)
         except (OSError, ValueError, KeyError) as e:

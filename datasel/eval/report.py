@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from datasel.progress import LOG_SECONDS
+from datasel.progress import LOG_SECONDS, hms
 
 METRICS = {"bpb": "bits per byte", "loss": "nats per token"}
 
@@ -65,7 +65,7 @@ class Bar:
         if self.log and (now - self.logged >= LOG_SECONDS or self.done == self.total):
             self.logged = now
             left = (now - self.t0) / self.done * (self.total - self.done)
-            eta = time.strftime("%H:%M:%S", time.gmtime(left))
+            eta = hms(left)
             print(
                 f"eval: {self.what}: step {self.done:,}/{self.total:,} "
                 f"({100 * self.done / self.total:.0f}%), ETA {eta}",

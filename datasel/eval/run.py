@@ -202,6 +202,9 @@ def evaluate(
         f"({steps} steps of {spec.batch_size} x {spec.context}), device {device}"
     )
     if todo:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()  # a loading/saving bar per run would break our own
         per_step = _time_step(spec, tok, recipe)
         eval_cost = sum(s.tokens for s in sets) * len(train.checkpoint_steps(steps, checkpoints))
         per_run = steps * per_step + eval_cost / (spec.batch_size * spec.context) * per_step / 3
@@ -300,9 +303,6 @@ def _save_model(net, tok, folder: Path) -> None:
     a killed save leaves no half folder that a resumed eval would take for finished."""
     import shutil
 
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()  # one "writing shards" bar per run would break our own
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     net.to("cpu").save_pretrained(tmp)
