@@ -15,7 +15,7 @@ default `tiny`), tokenizer, token budget (`--tokens`), data order and seeds (`--
 seeds), the difference to the section's reference arm, and whether it exceeds the spread
 (larger than the sum of the two arms' sds, as `datasel eval` calls it). `--out`: all as JSON.
 
-Sections (`--only shift,dedup,diversify,filter,pick`):
+Sections (`--only shift,dedup,diversify,filter,pick,diversify-sft`):
   shift      pool of whole dev-corpus documents with the target domain at `--share` (3%); target
              set = 300 held-out documents of the domain, eval set = other held-out documents of
              it. Arms: `shift dsir` and `shift gotd` (defaults, size = the domain's pool count),
@@ -47,6 +47,10 @@ Sections (`--only shift,dedup,diversify,filter,pick`):
              random candidate per instruction vs each single source (the best one is
              reported). The base and target model is `--base`, or a `--model` GPT-2 pre-trained
              here on `--base-tokens` of dev-corpus documents: real, but far weaker than GRAPE's.
+  diversify-sft  instruction data (Diversify-and-Conquer's setting): the pool is every (prompt,
+             candidate response) pair of pick's training instructions; `diversify` (defaults)
+             vs a random draw of the same size (`--sft-fraction`, 1/8), each seed its own draw
+             and selection, fine-tuning pick's base; eval set = pick's held-out answers.
 
 Dedup and filter score one held-out set per domain (`--held-per-domain` documents), diversify
 one per mixture domain (`--held` / 4), each up to `--set-tokens` tokens; they report the mean
@@ -57,7 +61,9 @@ CPU-minutes (83 s wall on the idle 2-core CPU); on the shared CPU at load averag
 took 3.4-4.3 s instead of ~0.34 s, so 1M tokens took ~15-18 min per arm and seed there. Runs
 per section: shift 10, dedup 4, diversify 6, filter 8 plus 5 reference LMs (`--ref-tokens`),
 `score ppl` of the pool and of `--fit-docs` documents under 5 models; pick one pre-training
-run of `--base-tokens` and 22 fine-tuning runs of `--pick-tokens` (~20 min idle). Measured wall times are in docs/benchmarks.md. The smoke
+run of `--base-tokens` and 22 fine-tuning runs of `--pick-tokens` (~20 min idle);
+diversify-sft 4 fine-tuning runs (pick's base, reused from `--work`/pick). Measured wall times
+are in docs/benchmarks.md. The smoke
 command above (a smoke test, not a result) took, at load: shift 100 s, dedup ~4 min, filter
 > 15 min at load average 14 (its reference LMs and scoring), diversify ~90 s, pick ~130 s.
 """
@@ -95,7 +101,7 @@ DATA = Path(__file__).parents[1] / "../shared/data"
 # score 0.500), so a second arm fits longer on the same examples (accuracy 1.0 on 24 held out)
 PRESELECT_FITS = {"preselect": (3, 0.1), "preselect-e50": (50, 0.5)}
 PPL_STRIDE = 224  # of the tiny model's 256-token context: windows overlap by 32 tokens
-SECTIONS = ("shift", "dedup", "diversify", "filter", "pick")
+SECTIONS = ("shift", "dedup", "diversify", "filter", "pick", "diversify-sft")
 MIXTURE = [  # the diversify section's 7 domains
     "python_docs",
     "man_pages",
@@ -518,22 +524,33 @@ def picked_sources(folder: Path) -> Counter:
     return Counter(pq.read_table(folder, columns=["pick_source"])["pick_source"].to_pylist())
 
 
+def sft_split(args) -> tuple[list[dict], list[dict], random.Random]:
+    """self-instruct-8way as (train, held-out) instructions, each with its `prompt` (instruction,
+    and its input after a blank line), the same for every fine-tuning section, and the
+    generator that split them, for the section's draws."""
+    rows = [json.loads(line) for line in open(args.data / "self-instruct-8way.jsonl")]
+    rng = random.Random(4)
+    rng.shuffle(rows)
+    for r in rows:
+        r["prompt"] = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
+    n_held = max(len(rows) // 5, 20)
+    return rows[n_held:], rows[:n_held], rng
+
+
+def heldout_answers(held: list[dict], work: Path) -> dict[str, str]:
+    """The eval set of a fine-tuning section: the human reference answers of held-out prompts."""
+    rows = [{"instruction": r["prompt"], "response": r["target"]} for r in held]
+    return {"heldout": write(rows, work / "heldout.parquet")}
+
+
 def pick(args, docs: list[dict], work: Path) -> dict:
     if args.base is None:
         print(f"pick: base and target model: a {args.model} GPT-2 pre-trained here on "
               f"{args.base_tokens:,} tokens of dev-corpus documents (no real instruction model "
               "offline; give one with --base): a weak target, not GRAPE's")  # fmt: skip
-    rows = [json.loads(line) for line in open(args.data / "self-instruct-8way.jsonl")]
-    rng = random.Random(4)
-    rng.shuffle(rows)
-    n_held = max(len(rows) // 5, 20)
-    held, train = rows[:n_held], rows[n_held:]
-
-    def prompt(r: dict) -> str:
-        return r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
-
+    train, held, rng = sft_split(args)
     model = args.base or pretrained_base(args, docs, work / "base")
-    cands = write([{"id": r["id"], "instruction": prompt(r), "responses": r["responses"]}
+    cands = write([{"id": r["id"], "instruction": r["prompt"], "responses": r["responses"]}
                    for r in train], work / "candidates.parquet")  # fmt: skip
     wanted = args.picks.split(",")
     arms = {}
@@ -546,7 +563,10 @@ def pick(args, docs: list[dict], work: Path) -> dict:
         print(f"  {arm}: picked sources " + ", ".join(
             f"{m} {c}" for m, c in picked_sources(work / arm).most_common()))  # fmt: skip
     arms["random-pick"] = write(  # always: the reference arm
-        [{"instruction": prompt(r), "response": rng.choice(r["responses"])["text"]} for r in train],
+        [
+            {"instruction": r["prompt"], "response": rng.choice(r["responses"])["text"]}
+            for r in train
+        ],
         work / "random-pick.parquet",
     )
     sources = sorted({c["model"] for r in train for c in r["responses"]})
@@ -555,13 +575,12 @@ def pick(args, docs: list[dict], work: Path) -> dict:
         raise SystemExit(f"--picks: no source {sorted(unknown)}; sources: {', '.join(sources)}")
     for s in [s for s in sources if "sources" in wanted or f"only-{s}" in wanted]:
         arms[f"only-{s}"] = write(
-            [{"instruction": prompt(r), "response": c["text"]}
+            [{"instruction": r["prompt"], "response": c["text"]}
              for r in train for c in r["responses"] if c["model"] == s and c["text"]],
             work / f"only-{s}.parquet",
         )  # fmt: skip
-    evals = {"heldout": write([{"instruction": prompt(r), "response": r["target"]} for r in held],
-                              work / "heldout.parquet")}  # fmt: skip
-    res = judge(args, work, arms, evals, finetune=str(model), tokens=args.pick_tokens)
+    res = judge(args, work, arms, heldout_answers(held, work), finetune=str(model),
+                tokens=args.pick_tokens)  # fmt: skip
     weak = " [base pre-trained here: a weak target]" if args.base is None else ""
     out = table(f"pick (fine-tuning; held-out reference bits per byte){weak}", res,
                 "random-pick")  # fmt: skip
@@ -573,6 +592,49 @@ def pick(args, docs: list[dict], work: Path) -> dict:
     if best:
         print(f"  best single source: {best} ({out['arms'][best]['mean']:.4f}); note that picking "
               "it uses the held-out set, so it is an optimistic ceiling")  # fmt: skip
+    return out
+
+
+def diversify_sft(args, docs: list[dict], work: Path) -> dict:
+    """Diversify-and-Conquer's setting (Yu et al. 2024): instruction data. The pool is every
+    (prompt, candidate response) pair of the training instructions; `diversify` (defaults, on
+    prompt and response) and a random draw each keep `--sft-fraction` of it, each seed its own
+    draw and selection; each arm fine-tunes the base on `--pick-tokens`."""
+    train, held, _ = sft_split(args)
+    pool = [{"id": f"{r['id']}-{k}", "instruction": r["prompt"], "response": c["text"],
+             "text": f"{r['prompt']}\n\n{c['text']}"}
+            for r in train for k, c in enumerate(r["responses"]) if c["text"].strip()]  # fmt: skip
+    pool_path = write(pool, work / "pool" / "pool.parquet")
+    size = round(len(pool) * args.sft_fraction)
+    for seed in range(args.seeds):
+        datasel.run(Diversify(size=size, seed=seed), pool_path, work / f"diversify-{seed}",
+                    quiet=True, overwrite=True)  # fmt: skip
+        write(random.Random(seed).sample(pool, size), work / f"random-{seed}.parquet")
+    instructions = {
+        arm: statistics.fmean(
+            len(
+                set(
+                    pq.read_table(work / f"{arm}-{seed}{ext}", columns=["instruction"])[
+                        "instruction"
+                    ].to_pylist()
+                )
+            )  # fmt: skip
+            for seed in range(args.seeds)
+        )
+        for arm, ext in (("diversify", ""), ("random", ".parquet"))
+    }
+    print(f"diversify-sft: pool {len(pool):,} (prompt, response) pairs of {len(train)} "
+          f"instructions; select {size:,}; distinct instructions kept: diversify "
+          f"{instructions['diversify']:.1f}, random {instructions['random']:.1f}")  # fmt: skip
+    model = args.base or pretrained_base(args, docs, work.parent / "pick" / "base")
+    arms = {"diversify": str(work / "diversify-{seed}"),
+            "random-same-size": str(work / "random-{seed}.parquet")}  # fmt: skip
+    res = judge(args, work, arms, heldout_answers(held, work), finetune=str(model),
+                tokens=args.pick_tokens)  # fmt: skip
+    out = table("diversify on instruction data (fine-tuning; held-out reference bits per byte)",
+                res, "random-same-size")  # fmt: skip
+    out["info"] = {"pool_pairs": len(pool), "selected": size, "base": str(model),
+                   "distinct_instructions": instructions}  # fmt: skip
     return out
 
 
@@ -594,6 +656,8 @@ def main() -> None:
     ap.add_argument("--picks", default="pick,pick-sum,sources",
                     help="pick: the arms to train besides random-pick (pick, pick-sum, sources: "
                     "each single source's responses, only-SOURCE: one of them)")  # fmt: skip
+    ap.add_argument("--sft-fraction", type=float, default=0.125,
+                    help="diversify-sft: the share of the (prompt, response) pairs kept")  # fmt: skip
     ap.add_argument("--base-tokens", type=int, default=1_000_000,
                     help="pick without --base: the base's pre-training tokens")  # fmt: skip
     ap.add_argument("--domain", default="python_docs", help="shift: the target domain")
@@ -637,7 +701,8 @@ def main() -> None:
     if unknown or args.seeds < 2:
         ap.error(f"unknown section(s) {sorted(unknown)}" if unknown else "--seeds must be >= 2")
     docs = [json.loads(line) for line in gzip.open(args.data / "dev-corpus.jsonl.gz", "rt")]
-    run = {"shift": shift, "dedup": dedup, "diversify": diversify, "filter": filter_, "pick": pick}
+    run = {"shift": shift, "dedup": dedup, "diversify": diversify, "filter": filter_, "pick": pick,
+           "diversify-sft": diversify_sft}  # fmt: skip
     results = {"settings": {k: str(v) for k, v in vars(args).items()}}
     for name in only:
         results[name] = run[name](args, docs, args.work / name)
