@@ -80,6 +80,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import datasel
@@ -102,6 +103,7 @@ DATA = Path(__file__).parents[1] / "../shared/data"
 PRESELECT_FITS = {"preselect": (3, 0.1), "preselect-e50": (50, 0.5)}
 PPL_STRIDE = 224  # of the tiny model's 256-token context: windows overlap by 32 tokens
 SECTIONS = ("shift", "dedup", "diversify", "filter", "pick", "diversify-sft")
+PICK_ARMS = ("pick", "pick-sum", "sources")  # --picks, besides only-SOURCE
 MIXTURE = [  # the diversify section's 7 domains
     "python_docs",
     "man_pages",
@@ -549,10 +551,14 @@ def pick(args, docs: list[dict], work: Path) -> dict:
               f"{args.base_tokens:,} tokens of dev-corpus documents (no real instruction model "
               "offline; give one with --base): a weak target, not GRAPE's")  # fmt: skip
     train, held, rng = sft_split(args)
+    wanted = args.picks.split(",")
+    sources = sorted({c["model"] for r in train for c in r["responses"]})
+    unknown = {w[len("only-") :] for w in wanted if w.startswith("only-")} - set(sources)
+    if unknown:
+        raise SystemExit(f"--picks: no source {sorted(unknown)}; sources: {', '.join(sources)}")
     model = args.base or pretrained_base(args, docs, work / "base")
     cands = write([{"id": r["id"], "instruction": r["prompt"], "responses": r["responses"]}
                    for r in train], work / "candidates.parquet")  # fmt: skip
-    wanted = args.picks.split(",")
     arms = {}
     for arm, normalize in (("pick", "mean"), ("pick-sum", "sum")):
         if arm not in wanted:
@@ -569,10 +575,6 @@ def pick(args, docs: list[dict], work: Path) -> dict:
         ],
         work / "random-pick.parquet",
     )
-    sources = sorted({c["model"] for r in train for c in r["responses"]})
-    unknown = {w[len("only-") :] for w in wanted if w.startswith("only-")} - set(sources)
-    if unknown:
-        raise SystemExit(f"--picks: no source {sorted(unknown)}; sources: {', '.join(sources)}")
     for s in [s for s in sources if "sources" in wanted or f"only-{s}" in wanted]:
         arms[f"only-{s}"] = write(
             [{"instruction": r["prompt"], "response": c["text"]}
@@ -606,29 +608,27 @@ def diversify_sft(args, docs: list[dict], work: Path) -> dict:
             for r in train for k, c in enumerate(r["responses"]) if c["text"].strip()]  # fmt: skip
     pool_path = write(pool, work / "pool" / "pool.parquet")
     size = round(len(pool) * args.sft_fraction)
+    arms = {"diversify": str(work / "diversify-{seed}"),
+            "random-same-size": str(work / "random-{seed}.parquet")}  # fmt: skip
+
+    def of(arm: str, seed: int) -> str:
+        return arms[arm].replace("{seed}", str(seed))
+
     for seed in range(args.seeds):
-        datasel.run(Diversify(size=size, seed=seed), pool_path, work / f"diversify-{seed}",
+        datasel.run(Diversify(size=size, seed=seed), pool_path, of("diversify", seed),
                     quiet=True, overwrite=True)  # fmt: skip
-        write(random.Random(seed).sample(pool, size), work / f"random-{seed}.parquet")
+        write(random.Random(seed).sample(pool, size), Path(of("random-same-size", seed)))
     instructions = {
         arm: statistics.fmean(
-            len(
-                set(
-                    pq.read_table(work / f"{arm}-{seed}{ext}", columns=["instruction"])[
-                        "instruction"
-                    ].to_pylist()
-                )
-            )  # fmt: skip
+            pc.count_distinct(pq.read_table(of(arm, seed), columns=["instruction"])[0]).as_py()
             for seed in range(args.seeds)
         )
-        for arm, ext in (("diversify", ""), ("random", ".parquet"))
+        for arm in arms
     }
     print(f"diversify-sft: pool {len(pool):,} (prompt, response) pairs of {len(train)} "
           f"instructions; select {size:,}; distinct instructions kept: diversify "
-          f"{instructions['diversify']:.1f}, random {instructions['random']:.1f}")  # fmt: skip
+          f"{instructions['diversify']:.1f}, random {instructions['random-same-size']:.1f}")  # fmt: skip
     model = args.base or pretrained_base(args, docs, work.parent / "pick" / "base")
-    arms = {"diversify": str(work / "diversify-{seed}"),
-            "random-same-size": str(work / "random-{seed}.parquet")}  # fmt: skip
     res = judge(args, work, arms, heldout_answers(held, work), finetune=str(model),
                 tokens=args.pick_tokens)  # fmt: skip
     out = table("diversify on instruction data (fine-tuning; held-out reference bits per byte)",
@@ -692,11 +692,7 @@ def main() -> None:
     args = ap.parse_args()
     only = args.only.split(",")
     unknown = set(only) - set(SECTIONS)
-    if {p for p in args.picks.split(",") if not p.startswith("only-")} - {
-        "pick",
-        "pick-sum",
-        "sources",
-    }:
+    if {p for p in args.picks.split(",") if not p.startswith("only-")} - set(PICK_ARMS):
         ap.error(f"--picks {args.picks}: choose from pick, pick-sum, sources, only-SOURCE")
     if unknown or args.seeds < 2:
         ap.error(f"unknown section(s) {sorted(unknown)}" if unknown else "--seeds must be >= 2")

@@ -205,7 +205,7 @@ class Progress:
 
 
 def hms(seconds: float) -> str:
-    """An ETA as h:mm:ss; hours past a day keep counting (strftime's %H would wrap to 0)."""
+    """An ETA as hh:mm:ss; hours past a day keep counting (strftime's %H would wrap to 0)."""
     m, s = divmod(int(round(seconds)), 60)
     return f"{m // 60:02d}:{m % 60:02d}:{s:02d}"
 
