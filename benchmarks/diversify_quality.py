@@ -26,7 +26,9 @@ of rows; per arm it prints the mean over domains (± the seeds' spread), how man
 worse than random and the worst, and per domain the bpb and the domain's share of the selected
 text. Corpora, all built from dev-corpus: mix7 (7 domains, skewed as web mixtures are), loo9
 (the 9 domains other than python_docs, natural sizes), skew (one domain 84% of the rows), pass7
-(120-word passages, 7 domains) and tail7 (other domains: short news 58% of the rows, a long tail).
+(120-word passages, 7 domains) and tail7 (other domains: short news 58% of the rows, a long tail);
+added in session 17, after the defaults were chosen: bal7 (7 domains, 700 rows each), prose6
+(movie reviews 62% of the rows) and passpy6 (passages, python_docs 71%).
 
     python benchmarks/diversify_quality.py --heldout mix7 tail7 skew --arms defaults sqrt-rows \
         --seeds 2 --workdir /tmp/divq   # 1M tokens: ~90 s an arm and seed, idle 2-core CPU
@@ -201,6 +203,12 @@ CORPORA = {  # name -> ({domain: documents in the pool}, passages)
     "tail7": ({"abc_news_rural": 2300, "literature_shakespeare": 700, "math_word_problems": 400,
                "abc_news_science": 250, "python_docs": 150, "literature_milton": 100,
                "man_pages": 60}, False),
+    "bal7": ({"movie_reviews": 700, "bible_kjv": 700, "man_pages": 700, "abc_news_science": 700,
+              "literature_shakespeare": 700, "python_docs": 700, "math_word_problems": 700}, False),
+    "prose6": ({"movie_reviews": 1900, "bible_kjv": 300, "abc_news_science": 300, "us_speeches": 200,
+                "man_pages": 200, "literature_milton": 150}, False),
+    "passpy6": ({"python_docs": 3000, "bible_kjv": 300, "movie_reviews": 300, "us_speeches": 200,
+                 "abc_news_science": 200, "man_pages": 200}, True),
 }  # fmt: skip
 
 
